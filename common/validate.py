@@ -1,0 +1,75 @@
+"""Input checks shared by every RPC: ids, labels, timestamps, metric values.
+
+Each raises :class:`~common.errors.InvalidArgument` with a message naming the field and
+what was wrong, which the RPC layer returns as ``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+
+from .errors import InvalidArgument
+
+MAX_ID_LEN = 128
+MAX_LABELS = 64
+MAX_LABEL_KEY_LEN = 63
+MAX_LABEL_VALUE_LEN = 256
+MAX_TEXT_LEN = 1024
+# Timestamps: after 2000-01-01 and no more than a day in the future (clock skew).
+MIN_TIMESTAMP = 946_684_800
+MAX_FUTURE_SKEW = 86_400
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
+
+
+def check_id(field: str, value: str) -> str:
+    """A node or agent id: 1–128 of ``[A-Za-z0-9._-]``, starting alphanumeric."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(f"{field} is {len(value)} characters long (max {MAX_ID_LEN})")
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(
+            f"{field} {value[:40]!r} has characters outside [A-Za-z0-9._-] "
+            "or does not start with a letter or digit"
+        )
+    return value
+
+
+def check_text(field: str, value: str, *, max_len: int = MAX_TEXT_LEN) -> str:
+    """A free-text field: bounded, no NUL or control characters."""
+    if len(value) > max_len:
+        raise InvalidArgument(f"{field} is {len(value)} characters long (max {max_len})")
+    if any(ord(c) < 32 and c not in "\t" for c in value):
+        raise InvalidArgument(f"{field} contains control characters")
+    return value
+
+
+def check_labels(field: str, labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels: at most 64 pairs, keys like Kubernetes label keys, bounded values."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"{field} has {len(labels)} entries (max {MAX_LABELS})")
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_KEY_LEN or not _LABEL_KEY.fullmatch(key):
+            raise InvalidArgument(f"{field} key {key[:40]!r} is not a valid label key")
+        check_text(f"{field}[{key}]", value, max_len=MAX_LABEL_VALUE_LEN)
+    return dict(labels)
+
+
+def check_timestamp(field: str, value: int, *, now: float | None = None) -> int:
+    """A Unix-seconds timestamp after 2000 and at most a day ahead of our clock."""
+    current = time.time() if now is None else now
+    if value < MIN_TIMESTAMP or value > current + MAX_FUTURE_SKEW:
+        raise InvalidArgument(f"{field} {value} is not a plausible Unix time in seconds")
+    return value
+
+
+def check_finite(field: str, value: float) -> float:
+    """A metric value: a finite float (no NaN or infinity)."""
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{field} is {value}, not a finite number")
+    return value

@@ -1,0 +1,56 @@
+"""Fixtures every test module may use: certificates and the PostgreSQL URL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import load_certgen
+
+NODES = ("node-a", "node-b", "node-c")
+
+
+@pytest.fixture(scope="session")
+def certgen():  # type: ignore[no-untyped-def]
+    """The ``tools/certgen.py`` module."""
+    return load_certgen()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: ignore[no-untyped-def]
+    """A directory with ca.crt, manager, admin and node-a/b/c certificates (dev layout)."""
+    directory = tmp_path_factory.mktemp("certs")
+    certgen.dev(directory, list(NODES))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def other_ca_certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: ignore[no-untyped-def]
+    """Same layout signed by an unrelated CA: must be refused everywhere."""
+    directory = tmp_path_factory.mktemp("other-ca")
+    certgen.dev(directory, list(NODES))
+    return directory
+
+
+def postgres_url() -> str | None:
+    """The PostgreSQL URL from FLEET_TEST_POSTGRES (set by .ci/run), or None."""
+    return os.environ.get("FLEET_TEST_POSTGRES") or None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database URL on each backend; PostgreSQL gets a throwaway database."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'fleet.db'}"
+        return
+    base = postgres_url()
+    if not base:
+        pytest.skip(
+            "PostgreSQL not configured: set FLEET_TEST_POSTGRES=postgres://user@host:port/db"
+        )
+    from harness.pg import throwaway_database
+
+    with throwaway_database(base) as url:
+        yield url
