@@ -281,9 +281,11 @@ def main() -> int:
     run.add_argument("--http-port", type=int, default=8080)
     run.set_defaults(func=cmd_run)
     test = sub.add_parser("test", help="run the whole test suite (extra args go to pytest)")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=cmd_test)
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    if args.command != "test" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pytest_args = extra
     return int(args.func(args))
 
 
