@@ -22,7 +22,7 @@ def certgen():  # type: ignore[no-untyped-def]
 def certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: ignore[no-untyped-def]
     """A directory with ca.crt, manager, admin and node-a/b/c certificates (dev layout)."""
     directory = tmp_path_factory.mktemp("certs")
-    certgen.dev(directory, list(NODES))
+    certgen.dev(directory, list(NODES), echo=lambda _line: None)
     return directory
 
 
@@ -30,7 +30,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: i
 def other_ca_certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: ignore[no-untyped-def]
     """Same layout signed by an unrelated CA: must be refused everywhere."""
     directory = tmp_path_factory.mktemp("other-ca")
-    certgen.dev(directory, list(NODES))
+    certgen.dev(directory, list(NODES), echo=lambda _line: None)
     return directory
 
 
