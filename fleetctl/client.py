@@ -1,0 +1,263 @@
+"""Talking to a Manager (AdminService) or straight to one Daemon (DaemonService).
+
+Heavy imports (grpclib, betterproto, schema) happen here, and this module is imported
+only inside commands, so ``fleetctl --help`` stays fast.
+
+Every failure — gRPC status, refused connection, TLS problem, timeout — becomes a
+:class:`~fleetctl.errors.CliError` with one line saying what failed and what to check
+(:func:`translate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from common.tls import PeerIdentityError, client_context
+from schema import admin_pb, daemon_pb
+
+from .errors import CliError, ExitCode, usage
+from .settings import Address, Settings
+
+T = TypeVar("T")
+
+_STATUS_EXIT = {
+    Status.NOT_FOUND: ExitCode.NOT_FOUND,
+    Status.PERMISSION_DENIED: ExitCode.PERMISSION_DENIED,
+    Status.UNAUTHENTICATED: ExitCode.PERMISSION_DENIED,
+    Status.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    Status.DEADLINE_EXCEEDED: ExitCode.UNAVAILABLE,
+    Status.INVALID_ARGUMENT: ExitCode.USAGE,
+    Status.OUT_OF_RANGE: ExitCode.USAGE,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who we dial: the Manager, or one Daemon (``--daemon``), optionally a named node."""
+
+    kind: str  # "manager" or "daemon"
+    address: Address
+    expect_name: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--manager" if self.kind == "manager" else "--daemon"
+
+    @property
+    def program(self) -> str:
+        return f"fleet-{self.kind}"
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.address}"
+
+
+class Connection:
+    """One HTTP/2 channel to the target, shared by every call of a command.
+
+    ``async with Connection(settings, target) as conn:``
+    ``    await conn.call(conn.admin().list_nodes(...))``
+    """
+
+    def __init__(self, settings: Settings, target: Target) -> None:
+        self.settings = settings
+        self.target = target
+        self._ssl: ssl.SSLContext | None = None
+        self._channel: Channel | None = None
+
+    async def __aenter__(self) -> Connection:
+        if not self.settings.insecure:
+            files = self.settings.tls_files()
+            role = "manager" if self.target.kind == "manager" else "node"
+            try:
+                self._ssl = client_context(
+                    files, expect_role=role, expect_name=self.target.expect_name
+                )
+            except ssl.SSLError as exc:
+                raise usage(
+                    f"cannot load the client certificate {files.cert_file} / key "
+                    f"{files.key_file} / CA {files.ca_file}: {_ssl_reason(exc)} "
+                    "(do the certificate and key belong together?)"
+                ) from None
+        self._channel = Channel(self.target.address.host, self.target.address.port, ssl=self._ssl)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    @property
+    def channel(self) -> Channel:
+        assert self._channel is not None, "use Connection as an async context manager"
+        return self._channel
+
+    def admin(self) -> admin_pb.AdminServiceStub:
+        return admin_pb.AdminServiceStub(self.channel, timeout=self.settings.timeout)
+
+    def daemon(self) -> daemon_pb.DaemonServiceStub:
+        return daemon_pb.DaemonServiceStub(self.channel, timeout=self.settings.timeout)
+
+    async def call(self, awaitable: Awaitable[T], *, what: str = "") -> T:
+        """Await one RPC, turning any failure into a :class:`CliError`."""
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise await self.explain(exc, what=what) from exc
+
+    async def explain(self, exc: BaseException, *, what: str = "") -> CliError:
+        """:func:`translate`, plus a TLS probe when the server just dropped us.
+
+        With TLS 1.3 a server that refuses our certificate does so after the client
+        side of the handshake is done, so grpclib only sees the connection drop; a
+        direct handshake shows the alert naming the reason.
+        """
+        dropped = isinstance(exc, StreamTerminatedError | ConnectionResetError | BrokenPipeError)
+        alert = isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLCertVerificationError)
+        if (dropped or alert) and self._ssl is not None:
+            reason = await asyncio.to_thread(
+                probe_tls, self.target.address, self._ssl, min(self.settings.timeout, 5.0)
+            )
+            if reason:
+                return refused_certificate(self.target, self.settings, reason)
+        return translate(exc, self.target, self.settings, what=what)
+
+
+def probe_tls(address: Address, ctx: ssl.SSLContext, timeout: float) -> str | None:
+    """Why the server drops us after the TLS handshake, or None if it does not.
+
+    A server that accepted our certificate answers the HTTP/2 preface with a SETTINGS
+    frame. One that refused it sends a TLS alert (naming the reason) or, like asyncio
+    servers, just closes the connection.
+    """
+    try:
+        with (
+            socket.create_connection((address.host, address.port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=address.host) as tls,
+        ):
+            tls.sendall(_H2_PREFACE)
+            if not tls.recv(1):
+                return "it closed the connection right after the TLS handshake"
+    except ssl.SSLCertVerificationError:
+        return None  # our side refused theirs: translate() reports that
+    except ssl.SSLError as exc:
+        return _ssl_reason(exc)
+    except (ConnectionResetError, BrokenPipeError):
+        return "it reset the connection right after the TLS handshake"
+    except OSError:
+        return None
+    return None
+
+
+# HTTP/2 client preface and an empty SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    reason = (exc.reason or "").lower().replace("_", " ")
+    return reason or str(exc)
+
+
+def refused_certificate(target: Target, settings: Settings, reason: str) -> CliError:
+    return CliError(
+        f"{target} refused our certificate {settings.cert} ({reason}) — "
+        f"fleetctl needs an admin certificate issued by the Fleet CA; check --cert/--key",
+        ExitCode.PERMISSION_DENIED,
+    )
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {(exc.strerror or str(exc)).lower()}"
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[0].lower() + text[1:] if text else type(exc).__name__
+
+
+def translate(
+    exc: BaseException, target: Target, settings: Settings, *, what: str = ""
+) -> CliError:
+    """One line and an exit code for an exception raised while talking to ``target``."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, GRPCError):
+        code = _STATUS_EXIT.get(exc.status, ExitCode.FAILED)
+        detail = exc.message or exc.status.name.lower().replace("_", " ")
+        prefix = f"{what}: " if what else ""
+        if exc.status is Status.PERMISSION_DENIED:
+            return CliError(
+                f"{prefix}permission denied by {target}: {detail} — fleetctl needs an admin "
+                "certificate (check --cert)",
+                code,
+            )
+        if exc.status is Status.UNIMPLEMENTED:
+            return CliError(
+                f"{prefix}{target} does not support this yet ({detail}) — upgrade {target.program}",
+                code,
+            )
+        if exc.status is Status.DEADLINE_EXCEEDED:
+            return CliError(f"{prefix}{target} timed out: {detail}", code)
+        return CliError(f"{prefix}{detail}", code)
+    if isinstance(exc, PeerIdentityError):
+        other = "--daemon" if target.kind == "manager" else "--manager"
+        detail = str(exc.args[0]) if exc.args else str(exc)
+        return CliError(
+            f"{target} presented the wrong identity ({detail}) — "
+            f"check {target.flag} (did you mean {other}?)",
+            ExitCode.PERMISSION_DENIED,
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CliError(
+            f"{target} has a certificate we do not trust ({exc.verify_message or exc}) — "
+            f"is {settings.ca} the CA that signed it? check --ca",
+            ExitCode.PERMISSION_DENIED,
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = _ssl_reason(exc)
+        if "alert" in reason:
+            return refused_certificate(target, settings, reason)
+        return CliError(
+            f"TLS with {target} failed ({reason}) — is it serving TLS? check {target.flag} "
+            "and --insecure",
+            ExitCode.UNAVAILABLE,
+        )
+    if isinstance(exc, TimeoutError):
+        return CliError(
+            f"{target} did not answer within {settings.raw.get('timeout', settings.timeout)} — "
+            f"is {target.program} overloaded? raise --timeout",
+            ExitCode.UNAVAILABLE,
+        )
+    if isinstance(exc, StreamTerminatedError | ProtocolError | ConnectionResetError):
+        return CliError(
+            f"{target} closed the connection ({exc or type(exc).__name__}) — is it a "
+            f"{target.program} serving {'plaintext' if settings.insecure else 'TLS'}? "
+            f"check {target.flag}",
+            ExitCode.UNAVAILABLE,
+        )
+    if isinstance(exc, OSError):
+        return CliError(
+            f"cannot reach {target} ({_os_reason(exc)}) — is {target.program} running? "
+            f"check {target.flag}",
+            ExitCode.UNAVAILABLE,
+        )
+    raise exc

@@ -1,0 +1,1 @@
+"""fleetctl's command groups, one module per area."""

@@ -1,0 +1,130 @@
+"""What every command needs: the invocation state, output choice, parsing helpers.
+
+Nothing here imports gRPC or Rich; :meth:`State.connect` imports the client lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import sys
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from common.durations import parse_duration
+
+from ..errors import CliError, ExitCode, usage
+from ..render import Output, use_rich
+from ..settings import DEFAULT_DAEMON_PORT, Settings, parse_address, resolve
+
+if TYPE_CHECKING:
+    from ..client import Connection
+
+T = TypeVar("T")
+
+
+class Format(enum.StrEnum):
+    """``-o`` values."""
+
+    table = "table"
+    wide = "wide"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    Format,
+    typer.Option("-o", "--output", help="table, wide or json.", case_sensitive=False),
+]
+DaemonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--daemon",
+        metavar="HOST:PORT",
+        help="Talk straight to this Daemon (admin certificate) instead of the Manager.",
+        show_default=False,
+    ),
+]
+
+
+@dataclass
+class State:
+    """One invocation's global options; settings are resolved on first use."""
+
+    flags: Mapping[str, str | bool | None]
+    config_flag: str | None
+    debug: bool
+    environ: Mapping[str, str]
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = resolve(
+                self.flags,
+                environ=self.environ,
+                home=Path.home(),
+                config_flag=self.config_flag,
+            )
+        return self._settings
+
+    def output(self) -> Output:
+        return Output(rich=use_rich(sys.stdout, self.environ))
+
+    def stderr_is_terminal(self) -> bool:
+        return use_rich(sys.stderr, self.environ)
+
+    def connect(self, daemon: str | None = None, *, node: str | None = None) -> Connection:
+        """A connection to the Manager, or to ``daemon`` (expected to be node ``node``)."""
+        from ..client import Connection, Target
+
+        if daemon:
+            address = parse_address(daemon, default_port=DEFAULT_DAEMON_PORT, what="--daemon")
+            return Connection(self.settings, Target("daemon", address, node or None))
+        return Connection(self.settings, Target("manager", self.settings.manager))
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, State)
+    return obj
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine to completion."""
+    return asyncio.run(coro)
+
+
+def parse_since(text: str) -> int:
+    """``--since`` in whole seconds (at least 1); exit 2 on a bad duration."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}", ExitCode.USAGE) from None
+    if seconds < 1:
+        raise usage(f"--since: {text!r} is shorter than one second")
+    return int(seconds)
+
+
+def parse_labels(pairs: list[str] | None) -> dict[str, str]:
+    """``--label k=v`` (repeatable; also ``k=v,k2=v2``) as a dict; exit 2 when malformed."""
+    labels: dict[str, str] = {}
+    for item in pairs or []:
+        for pair in item.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise usage(f"--label {pair!r}: expected KEY=VALUE")
+            labels[key.strip()] = value.strip()
+    return labels
+
+
+def split_node_agent(args: list[str], *, what: str = "AGENT") -> tuple[str, str]:
+    """``[NODE] AGENT`` positional arguments as (node or "", agent)."""
+    if len(args) == 1:
+        return "", args[0]
+    if len(args) == 2:
+        return args[0], args[1]
+    raise usage(f"expected [NODE] {what}, got {len(args)} arguments: {' '.join(args)}")

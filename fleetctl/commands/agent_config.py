@@ -1,0 +1,183 @@
+"""``fleetctl agent config get|push``: an agent's effective config, and updating it
+through ``PushUpdate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import CliError, ExitCode, usage
+from ._shared import DaemonOpt, Format, OutputOpt, run, split_node_agent, state
+
+app = typer.Typer(help="An agent's config: get it, push a new one.", no_args_is_help=True)
+
+
+@app.command("get", no_args_is_help=True)
+def get_config(
+    ctx: typer.Context,
+    target: Annotated[list[str], typer.Argument(metavar="[NODE] AGENT")],
+    output: OutputOpt = Format.table,
+    daemon: DaemonOpt = None,
+) -> None:
+    """The config AGENT runs with (what the Daemon hands it), its hash and version."""
+    node, agent = split_node_agent(target)
+    st = state(ctx)
+
+    async def go() -> tuple[str, Any]:
+        if daemon:
+            from schema import daemon_pb
+
+            async with st.connect(daemon, node=node) as conn:
+                cfg = await conn.call(
+                    conn.daemon().get_agent_config(daemon_pb.AgentConfigRequest(agent_id=agent))
+                )
+                return node, cfg
+        from schema import admin_pb
+
+        async with st.connect() as conn:
+            resp = await conn.call(
+                conn.admin().get_agent_config(
+                    admin_pb.GetAgentConfigRequest(node_id=node, agent_id=agent)
+                )
+            )
+            return resp.node_id or node, resp.config
+
+    node_id, cfg = run(go())
+    try:
+        config = json.loads(cfg.config_json) if cfg.config_json else {}
+    except ValueError:
+        config = cfg.config_json  # shown as received
+    out = st.output()
+    if output is Format.json:
+        out.json(
+            {
+                "node_id": node_id or None,
+                "agent_id": cfg.agent_id or agent,
+                "version": cfg.version or None,
+                "config_hash": cfg.config_hash or None,
+                "config": config,
+            }
+        )
+        return
+    out.fields(
+        [
+            ("Node", node_id or "-"),
+            ("Agent", cfg.agent_id or agent),
+            ("Version", cfg.version or "-"),
+            ("Config hash", cfg.config_hash or "-"),
+        ]
+    )
+    out.line()
+    out.line(json.dumps(config, indent=2, sort_keys=True))
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """FILE as a config object: JSON (or TOML for ``*.toml``); ``-`` reads stdin."""
+    if path == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        p = Path(path)
+        try:
+            text, name = p.read_text(), str(p)
+        except OSError as exc:
+            raise usage(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if name.endswith(".toml"):
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise usage(
+            f"{name} is not valid {'TOML' if name.endswith('.toml') else 'JSON'}: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise usage(f"{name}: the config must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+@app.command("push", no_args_is_help=True)
+def push_config(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE")],
+    agent: Annotated[str, typer.Argument(metavar="AGENT")],
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="JSON object (or .toml); - for stdin.")
+    ],
+    version: Annotated[
+        str | None, typer.Option(help="Version label to record with the config.")
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="Restart the agent with it (rolled back if that fails)."),
+    ] = False,
+    output: OutputOpt = Format.table,
+    daemon: DaemonOpt = None,
+) -> None:
+    """Push FILE as AGENT's config on NODE; prints the new hash and APPLIED / FAILED."""
+    config_json = json.dumps(read_config_file(file), sort_keys=True, separators=(",", ":"))
+    st = state(ctx)
+
+    async def go() -> tuple[str, Any]:
+        if daemon:
+            from schema import daemon_pb
+
+            async with st.connect(daemon, node=node) as conn:
+                res = await conn.call(
+                    conn.daemon().push_update(
+                        daemon_pb.UpdateRequest(
+                            agent_id=agent,
+                            config_json=config_json,
+                            version=version or "",
+                            restart=restart,
+                        )
+                    )
+                )
+                return node, res
+        from schema import admin_pb
+
+        async with st.connect() as conn:
+            resp = await conn.call(
+                conn.admin().push_update(
+                    admin_pb.PushUpdateRequest(
+                        node_id=node,
+                        agent_id=agent,
+                        config_json=config_json,
+                        version=version or "",
+                        restart=restart,
+                    )
+                )
+            )
+            return resp.node_id or node, resp.result
+
+    node_id, res = run(go())
+    status = res.status or ("APPLIED" if res.success else "FAILED")
+    out = st.output()
+    if output is Format.json:
+        out.json(
+            {
+                "node_id": node_id,
+                "agent_id": res.agent_id or agent,
+                "status": status,
+                "success": res.success,
+                "config_hash": res.config_hash or None,
+                "restart": restart,
+                "error": res.error_message or None,
+            }
+        )
+    else:
+        restarted = " (restarted)" if restart and res.success else ""
+        out.line(
+            f"{status}: {agent} on {node_id}{restarted}, config hash {res.config_hash or '-'}",
+            "green" if res.success else "bold red",
+        )
+    if not res.success:
+        raise CliError(
+            f"config push to {agent} on {node_id} FAILED: {res.error_message or 'no reason given'}",
+            ExitCode.FAILED,
+        )

@@ -1,0 +1,218 @@
+"""``fleetctl agents list`` and ``fleetctl agent start|stop|restart``.
+
+Fleet-wide operations (``--all``) live in :mod:`.fleetwide`; ``agent config`` in
+:mod:`.agent_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import CliError, ExitCode, usage
+from . import agent_config
+from ._shared import (
+    DaemonOpt,
+    Format,
+    OutputOpt,
+    parse_labels,
+    run,
+    split_node_agent,
+    state,
+)
+
+agents_app = typer.Typer(help="List agents fleet-wide or on one node.", no_args_is_help=True)
+agent_app = typer.Typer(
+    help="Operate one agent: start, stop, restart (one node or --all), config.",
+    no_args_is_help=True,
+)
+agent_app.add_typer(agent_config.app, name="config")
+
+PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
+
+
+@agents_app.command("list")
+def list_agents(
+    ctx: typer.Context,
+    node: Annotated[
+        str | None, typer.Argument(metavar="[NODE]", help="Only this node's agents.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only agents in this status (RUNNING, STOPPED, BACKOFF, FATAL, ...)."),
+    ] = None,
+    live: Annotated[
+        bool, typer.Option("--live", help="Ask the Daemons now instead of the Manager's view.")
+    ] = False,
+    output: OutputOpt = Format.table,
+    daemon: DaemonOpt = None,
+) -> None:
+    """Agents on every node (or NODE), from the Manager's synced view or --live."""
+    from ..views import AGENT_HEADERS, AGENT_RIGHT, AGENT_WIDE_HEADERS, agent_json, agent_row
+
+    st = state(ctx)
+    wanted = (status or "").upper()
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        if daemon:
+            from schema import daemon_pb
+
+            async with st.connect(daemon, node=node) as conn:
+                dresp = await conn.call(conn.daemon().list_agents(daemon_pb.ListAgentsRequest()))
+                return [a for a in dresp.agents if not wanted or a.status == wanted], []
+        from schema import admin_pb
+
+        async with st.connect() as conn:
+            resp = await conn.call(
+                conn.admin().list_agents(
+                    admin_pb.ListAgentsRequest(node_id=node or "", status=wanted, live=live)
+                )
+            )
+            return list(resp.agents), list(resp.errors)
+
+    agents, errors = run(go())
+    agents.sort(key=lambda a: (getattr(a, "node_id", "") or node or "", a.id))
+    out = st.output()
+    if output is Format.json:
+        out.json([agent_json(a, node_id=node) for a in agents])
+    else:
+        wide = output is Format.wide
+        out.table(
+            AGENT_WIDE_HEADERS if wide else AGENT_HEADERS,
+            [agent_row(a, node_id=node or "", wide=wide) for a in agents],
+            right=AGENT_RIGHT,
+        )
+    if errors:
+        for err in errors:
+            typer.echo(f"fleetctl: {err.node_id}: {err.code}: {err.message}", err=True)
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _operation(op: str) -> Callable[..., None]:
+    def command(
+        ctx: typer.Context,
+        target: Annotated[
+            list[str],
+            typer.Argument(
+                metavar="[NODE] AGENT",
+                help="The agent, and its node (optional when the id is unique or with --all).",
+            ),
+        ],
+        all_nodes: Annotated[
+            bool, typer.Option("--all", help="Every node running AGENT (see --label).")
+        ] = False,
+        label: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--label", "-l", metavar="KEY=VALUE", help="With --all: only nodes with KEY=VALUE."
+            ),
+        ] = None,
+        parallel: Annotated[
+            int,
+            typer.Option(
+                help="With --all: nodes operated on at once.", min=1, max=256, metavar="N"
+            ),
+        ] = 10,
+        output: OutputOpt = Format.table,
+        daemon: DaemonOpt = None,
+    ) -> None:
+        st = state(ctx)
+        if all_nodes:
+            if len(target) != 1:
+                raise usage(f"--all takes only AGENT, not NODE AGENT: {' '.join(target)}")
+            if daemon:
+                raise usage("--all goes through the Manager; it cannot be combined with --daemon")
+            from .fleetwide import operate_everywhere
+
+            failed = operate_everywhere(
+                st,
+                op,
+                target[0],
+                labels=parse_labels(label),
+                parallel=parallel,
+                as_json=output is Format.json,
+            )
+            if failed:
+                raise typer.Exit(ExitCode.FAILED)
+            return
+        if label:
+            raise usage("--label selects nodes for --all; name the NODE instead")
+        node, agent = split_node_agent(target)
+        if daemon:
+            from schema import daemon_pb
+
+            async def via_daemon() -> tuple[str, Any]:
+                async with st.connect(daemon, node=node) as conn:
+                    r = await conn.call(
+                        conn.daemon().operate_agent(
+                            daemon_pb.AgentOperationRequest(agent_id=agent, operation=op)
+                        )
+                    )
+                    return node, r
+
+            node_id, resp = run(via_daemon())
+        else:
+            from schema import admin_pb
+
+            async def via_manager() -> tuple[str, Any]:
+                async with st.connect() as conn:
+                    r = await conn.call(
+                        conn.admin().operate_agent(
+                            admin_pb.OperateAgentRequest(node_id=node, agent_id=agent, operation=op)
+                        )
+                    )
+                    return r.node_id or node, r
+
+            node_id, resp = run(via_manager())
+        report_operation(st, op, node_id, agent, resp, as_json=output is Format.json)
+
+    command.__doc__ = (
+        f"{op.capitalize()} AGENT on NODE and wait for the result (or on every node: --all)."
+    )
+    return command
+
+
+def report_operation(
+    st: Any, op: str, node_id: str, agent: str, resp: Any, *, as_json: bool
+) -> None:
+    """Print one operation's outcome; exit 1 with the Daemon's error when it failed."""
+    from ..render import status_cell
+    from ..views import agent_json
+
+    has_agent = resp.agent is not None and bool(resp.agent.id)
+    out = st.output()
+    where = f" on {node_id}" if node_id else ""
+    if as_json:
+        out.json(
+            {
+                "node_id": node_id or None,
+                "agent_id": agent,
+                "operation": op,
+                "success": resp.success,
+                "error": resp.error_message or None,
+                "agent": agent_json(resp.agent, node_id=node_id) if has_agent else None,
+            }
+        )
+    elif resp.success:
+        state_text = ""
+        if has_agent:
+            a = resp.agent
+            state_text = f": {a.status}" + (f", pid {a.pid}" if a.pid else "")
+        text = f"{PAST[op]} {agent}{where}{state_text}"
+        out.line(text, status_cell(resp.agent.status)[1] if has_agent else "")
+    if not resp.success:
+        now = ""
+        if has_agent:
+            now = f" (now {resp.agent.status}" + (
+                f": {resp.agent.status_reason})" if resp.agent.status_reason else ")"
+            )
+        raise CliError(
+            f"{op} {agent}{where} failed: {resp.error_message or 'no reason given'}{now}",
+            ExitCode.FAILED,
+        )
+
+
+for _op in ("start", "stop", "restart"):
+    agent_app.command(_op, no_args_is_help=True)(_operation(_op))

@@ -1,0 +1,195 @@
+"""``fleetctl metrics AGENT`` and the summary/sparkline presentation shared with
+``fleetctl nodes metrics``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from common.durations import format_duration
+
+from ..render import Output, ago, iso, number, sparkline
+from ..views import RESOURCE_FIELDS, point_json, size_or_number
+from ._shared import DaemonOpt, Format, OutputOpt, parse_since, run, state
+
+SUMMARY_HEADERS = ["FIELD", "MIN", "AVG", "MAX", "LAST", "TREND"]
+SUMMARY_RIGHT = ("MIN", "AVG", "MAX", "LAST")
+
+
+def summary_row(label: str, values: Sequence[float], *, is_size: bool, unicode: bool) -> list[Any]:
+    if not values:
+        return [label, "-", "-", "-", "-", ""]
+    return [
+        label,
+        size_or_number(min(values), is_size),
+        size_or_number(sum(values) / len(values), is_size),
+        size_or_number(max(values), is_size),
+        size_or_number(values[-1], is_size),
+        (sparkline(values, unicode=unicode), "cyan"),
+    ]
+
+
+def agent_metrics(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Argument(metavar="AGENT", help="Agent id.")],
+    node: Annotated[
+        str | None,
+        typer.Option("--node", "-n", help="Node of the agent (needed when the id is not unique)."),
+    ] = None,
+    since: Annotated[
+        str, typer.Option(help="Window back from now: 30s, 5m, 1h, 2d.", metavar="DURATION")
+    ] = "1h",
+    raw: Annotated[bool, typer.Option("--raw", help="A table of points, not a summary.")] = False,
+    output: OutputOpt = Format.table,
+    daemon: DaemonOpt = None,
+) -> None:
+    """An agent's resource history (cpu, rss, vms, disk read/write, open files)."""
+    seconds = parse_since(since)
+    st = state(ctx)
+
+    async def go() -> tuple[str, list[Any]]:
+        if daemon:
+            from schema import daemon_pb
+
+            async with st.connect(daemon, node=node) as conn:
+                dresp = await conn.call(
+                    conn.daemon().get_agent_metrics(
+                        daemon_pb.AgentMetricsRequest(agent_id=agent, duration_seconds=seconds)
+                    )
+                )
+                return node or "", list(dresp.data_points)
+        from schema import admin_pb
+
+        async with st.connect() as conn:
+            resp = await conn.call(
+                conn.admin().get_agent_metrics(
+                    admin_pb.GetAgentMetricsRequest(
+                        node_id=node or "", agent_id=agent, since_seconds=seconds
+                    )
+                )
+            )
+            return resp.node_id or node or "", list(resp.data_points)
+
+    node_id, points = run(go())
+    points.sort(key=lambda p: p.timestamp)
+    out = st.output()
+    if output is Format.json:
+        out.json(
+            {
+                "node_id": node_id or None,
+                "agent_id": agent,
+                "since_seconds": seconds,
+                "points": [point_json(p) for p in points],
+            }
+        )
+        return
+    where = f" on {node_id}" if node_id else ""
+    window = format_duration(seconds)
+    if not points:
+        out.line(f"no data points for agent {agent}{where} in the last {window}")
+        return
+    if raw:
+        out.table(
+            ["TIME", *(label.upper() for _, label, _ in RESOURCE_FIELDS)],
+            [
+                [ago(p.timestamp)]
+                + [size_or_number(getattr(p, key), size) for key, _, size in RESOURCE_FIELDS]
+                for p in points
+            ],
+            title=f"agent {agent}{where}, last {window} ({len(points)} points)",
+            right=[label.upper() for _, label, _ in RESOURCE_FIELDS],
+        )
+        return
+    out.table(
+        SUMMARY_HEADERS,
+        [
+            summary_row(
+                label,
+                [float(getattr(p, key)) for p in points],
+                is_size=size,
+                unicode=out.rich,
+            )
+            for key, label, size in RESOURCE_FIELDS
+        ],
+        title=f"agent {agent}{where}, last {window} ({len(points)} points, "
+        f"{ago(points[0].timestamp)} to {ago(points[-1].timestamp)})",
+        right=SUMMARY_RIGHT,
+    )
+
+
+_SIZE_KEYS = {"total", "used", "free", "available", "buffers", "cached", "shared"}
+
+
+def _is_size(metric_type: str, key: str) -> bool:
+    k = key.lower()
+    if "percent" in k or k.endswith("_pct") or "count" in k or "packets" in k:
+        return False
+    return "bytes" in k or (metric_type in ("memory", "disk") and k in _SIZE_KEYS)
+
+
+def print_node_metrics(
+    out: Output,
+    node: str,
+    metrics: Sequence[Any],
+    *,
+    since_seconds: int,
+    raw: bool,
+    as_json: bool,
+) -> None:
+    ordered = sorted(metrics, key=lambda m: (m.timestamp, m.type))
+    if as_json:
+        out.json(
+            {
+                "node_id": node,
+                "since_seconds": since_seconds,
+                "metrics": [
+                    {
+                        "type": m.type,
+                        "timestamp": iso(m.timestamp),
+                        "values": dict(sorted(m.values.items())),
+                    }
+                    for m in ordered
+                ],
+            }
+        )
+        return
+    window = format_duration(since_seconds)
+    if not ordered:
+        out.line(f"no metrics for node {node} in the last {window}")
+        return
+    if raw:
+        out.table(
+            ["TIME", "TYPE", "VALUES"],
+            [
+                [
+                    ago(m.timestamp),
+                    m.type,
+                    " ".join(
+                        f"{k}={size_or_number(v, _is_size(m.type, k))}".replace(" ", "")
+                        for k, v in sorted(m.values.items())
+                    ),
+                ]
+                for m in ordered
+            ],
+            title=f"node {node}, last {window} ({len(ordered)} samples)",
+        )
+        return
+    series: dict[tuple[str, str], list[float]] = {}
+    for m in ordered:
+        for key, value in m.values.items():
+            series.setdefault((m.type, key), []).append(float(value))
+    out.table(
+        ["TYPE", *SUMMARY_HEADERS],
+        [
+            [mtype, *summary_row(key, vals, is_size=_is_size(mtype, key), unicode=out.rich)]
+            for (mtype, key), vals in sorted(series.items())
+        ],
+        title=f"node {node}, last {window} ({len(ordered)} samples, "
+        f"{ago(ordered[0].timestamp)} to {ago(ordered[-1].timestamp)})",
+        right=SUMMARY_RIGHT,
+    )
+
+
+__all__ = ["agent_metrics", "number", "print_node_metrics"]

@@ -1,0 +1,186 @@
+"""``fleetctl nodes list|show|metrics``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import usage
+from ._shared import Format, OutputOpt, parse_labels, parse_since, run, state
+
+app = typer.Typer(help="Nodes: list, inspect, host metrics.", no_args_is_help=True)
+
+STATUSES = ("online", "offline", "registering")
+
+
+@app.command("list")
+def list_nodes(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only nodes in this status: online, offline or registering."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            "-l",
+            metavar="KEY=VALUE",
+            help="Only nodes with this label (KEY=VALUE, repeatable).",
+        ),
+    ] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """List the nodes the Manager knows, with status and last heartbeat."""
+    from schema import admin_pb
+
+    from ..views import NODE_HEADERS, NODE_WIDE_HEADERS, node_json, node_row
+
+    if status and status not in STATUSES:
+        raise usage(f"--status {status!r}: use one of {', '.join(STATUSES)}")
+    labels = parse_labels(label)
+    st = state(ctx)
+
+    async def go() -> admin_pb.ListNodesResponse:
+        async with st.connect() as conn:
+            return await conn.call(
+                conn.admin().list_nodes(
+                    admin_pb.ListNodesRequest(status=status or "", labels=labels)
+                )
+            )
+
+    nodes = sorted(run(go()).nodes, key=lambda n: n.node_id)
+    out = st.output()
+    if output is Format.json:
+        out.json([node_json(n) for n in nodes])
+        return
+    wide = output is Format.wide
+    out.table(
+        NODE_WIDE_HEADERS if wide else NODE_HEADERS,
+        [node_row(n, wide=wide) for n in nodes],
+        right=("AGENTS",),
+    )
+
+
+@app.command("show", no_args_is_help=True)
+def show_node(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Node id.")],
+    events: Annotated[int, typer.Option(help="How many recent events to show.", min=0)] = 20,
+    output: OutputOpt = Format.table,
+) -> None:
+    """One node: facts, labels, status and since when, its agents, recent events."""
+    from schema import admin_pb
+
+    from ..render import age, ago, iso, labels_text, status_cell
+    from ..views import AGENT_HEADERS, agent_json, agent_row, event_json, event_row, node_json
+
+    st = state(ctx)
+
+    async def go() -> admin_pb.GetNodeResponse:
+        async with st.connect() as conn:
+            return await conn.call(
+                conn.admin().get_node(admin_pb.GetNodeRequest(node_id=node, event_limit=events))
+            )
+
+    resp = run(go())
+    out = st.output()
+    n = resp.node
+    if output is Format.json:
+        out.json(
+            {
+                "node": node_json(n),
+                "agents": [agent_json(a) for a in resp.agents],
+                "events": [event_json(e) for e in resp.events],
+            }
+        )
+        return
+    status_text = f"{n.status} for {age(n.status_since)}" if n.status_since else n.status
+    out.fields(
+        [
+            ("Node", n.node_id),
+            ("Hostname", n.hostname or "-"),
+            ("IP", n.ip or "-"),
+            ("OS/Arch", f"{n.os or '?'}/{n.arch or '?'}"),
+            ("Status", (status_text, status_cell(n.status)[1])),
+            ("Status since", iso(n.status_since) or "-"),
+            (
+                "Last heartbeat",
+                f"{ago(n.last_heartbeat)} (every {n.heartbeat_interval_seconds}s)"
+                if n.heartbeat_interval_seconds
+                else ago(n.last_heartbeat),
+            ),
+            ("Labels", labels_text(n.labels)),
+            ("Daemon", f"{n.daemon_version or '-'} at {n.daemon_address or '-'}"),
+            ("Agent version", n.agent_version or "-"),
+            ("Registered", f"{ago(n.registered_at)} ({iso(n.registered_at) or '-'})"),
+        ]
+    )
+    out.line()
+    if resp.agents:
+        out.table(
+            AGENT_HEADERS[1:],
+            [agent_row(a)[1:] for a in sorted(resp.agents, key=lambda a: a.id)],
+            title=f"Agents ({len(resp.agents)})",
+            right=("PID", "RESTARTS"),
+        )
+    else:
+        out.line("Agents: none")
+    out.line()
+    if resp.events:
+        out.table(
+            ["WHEN", "FROM", "TO", "REASON"],
+            [event_row(e) for e in resp.events],
+            title="Recent events",
+        )
+    else:
+        out.line("Recent events: none")
+
+
+@app.command("metrics", no_args_is_help=True)
+def node_metrics(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Node id.")],
+    type_: Annotated[
+        str | None,
+        typer.Option("--type", "-t", help="cpu, memory, disk or network (default: all)."),
+    ] = None,
+    since: Annotated[
+        str, typer.Option(help="Window back from now: 30s, 5m, 1h, 2d.", metavar="DURATION")
+    ] = "1h",
+    limit: Annotated[
+        int, typer.Option(help="At most this many samples (0 = the Manager's default).", min=0)
+    ] = 0,
+    raw: Annotated[bool, typer.Option("--raw", help="A table of samples, not a summary.")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Host metrics of NODE from the Manager's store: min/avg/max/last and a sparkline."""
+    from schema import admin_pb
+
+    from .metrics import print_node_metrics
+
+    if type_ and type_ not in ("cpu", "memory", "disk", "network"):
+        raise usage(f"--type {type_!r}: use cpu, memory, disk or network")
+    seconds = parse_since(since)
+    st = state(ctx)
+
+    async def go() -> admin_pb.QueryNodeMetricsResponse:
+        async with st.connect() as conn:
+            return await conn.call(
+                conn.admin().query_node_metrics(
+                    admin_pb.QueryNodeMetricsRequest(
+                        node_id=node, type=type_ or "", since_seconds=seconds, limit=limit
+                    )
+                )
+            )
+
+    resp = run(go())
+    print_node_metrics(
+        st.output(),
+        node,
+        resp.metrics,
+        since_seconds=seconds,
+        raw=raw,
+        as_json=output is Format.json,
+    )
