@@ -138,7 +138,7 @@ def spawn_manager(
     ready_timeout: float = 60.0,
     log_level: str = "warning",
 ) -> Iterator[SpawnedManager]:
-    """Run a real ``fleet-manager`` (SQLite in a temp dir unless ``db_url``) until the block ends."""
+    """Run a real ``fleet-manager`` (SQLite in a temp dir unless ``db_url``) for the block."""
     dev_certs(cert_dir)
     with tempfile.TemporaryDirectory(prefix="fleet-bench-mgr-") as tmp:
         work = work_dir or Path(tmp)
@@ -281,15 +281,18 @@ def print_table(
     """A plain aligned text table (numbers right-aligned)."""
     out = file or sys.stdout
     cells = [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in
-              enumerate(headers)]
-    numeric = [all(isinstance(row[i], int | float) for row in rows) if rows else False
-               for i in range(len(headers))]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    numeric = [
+        all(isinstance(row[i], int | float) for row in rows) if rows else False
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric,
-                                                                   strict=True)
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
         ).rstrip()
 
     print(line(list(headers)), file=out)

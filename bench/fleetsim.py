@@ -352,7 +352,7 @@ async def simulate(config: SimConfig, indexes: list[int], start_wall: float) -> 
     steady_cpu0 = process_cpu_seconds()
     try:
         # Calls in flight at the end get one timeout to finish, then are cancelled.
-        done, pending = await asyncio.wait(
+        await asyncio.wait(
             [*tasks, probe], timeout=max(0.0, phase.end - loop.time()) + config.timeout + 1
         )
     finally:
@@ -584,8 +584,10 @@ def target(args: argparse.Namespace) -> Iterator[tuple[str, Path, int | None]]:
             manager = stack.enter_context(
                 spawn_manager(cert_dir=cert_dir, db_url=db, extra_args=args.manager_arg or ())
             )
-            print(f"spawned fleet-manager pid {manager.pid} on {manager.address} ({manager.db_url})",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"spawned fleet-manager pid {manager.pid} on {manager.address} ({manager.db_url})",
+                file=sys.stderr,
+            )
             yield manager.address, cert_dir, manager.pid
     else:
         if not args.manager or not args.ca_dir:
