@@ -1,0 +1,450 @@
+"""fleetctl without a Manager: settings precedence, rendering, usage errors, unreachable
+servers and refused certificates (against a real grpclib TLS listener started here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from harness import console_script, free_port, run_cli
+from typer.testing import CliRunner
+
+from fleetctl import render
+from fleetctl.app import app, hoist_global_options
+from fleetctl.errors import ExitCode
+from fleetctl.settings import resolve
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No FLEET_* or colour settings from the developer's shell; an empty config home."""
+    for var in (
+        "FLEET_MANAGER",
+        "FLEET_CA",
+        "FLEET_CERT",
+        "FLEET_KEY",
+        "FLEET_CONFIG",
+        "FLEET_TIMEOUT",
+        "FLEET_INSECURE",
+        "FLEET_DEBUG",
+        "FORCE_COLOR",
+        "NO_COLOR",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+def admin_env(certs: Path, **extra: str) -> dict[str, str]:
+    return {
+        "FLEET_CA": str(certs / "ca.crt"),
+        "FLEET_CERT": str(certs / "admin.crt"),
+        "FLEET_KEY": str(certs / "admin.key"),
+        **extra,
+    }
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {text!r}"
+    assert "Traceback" not in text
+    return lines[0]
+
+
+# ---- settings -------------------------------------------------------------------------------
+
+
+def test_flags_beat_env_beat_config_file_beat_defaults(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleetctl.toml"
+    cfg.write_text(
+        'manager = "cfg-host:1111"\nca = "certs/ca.crt"\ncert = "/abs/admin.crt"\n'
+        'key = "/abs/admin.key"\ntimeout = "7s"\n'
+    )
+    environ = {"FLEET_CONFIG": str(cfg), "FLEET_MANAGER": "env-host:2222", "FLEET_KEY": "/e/k"}
+    s = resolve({"manager": "flag-host:3333"}, environ=environ, home=tmp_path)
+    assert str(s.manager) == "flag-host:3333" and s.sources["manager"] == "flag --manager"
+    assert str(s.key) == "/e/k" and s.sources["key"] == "env FLEET_KEY"
+    assert s.ca == tmp_path / "certs" / "ca.crt"  # relative to the config file
+    assert s.sources["ca"] == f"config {cfg}"
+    assert s.timeout == 7
+    assert s.insecure is False and s.sources["insecure"] == "default"
+
+    s = resolve({}, environ={}, home=tmp_path)
+    assert str(s.manager) == "127.0.0.1:50051" and s.sources["manager"] == "default"
+    assert s.cert is None and s.sources["cert"] == "unset" and s.config_file is None
+
+
+def test_default_config_file_is_read_from_the_config_home(tmp_path: Path) -> None:
+    path = tmp_path / ".config" / "fleet" / "fleetctl.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('manager = "[::1]:6000"\ninsecure = true\n')
+    s = resolve({}, environ={}, home=tmp_path)
+    assert s.manager.host == "::1" and s.manager.port == 6000 and s.insecure
+    assert s.config_file == path and s.sources["config_file"] == "default"
+
+
+def test_config_show_prints_values_and_sources(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('manager = "cfg:1"\ntimeout = "9s"\n')
+    result = runner.invoke(
+        app,
+        ["config", "show", "-o", "json", "--cert", "/x/admin.crt"],
+        env={"FLEET_CONFIG": str(cfg), "FLEET_CA": "/x/ca.crt"},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["config_file"] == str(cfg)
+    assert data["settings"]["manager"] == {"value": "cfg:1", "source": f"config {cfg}"}
+    assert data["settings"]["cert"] == {"value": "/x/admin.crt", "source": "flag --cert"}
+    assert data["settings"]["ca"] == {"value": "/x/ca.crt", "source": "env FLEET_CA"}
+    assert data["settings"]["key"] == {"value": None, "source": "unset"}
+    assert data["settings"]["timeout"] == {"value": "9s", "source": f"config {cfg}"}
+
+    table = runner.invoke(app, ["config", "show"], env={"FLEET_CONFIG": str(cfg)})
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["SETTING", "VALUE", "SOURCE"]
+    assert any(line.split()[:2] == ["manager", "cfg:1"] for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('manger = "x:1"\n', "unknown key(s) manger"),
+        ("manager = \n", "cannot read config file"),
+        ('timeout = "soon"\n', "invalid timeout"),
+        ('manager = "h:99999"\n', "port must be a number from 1 to 65535"),
+    ],
+)
+def test_bad_config_file_is_a_usage_error(tmp_path: Path, content: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(content)
+    result = runner.invoke(app, ["nodes", "list", "--config", str(cfg)])
+    assert result.exit_code == ExitCode.USAGE
+    assert message in one_line(result.stderr)
+
+
+def test_global_options_may_follow_the_command() -> None:
+    args = ["nodes", "list", "--manager", "h:1", "-o", "json", "--debug", "--ca=x", "--", "--key"]
+    assert hoist_global_options(args) == [
+        "--manager",
+        "h:1",
+        "--debug",
+        "--ca=x",
+        "nodes",
+        "list",
+        "-o",
+        "json",
+        "--",
+        "--key",
+    ]
+
+
+def test_missing_certificate_settings_name_the_fix() -> None:
+    result = runner.invoke(app, ["nodes", "list"])
+    assert result.exit_code == ExitCode.USAGE
+    line = one_line(result.stderr)
+    assert "--cert / FLEET_CERT" in line and "--insecure" in line
+
+
+def test_missing_certificate_file_names_the_path_and_source(certs: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.crt"
+    result = runner.invoke(app, ["nodes", "list"], env=admin_env(certs, FLEET_CERT=str(missing)))
+    assert result.exit_code == ExitCode.USAGE
+    assert f"cert file not found: {missing} (from env FLEET_CERT)" in one_line(result.stderr)
+
+
+# ---- usage errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["metrics", "web", "--since", "5x"],
+        ["nodes", "metrics", "node-a", "--since", "tomorrow"],
+        ["nodes", "metrics", "node-a", "--since", "0s"],
+        ["nodes", "list", "--status", "sleeping"],
+        ["nodes", "list", "--label", "novalue"],
+        ["nodes", "list", "-o", "yaml"],
+        ["nodes", "lst"],
+        ["agent", "restart", "a", "b", "c"],
+        ["agent", "restart", "node-a", "web", "--all"],
+        ["agent", "restart", "web", "--all", "--daemon", "127.0.0.1:1"],
+        ["agent", "restart", "node-a", "web", "--daemon", "nohost:notaport"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(certs: Path, argv: list[str]) -> None:
+    result = runner.invoke(app, argv, env=admin_env(certs, FLEET_MANAGER="127.0.0.1:1"))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    one_line(result.stderr)
+
+
+def test_bad_duration_message_shows_examples(certs: Path) -> None:
+    result = runner.invoke(app, ["metrics", "web", "--since", "5x"], env=admin_env(certs))
+    assert one_line(result.stderr) == (
+        "fleetctl: --since: invalid duration '5x': use e.g. 30s, 5m, 1h, 2d"
+    )
+
+
+def test_config_push_rejects_a_non_object_file(certs: Path, tmp_path: Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text("[1, 2]")
+    result = runner.invoke(app, ["agent", "config", "push", "n", "a", str(f)], env=admin_env(certs))
+    assert result.exit_code == ExitCode.USAGE
+    assert "must be a JSON object" in one_line(result.stderr)
+
+
+# ---- unreachable and refused ----------------------------------------------------------------
+
+
+def test_unreachable_manager_is_one_line_exit_5(certs: Path) -> None:
+    port = free_port()
+    result = runner.invoke(
+        app, ["nodes", "list", "--manager", f"127.0.0.1:{port}"], env=admin_env(certs)
+    )
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert one_line(result.stderr) == (
+        f"fleetctl: cannot reach manager at 127.0.0.1:{port} (connection refused) — "
+        "is fleet-manager running? check --manager"
+    )
+
+
+def test_unreachable_daemon_names_daemon_and_flag(certs: Path) -> None:
+    port = free_port()
+    result = runner.invoke(
+        app, ["agents", "list", "--daemon", f"127.0.0.1:{port}"], env=admin_env(certs)
+    )
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    line = one_line(result.stderr)
+    assert f"cannot reach daemon at 127.0.0.1:{port}" in line and "check --daemon" in line
+
+
+def test_real_console_script_unreachable_no_traceback(certs: Path) -> None:
+    port = free_port()
+    proc = run_cli(
+        [console_script("fleetctl"), "nodes", "list", "--manager", f"127.0.0.1:{port}"],
+        env=admin_env(certs),
+    )
+    assert proc.returncode == ExitCode.UNAVAILABLE
+    assert proc.stdout == ""
+    assert "cannot reach manager" in one_line(proc.stderr)
+
+
+def test_debug_shows_the_traceback(certs: Path) -> None:
+    port = free_port()
+    proc = run_cli(
+        [console_script("fleetctl"), "--debug", "nodes", "list", "--manager", f"127.0.0.1:{port}"],
+        env=admin_env(certs),
+    )
+    assert proc.returncode == ExitCode.UNAVAILABLE
+    assert "Traceback" in proc.stderr and "ConnectionRefusedError" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("fleetctl: cannot reach manager")
+
+
+@contextmanager
+def tls_listener(certs: Path, role: str) -> Iterator[int]:
+    """A real grpclib AdminService listener (every method UNIMPLEMENTED but ListNodes,
+    which only admin certificates may call) with ``role``'s certificate, on its own thread."""
+    from grpclib.server import Server
+
+    from common.rpc import GuardedService, Transport
+    from common.tls import TLSFiles, server_context
+    from schema import admin_pb
+
+    port = free_port()
+    files = TLSFiles(certs / f"{role}.crt", certs / f"{role}.key", certs / "ca.crt")
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: list[Server] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        server = Server(
+            [
+                GuardedService(
+                    admin_pb.AdminServiceBase(),
+                    policy={"ListNodes": {"admin"}, "GetNode": {"admin"}},
+                    transport=Transport.TLS,
+                )
+            ]
+        )
+        holder.append(server)
+        loop.run_until_complete(server.start("127.0.0.1", port, ssl=server_context(files)))
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield port
+    finally:
+
+        async def stop() -> None:
+            holder[0].close()
+            await holder[0].wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_certificate_from_another_ca_is_refused(certs: Path, other_ca_certs: Path) -> None:
+    with tls_listener(certs, "manager") as port:
+        env = admin_env(
+            certs,
+            FLEET_CERT=str(other_ca_certs / "admin.crt"),
+            FLEET_KEY=str(other_ca_certs / "admin.key"),
+        )
+        result = runner.invoke(app, ["nodes", "list", "--manager", f"127.0.0.1:{port}"], env=env)
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    line = one_line(result.stderr)
+    assert f"manager at 127.0.0.1:{port} refused our certificate" in line
+    assert str(other_ca_certs / "admin.crt") in line and "check --cert" in line
+
+
+def test_server_from_another_ca_is_not_trusted(certs: Path, other_ca_certs: Path) -> None:
+    with tls_listener(certs, "manager") as port:
+        result = runner.invoke(
+            app,
+            ["nodes", "list", "--manager", f"127.0.0.1:{port}"],
+            env=admin_env(other_ca_certs),
+        )
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    line = one_line(result.stderr)
+    assert "has a certificate we do not trust" in line and "check --ca" in line
+
+
+def test_node_certificate_is_permission_denied(certs: Path) -> None:
+    with tls_listener(certs, "manager") as port:
+        env = admin_env(
+            certs, FLEET_CERT=str(certs / "node-a.crt"), FLEET_KEY=str(certs / "node-a.key")
+        )
+        result = runner.invoke(app, ["nodes", "list", "--manager", f"127.0.0.1:{port}"], env=env)
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    line = one_line(result.stderr)
+    assert "permission denied" in line and "admin certificate" in line
+
+
+def test_a_daemon_is_not_a_manager(certs: Path) -> None:
+    with tls_listener(certs, "node-a") as port:
+        result = runner.invoke(
+            app, ["nodes", "list", "--manager", f"127.0.0.1:{port}"], env=admin_env(certs)
+        )
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    line = one_line(result.stderr)
+    assert "server identity is node/node-a, expected manager/*" in line
+    assert "did you mean --daemon?" in line
+
+
+def test_mismatched_key_is_a_usage_error(certs: Path) -> None:
+    with tls_listener(certs, "manager") as port:
+        env = admin_env(certs, FLEET_KEY=str(certs / "node-a.key"))
+        result = runner.invoke(app, ["nodes", "list", "--manager", f"127.0.0.1:{port}"], env=env)
+    assert result.exit_code == ExitCode.USAGE
+    assert "do the certificate and key belong together?" in one_line(result.stderr)
+
+
+def test_unimplemented_rpc_says_so(certs: Path) -> None:
+    with tls_listener(certs, "manager") as port:
+        result = runner.invoke(
+            app, ["nodes", "show", "node-a", "--manager", f"127.0.0.1:{port}"], env=admin_env(certs)
+        )
+    assert result.exit_code == ExitCode.FAILED
+    assert "does not support this yet" in one_line(result.stderr)
+
+
+def test_plaintext_client_against_tls_listener(certs: Path) -> None:
+    with tls_listener(certs, "manager") as port:
+        result = runner.invoke(
+            app, ["nodes", "list", "--insecure", "--manager", f"127.0.0.1:{port}"]
+        )
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert "closed the connection" in one_line(result.stderr)
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def test_relative_times_sizes_and_iso() -> None:
+    now = 1_800_000_000.0
+    assert render.ago(now - 12, now) == "12s ago"
+    assert render.ago(now - 300, now) == "5m ago"
+    assert render.ago(now - 3 * 3600 - 20 * 60, now) == "3h20m ago"
+    assert render.ago(now - 2 * 86400, now) == "2d ago"
+    assert render.ago(0, now) == "never"
+    assert render.human_size(512) == "512 B"
+    assert render.human_size(12.5 * 1024 * 1024) == "12.5 MiB"
+    assert render.human_size(3 * 1024**3) == "3.0 GiB"
+    assert render.iso(0) is None
+    assert render.iso(1_800_000_000) == "2027-01-15T08:00:00Z"
+
+
+def test_sparkline_spans_the_range_and_resamples() -> None:
+    assert render.sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert render.sparkline([5, 5, 5], unicode=False) == "___"
+    assert len(render.sparkline(list(range(1000)), width=20)) == 20
+    assert render.sparkline([]) == ""
+    assert set(render.sparkline([1, 9, 3], unicode=False)) <= set(render.SPARK_ASCII)
+
+
+def test_plain_table_is_aligned_and_parseable() -> None:
+    import io
+
+    buf = io.StringIO()
+    out = render.Output(rich=False, stream=buf)
+    out.table(
+        ["NODE", "STATUS", "PID"],
+        [["a", ("online", "green"), "7"], ["bb", "x", "1234"]],
+        right=["PID"],
+    )
+    assert buf.getvalue().splitlines() == [
+        "NODE  STATUS   PID",
+        "a     online     7",
+        "bb    x       1234",
+    ]
+
+
+def test_use_rich_only_on_terminals(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert render.use_rich(Tty(), {}) is True
+    assert render.use_rich(Tty(), {"NO_COLOR": "1"}) is False
+    assert render.use_rich(Tty(), {"TERM": "dumb"}) is False
+    assert render.use_rich(io.StringIO(), {}) is False
+    assert render.use_rich(io.StringIO(), {"FORCE_COLOR": "1"}) is True
+
+
+# ---- start-up ------------------------------------------------------------------------------
+
+
+def test_help_is_fast_and_imports_no_grpc() -> None:
+    """``fleetctl --help`` must not pay for grpclib, betterproto, the schema or Rich."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fleetctl.app import app\n"
+        "heavy = [m for m in ('grpclib', 'betterproto', 'schema', 'rich.console', 'rich.table')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    start = time.perf_counter()
+    proc = run_cli([console_script("fleetctl"), "--help"])
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0 and "nodes" in proc.stdout
+    assert elapsed < 2.0  # generous on a loaded CI box; bench/fleetctl_startup.py measures
