@@ -1,0 +1,134 @@
+"""``fleet-manager`` / ``python -m manager``: configuration, logging, signals, run.
+
+The only place that reads the environment, the config file and flags, and the only
+place that installs signal handlers: the first SIGINT/SIGTERM starts a graceful
+shutdown (pending heartbeats are written, waiting calls answered), a second one forces
+the process out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .app import ManagerApp
+from .config import ManagerConfig, load_config
+
+log = logging.getLogger("manager")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fleet-manager",
+        description="Fleet Manager: node registry, liveness, metrics store and admin API "
+        "over mutual-TLS gRPC.",
+    )
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--listen", help="gRPC HOST:PORT (grpc.listen, default 0.0.0.0:50051)")
+    p.add_argument(
+        "--http-listen",
+        help="HTTP HOST:PORT for /healthz /readyz /metrics (server.listen, default "
+        "127.0.0.1:8080; empty disables)",
+    )
+    p.add_argument("--db", help="database URL: sqlite:///path or postgres://… (database.url)")
+    p.add_argument("--data-dir", help="data directory (manager.data_dir, default .fleet/manager)")
+    p.add_argument("--cert", help="server certificate (grpc.tls.cert_file)")
+    p.add_argument("--key", help="server key (grpc.tls.key_file)")
+    p.add_argument("--ca", help="CA certificate verifying clients (grpc.tls.ca_file)")
+    p.add_argument("--insecure", action="store_true", help="serve without TLS (development only)")
+    p.add_argument("--grace", help="liveness grace override, e.g. 30s (liveness.grace)")
+    p.add_argument(
+        "--heartbeat-flush-interval", help="heartbeat flush interval (heartbeats.flush_interval)"
+    )
+    p.add_argument("--log-level", help="debug, info, warning or error (log.level)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ManagerConfig:
+    overrides: dict[str, Any] = {}
+    for flag, key in (
+        ("listen", "grpc.listen"),
+        ("http_listen", "server.listen"),
+        ("db", "database.url"),
+        ("data_dir", "manager.data_dir"),
+        ("cert", "grpc.tls.cert_file"),
+        ("key", "grpc.tls.key_file"),
+        ("ca", "grpc.tls.ca_file"),
+        ("grace", "liveness.grace"),
+        ("heartbeat_flush_interval", "heartbeats.flush_interval"),
+        ("log_level", "log.level"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.insecure:
+        overrides["grpc.tls.enabled"] = False
+    return load_config(config_file=args.config, environ=os.environ, overrides=overrides)
+
+
+async def serve(config: ManagerConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("received %s: shutting down (again to force)", signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("second signal: forcing exit")
+            os._exit(1)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    app = ManagerApp(config=config)
+    try:
+        await app.start()
+    except BaseException:
+        app.close()
+        await app.wait_closed()
+        raise
+    await stop.wait()
+    app.close()
+    await app.wait_closed()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"fleet-manager: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if not config.database_url:
+            Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        code = asyncio.run(serve(config))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
+    except Exception as exc:
+        from common.errors import FleetError
+
+        if isinstance(exc, FleetError):
+            log.error("cannot start: %s", exc)
+            sys.exit(1)
+        raise
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""ManagerApp: owns and wires every part of a running Manager.
+
+Start order: database (migrations) → heartbeat flusher → liveness and retention loops
+→ gRPC server (ManagerService, AdminService, grpc.health.v1, reflection) → HTTP side,
+then one ``manager ready`` log line. ``close()`` stops intake; ``wait_closed()`` writes
+the pending heartbeats, answers the calls waiting on them, then stops the rest in
+reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+from grpclib.health.service import Health
+from grpclib.server import Server
+
+from common.rpc import GuardedService, Transport
+from common.tls import client_context, server_context, warn_insecure
+
+from .config import ManagerConfig, split_host_port
+from .daemon_pool import DaemonClientPool
+from .heartbeats import HeartbeatBuffer
+from .http import HttpServer
+from .liveness import LivenessMonitor, log_transitions
+from .metrics import ManagerMetrics
+from .reflection import with_reflection
+from .retention import MetricRetention
+from .services import AdminService, ManagerService
+from .store import Database, Store
+
+log = logging.getLogger(__name__)
+
+MANAGER_POLICY = {
+    name: {"node"} for name in ("RegisterNode", "Heartbeat", "ReportMetrics", "SyncAgentStates")
+}
+ADMIN_POLICY = {
+    name: {"admin"}
+    for name in (
+        "ListNodes",
+        "GetNode",
+        "ListAgents",
+        "OperateAgent",
+        "GetAgentMetrics",
+        "QueryNodeMetrics",
+        "PushUpdate",
+        "GetAgentConfig",
+    )
+}
+
+
+class ManagerApp:
+    """A whole Manager (see module doc). Use ``async with ManagerApp(config=...)``."""
+
+    def __init__(self, *, config: ManagerConfig) -> None:
+        self.config = config
+        self.metrics = ManagerMetrics()
+        self.database = Database(url=config.db_url)
+        self.store = Store(database=self.database)
+        self.started_at = time.time()
+        self.heartbeats = HeartbeatBuffer(
+            store=self.store,
+            flush_interval=config.heartbeat_flush_interval,
+            max_batch=config.heartbeat_max_batch,
+            grace_for=config.grace_for,
+            metrics=self.metrics,
+            on_transitions=lambda ts: log_transitions(ts, self.metrics),
+        )
+        self.liveness = LivenessMonitor(
+            store=self.store,
+            heartbeats=self.heartbeats,
+            metrics=self.metrics,
+            sweep_interval=config.sweep_interval,
+            started_at=self.started_at,
+        )
+        self.retention = MetricRetention(
+            store=self.store,
+            metrics=self.metrics,
+            retention=config.metrics_retention,
+            interval=config.retention_interval,
+            batch=config.retention_batch,
+        )
+        self.pool = DaemonClientPool(
+            ssl_context_for=self._daemon_ssl,
+            call_timeout=config.daemon_call_timeout,
+            connect_timeout=config.daemon_connect_timeout,
+            connect_attempts=config.daemon_connect_attempts,
+            backoff_initial=config.daemon_backoff_initial,
+            backoff_max=config.daemon_backoff_max,
+            on_state_change=self.metrics.set_pool_states,
+        )
+        self.grpc: Server | None = None
+        self.http: HttpServer | None = None
+        self.grpc_address = ""
+        self.http_address = ""
+        self._started = False
+        self._closing = False
+
+    def _daemon_ssl(self, node_id: str) -> ssl.SSLContext | None:
+        if not self.config.tls_enabled:
+            return None
+        return client_context(self.config.tls_files, expect_role="node", expect_name=node_id)
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("manager already started")
+        self._started = True
+        cfg = self.config
+        server_ssl = None
+        if cfg.tls_enabled:
+            cfg.tls_files.check_readable()
+            server_ssl = server_context(cfg.tls_files)
+            transport = Transport.TLS
+        else:
+            warn_insecure("fleet-manager")
+            transport = Transport.INSECURE
+        await self.database.start()
+        await self.heartbeats.start()
+        await self.liveness.start()
+        await self.retention.start()
+
+        guard: dict[str, Any] = {
+            "transport": transport,
+            "max_message_bytes": cfg.max_message_bytes,
+            "observer": self.metrics.observe_rpc,
+        }
+        manager_service = ManagerService(
+            config=cfg,
+            store=self.store,
+            heartbeats=self.heartbeats,
+            pool=self.pool,
+            metrics=self.metrics,
+        )
+        admin_service = AdminService(store=self.store, pool=self.pool)
+        services: list[Any] = [
+            GuardedService(manager_service, policy=MANAGER_POLICY, **guard),
+            GuardedService(admin_service, policy=ADMIN_POLICY, **guard),
+            Health(),
+        ]
+        self.grpc = Server(with_reflection(services))
+        host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
+        await self.grpc.start(host, port, ssl=server_ssl, reuse_address=True)
+        sock = self.grpc._server.sockets[0] if self.grpc._server else None  # type: ignore[union-attr]
+        bound_port = sock.getsockname()[1] if sock else port
+        self.grpc_address = f"{host}:{bound_port}"
+
+        if cfg.http_listen:
+            self.http = HttpServer(
+                listen=cfg.http_listen,
+                ready=self.database.ping,
+                render_metrics=self.render_metrics,
+                read_timeout=cfg.http_read_timeout,
+                write_timeout=cfg.http_write_timeout,
+            )
+            await self.http.start()
+            self.http_address = self.http.address
+        log.info(
+            "manager ready: grpc=%s http=%s db=%s tls=%s",
+            self.grpc_address,
+            self.http_address or "disabled",
+            self.database.backend,
+            "on" if cfg.tls_enabled else "OFF",
+        )
+
+    async def render_metrics(self) -> bytes:
+        """Refresh the gauges read from the database, then render every metric."""
+        try:
+            nodes, agents = await self.store.status_counts()
+            self.metrics.set_status_counts(nodes, agents)
+        except Exception as exc:  # still serve the process metrics
+            log.warning("metrics: status counts unavailable: %s", exc)
+        self.metrics.set_pool_states(self.pool.states())
+        return self.metrics.render()
+
+    def close(self) -> None:
+        """Stop intake (idempotent): no new heartbeats, no new HTTP requests."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("manager shutting down")
+        self.heartbeats.close()
+        self.liveness.close()
+        self.retention.close()
+        if self.http is not None:
+            self.http.close()
+
+    async def wait_closed(self) -> None:
+        """Drain: final heartbeat flush, answer waiting calls, then stop everything."""
+        await self.heartbeats.wait_closed()
+        # Let the handlers whose heartbeats were just flushed send their answers.
+        await asyncio.sleep(0.1)
+        if self.grpc is not None:
+            self.grpc.close()
+            await self.grpc.wait_closed()
+        await self.liveness.wait_closed()
+        await self.retention.wait_closed()
+        if self.http is not None:
+            await self.http.wait_closed()
+        self.pool.close()
+        await self.pool.wait_closed()
+        await self.database.close()
+        log.info("manager stopped")
+
+    async def __aenter__(self) -> ManagerApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()

@@ -1,0 +1,257 @@
+"""The Manager's configuration: one frozen dataclass, built once in ``__main__``.
+
+Sources, later ones winning: built-in defaults, the TOML file (``--config``), environment
+variables ``FLEET_MANAGER_<SECTION>_<KEY>`` (e.g. ``FLEET_MANAGER_DATABASE_URL``), then
+command-line flags. :data:`KEYS` is the single table of every key: its TOML path, the
+dataclass field it sets, its kind and its default (docs/manager.md lists the same table).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from common.durations import parse_duration
+from common.tls import TLSFiles
+
+ENV_PREFIX = "FLEET_MANAGER_"
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port); ``ValueError`` naming ``what`` when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """Everything the Manager needs to know, validated once."""
+
+    # gRPC side.
+    grpc_listen: str = "0.0.0.0:50051"
+    tls_enabled: bool = True
+    cert_file: str = "certs/manager.crt"
+    key_file: str = "certs/manager.key"
+    ca_file: str = "certs/ca.crt"
+    max_message_bytes: int = 4 * 1024 * 1024
+    # HTTP side ("" disables it).
+    http_listen: str = "127.0.0.1:8080"
+    http_read_timeout: float = 30.0
+    http_write_timeout: float = 30.0
+    # Storage.
+    data_dir: str = ".fleet/manager"
+    database_url: str = ""
+    # Liveness.
+    grace: float | None = None
+    grace_factor: float = 3.0
+    default_heartbeat_interval: float = 60.0
+    sweep_interval: float = 1.0
+    # Heartbeat coalescing.
+    heartbeat_flush_interval: float = 1.0
+    heartbeat_max_batch: int = 5000
+    # Host metrics.
+    metrics_retention: float = 7 * 86400.0
+    retention_interval: float = 600.0
+    retention_batch: int = 5000
+    max_samples_per_report: int = 1000
+    max_values_per_sample: int = 64
+    # Manager -> Daemon client pool.
+    daemon_call_timeout: float = 30.0
+    daemon_connect_timeout: float = 5.0
+    daemon_connect_attempts: int = 3
+    daemon_backoff_initial: float = 1.0
+    daemon_backoff_max: float = 120.0
+    # Logging.
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        split_host_port(self.grpc_listen, "grpc.listen")
+        if self.http_listen:
+            split_host_port(self.http_listen, "server.listen")
+        positive = (
+            "http_read_timeout",
+            "http_write_timeout",
+            "grace_factor",
+            "default_heartbeat_interval",
+            "sweep_interval",
+            "heartbeat_flush_interval",
+            "metrics_retention",
+            "retention_interval",
+            "daemon_call_timeout",
+            "daemon_connect_timeout",
+            "daemon_backoff_initial",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{_key_of(name)} must be > 0, got {getattr(self, name)}")
+        if self.grace is not None and self.grace <= 0:
+            raise ValueError(f"liveness.grace must be > 0, got {self.grace}")
+        ints = (
+            "max_message_bytes",
+            "heartbeat_max_batch",
+            "retention_batch",
+            "max_samples_per_report",
+            "max_values_per_sample",
+            "daemon_connect_attempts",
+        )
+        for name in ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_key_of(name)} must be >= 1, got {getattr(self, name)}")
+        if self.daemon_backoff_max < self.daemon_backoff_initial:
+            raise ValueError("daemons.backoff_max must be >= daemons.backoff_initial")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError(f"log.level must be debug, info, warning or error: {self.log_level!r}")
+        if self.tls_enabled:
+            TLSFiles(Path(self.cert_file), Path(self.key_file), Path(self.ca_file))
+
+    @property
+    def db_url(self) -> str:
+        """The Tortoise database URL (default: an SQLite file in the data directory)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite://{Path(self.data_dir).absolute() / 'manager.sqlite3'}"
+
+    @property
+    def tls_files(self) -> TLSFiles:
+        return TLSFiles(Path(self.cert_file), Path(self.key_file), Path(self.ca_file))
+
+    def grace_for(self, heartbeat_interval: float) -> float:
+        """Liveness grace for a node reporting ``heartbeat_interval`` seconds (0 = unknown)."""
+        if self.grace is not None:
+            return self.grace
+        interval = heartbeat_interval if heartbeat_interval > 0 else self.default_heartbeat_interval
+        return self.grace_factor * interval
+
+
+# TOML path -> (field, kind). Kinds: str, bool, int, float, duration, optional duration.
+KEYS: dict[str, tuple[str, str]] = {
+    "grpc.listen": ("grpc_listen", "str"),
+    "grpc.max_message_bytes": ("max_message_bytes", "int"),
+    "grpc.tls.enabled": ("tls_enabled", "bool"),
+    "grpc.tls.cert_file": ("cert_file", "str"),
+    "grpc.tls.key_file": ("key_file", "str"),
+    "grpc.tls.ca_file": ("ca_file", "str"),
+    "server.listen": ("http_listen", "str"),
+    "server.read_timeout": ("http_read_timeout", "duration"),
+    "server.write_timeout": ("http_write_timeout", "duration"),
+    "manager.data_dir": ("data_dir", "str"),
+    "database.url": ("database_url", "str"),
+    "liveness.grace": ("grace", "duration?"),
+    "liveness.grace_factor": ("grace_factor", "float"),
+    "liveness.default_heartbeat_interval": ("default_heartbeat_interval", "duration"),
+    "liveness.sweep_interval": ("sweep_interval", "duration"),
+    "heartbeats.flush_interval": ("heartbeat_flush_interval", "duration"),
+    "heartbeats.max_batch": ("heartbeat_max_batch", "int"),
+    "metrics.retention": ("metrics_retention", "duration"),
+    "metrics.retention_interval": ("retention_interval", "duration"),
+    "metrics.retention_batch": ("retention_batch", "int"),
+    "metrics.max_samples_per_report": ("max_samples_per_report", "int"),
+    "metrics.max_values_per_sample": ("max_values_per_sample", "int"),
+    "daemons.call_timeout": ("daemon_call_timeout", "duration"),
+    "daemons.connect_timeout": ("daemon_connect_timeout", "duration"),
+    "daemons.connect_attempts": ("daemon_connect_attempts", "int"),
+    "daemons.backoff_initial": ("daemon_backoff_initial", "duration"),
+    "daemons.backoff_max": ("daemon_backoff_max", "duration"),
+    "log.level": ("log_level", "str"),
+}
+
+
+def _key_of(field_name: str) -> str:
+    for key, (name, _) in KEYS.items():
+        if name == field_name:
+            return key
+    return field_name
+
+
+def env_name(key: str) -> str:
+    """``database.url`` → ``FLEET_MANAGER_DATABASE_URL``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _convert(key: str, kind: str, value: Any) -> Any:
+    try:
+        if kind == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise TypeError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind.startswith("duration"):
+            if kind.endswith("?") and value in ("", None):
+                return None
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            return parse_duration(str(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key}: invalid {kind.rstrip('?')} value {value!r}") from exc
+    raise AssertionError(kind)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ManagerConfig:
+    """Build the config from TOML, then environment, then ``overrides`` (TOML keys → value).
+
+    Unknown TOML keys are an error (a typo should not silently keep a default).
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as fh:
+            data = _flatten(tomllib.load(fh))
+        unknown = sorted(set(data) - set(KEYS))
+        if unknown:
+            raise ValueError(f"{config_file}: unknown key(s): {', '.join(unknown)}")
+        for key, value in data.items():
+            name, kind = KEYS[key]
+            values[name] = _convert(key, kind, value)
+    env = os.environ if environ is None else environ
+    for key, (name, kind) in KEYS.items():
+        if env_name(key) in env:
+            values[name] = _convert(key, kind, env[env_name(key)])
+    for key, value in (overrides or {}).items():
+        name, kind = KEYS[key]
+        values[name] = _convert(key, kind, value)
+    return ManagerConfig(**values)
+
+
+def with_changes(config: ManagerConfig, **changes: Any) -> ManagerConfig:
+    """A copy of ``config`` with fields replaced (validated again)."""
+    return replace(config, **changes)
+
+
+def defaults_table() -> list[tuple[str, str, Any]]:
+    """(TOML key, env var, default) for documentation."""
+    defaults = {f.name: f.default for f in fields(ManagerConfig)}
+    return [(key, env_name(key), defaults[name]) for key, (name, _) in KEYS.items()]

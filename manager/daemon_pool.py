@@ -1,0 +1,235 @@
+"""DaemonClientPool: the Manager's reused, identity-checked channels to Daemons.
+
+One grpclib ``Channel`` per node, created on first use from the address the Daemon
+registered and reused for every call; replaced when the node registers a different
+address; closed with the pool. With TLS the channel's context expects the server to hold
+``spiffe://fleet/node/<node_id>`` — a valid certificate of *another* node at that address
+fails the handshake (and is not retried: it is a configuration problem, not a blip).
+
+Connection state per node follows the seed's machine and is logged on every change::
+
+    Idle --connect--> Connecting --ok--> Ready
+                          |  failure
+                          v
+                     Reconnecting --backoff delay--> Connecting   (up to N attempts)
+                          |  attempts exhausted
+                          v
+                         Idle  -> the call fails with UNAVAILABLE naming the node
+
+Delays follow gRPC's connection-backoff schedule (``common.backoff``: 1 s, ×1.6, ±20 %
+jitter, capped). Every call carries a deadline (``daemons.call_timeout``, 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from common.backoff import Backoff
+from common.errors import DeadlineExceeded, FleetError, Unavailable
+from schema import daemon_pb
+
+from .config import split_host_port
+
+log = logging.getLogger(__name__)
+
+IDLE = "idle"
+CONNECTING = "connecting"
+READY = "ready"
+RECONNECTING = "reconnecting"
+
+
+class DaemonError(FleetError):
+    """A Daemon answered with an error status: passed on with the node named."""
+
+    def __init__(self, status: Any, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Conn:
+    node_id: str
+    address: str
+    channel: Channel
+    backoff: Backoff
+    state: str = IDLE
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DaemonClientPool:
+    """Channels to Daemons keyed by node id (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context_for: Callable[[str], ssl.SSLContext | None],
+        call_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        connect_attempts: int = 3,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 120.0,
+        on_state_change: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
+        self._ssl_for = ssl_context_for
+        self.call_timeout = call_timeout
+        self._connect_timeout = connect_timeout
+        self._attempts = connect_attempts
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._on_state_change = on_state_change
+        self._conns: dict[str, _Conn] = {}
+        self._closed = False
+
+    # ---- state ----
+
+    def states(self) -> dict[str, str]:
+        """Connection state per node id (idle, connecting, ready, reconnecting)."""
+        return {
+            node_id: IDLE if c.state == READY and not c.channel._connected else c.state
+            for node_id, c in self._conns.items()
+        }
+
+    def _set_state(self, conn: _Conn, state: str, why: str = "") -> None:
+        if conn.state == state:
+            return
+        log.info(
+            "daemon %s (%s): %s -> %s%s",
+            conn.node_id,
+            conn.address,
+            conn.state.capitalize(),
+            state.capitalize(),
+            f" ({why})" if why else "",
+        )
+        conn.state = state
+        if self._on_state_change is not None:
+            self._on_state_change(self.states())
+
+    # ---- channels ----
+
+    def _get(self, node_id: str, address: str) -> _Conn:
+        if self._closed:
+            raise Unavailable("manager is shutting down")
+        if not address:
+            raise Unavailable(f"node {node_id} registered no daemon address")
+        conn = self._conns.get(node_id)
+        if conn is not None and conn.address == address:
+            return conn
+        if conn is not None:
+            log.info("daemon %s moved from %s to %s", node_id, conn.address, address)
+            conn.channel.close()
+        host, port = split_host_port(address, f"daemon address of {node_id}")
+        channel = Channel(host, port, ssl=self._ssl_for(node_id))
+        backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
+        conn = _Conn(node_id, address, channel, backoff)
+        self._conns[node_id] = conn
+        return conn
+
+    def forget(self, node_id: str) -> None:
+        """Close and drop a node's channel (node removed or moved)."""
+        conn = self._conns.pop(node_id, None)
+        if conn is not None:
+            conn.channel.close()
+            self._set_state(conn, IDLE, "closed")
+
+    async def _ensure_ready(self, conn: _Conn) -> None:
+        if conn.channel._connected:
+            return
+        async with conn.lock:
+            if conn.channel._connected:
+                return
+            if conn.state == READY:
+                self._set_state(conn, IDLE, "connection lost")
+            last: BaseException | None = None
+            for attempt in range(1, self._attempts + 1):
+                self._set_state(conn, CONNECTING, f"attempt {attempt}/{self._attempts}")
+                try:
+                    await asyncio.wait_for(conn.channel.__connect__(), self._connect_timeout)
+                except ssl.SSLError as exc:
+                    # Wrong identity or untrusted peer: retrying cannot help.
+                    self._set_state(conn, IDLE, "TLS verification failed")
+                    reason = getattr(exc, "verify_message", "") or str(exc)
+                    raise Unavailable(
+                        f"daemon {conn.node_id} at {conn.address} failed TLS verification: {reason}"
+                    ) from None
+                except (OSError, TimeoutError) as exc:
+                    last = exc
+                    if attempt == self._attempts:
+                        break
+                    delay = conn.backoff.next_delay()
+                    self._set_state(conn, RECONNECTING, f"{_describe(exc)}; retry in {delay:.1f}s")
+                    await asyncio.sleep(delay)
+                else:
+                    conn.backoff.reset()
+                    self._set_state(conn, READY)
+                    return
+            conn.backoff.reset()
+            self._set_state(conn, IDLE, f"gave up after {self._attempts} attempts")
+            raise Unavailable(
+                f"daemon {conn.node_id} at {conn.address} is unreachable after "
+                f"{self._attempts} attempts: {_describe(last)}"
+            )
+
+    # ---- calls ----
+
+    async def call(self, node_id: str, address: str, method: str, request: Any) -> Any:
+        """Call DaemonService ``method`` (snake_case) on a node, with the pool's deadline."""
+        conn = self._get(node_id, address)
+        await self._ensure_ready(conn)
+        stub = daemon_pb.DaemonServiceStub(conn.channel)
+        try:
+            return await getattr(stub, method)(request, timeout=self.call_timeout)
+        except GRPCError as exc:
+            raise DaemonError(
+                exc.status, f"daemon {node_id}: {exc.message or exc.status.name}"
+            ) from None
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"daemon {node_id} did not answer {method} within {self.call_timeout:g}s"
+            ) from None
+        except (StreamTerminatedError, ConnectionError, OSError) as exc:
+            self._set_state(conn, IDLE, f"call failed: {_describe(exc)}")
+            raise Unavailable(f"daemon {node_id} at {address}: {_describe(exc)}") from None
+
+    async def list_agents(self, node_id: str, address: str) -> daemon_pb.ListAgentsResponse:
+        return await self.call(node_id, address, "list_agents", daemon_pb.ListAgentsRequest())
+
+    async def operate_agent(
+        self, node_id: str, address: str, agent_id: str, operation: str
+    ) -> daemon_pb.AgentOperationResponse:
+        request = daemon_pb.AgentOperationRequest(agent_id=agent_id, operation=operation)
+        return await self.call(node_id, address, "operate_agent", request)
+
+    async def get_agent_metrics(
+        self, node_id: str, address: str, agent_id: str, duration_seconds: int
+    ) -> daemon_pb.AgentMetricsResponse:
+        request = daemon_pb.AgentMetricsRequest(
+            agent_id=agent_id, duration_seconds=duration_seconds
+        )
+        return await self.call(node_id, address, "get_agent_metrics", request)
+
+    # ---- lifecycle ----
+
+    def close(self) -> None:
+        """Close every channel (idempotent); in-flight calls fail with UNAVAILABLE."""
+        self._closed = True
+        for node_id in list(self._conns):
+            self.forget(node_id)
+
+    async def wait_closed(self) -> None:
+        await asyncio.sleep(0)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,149 @@
+"""Heartbeat coalescing: many heartbeats, one database write per flush interval.
+
+Every heartbeat lands in an in-memory map ``node_id -> newest heartbeat`` (later ones
+overwrite earlier ones of the same node, keeping the largest reported timestamp). A
+single flusher task writes the whole map in one transaction every ``flush_interval``
+seconds (sooner when ``max_batch`` nodes are waiting).
+
+**Why an acknowledgement is safe:** a heartbeat RPC does not return until the flush that
+carries it has *committed*. Each flush has a future; ``submit`` waits on the future of
+the flush its entry will be part of, and the RPC answers OK only when that future is
+resolved successfully. So an acknowledged heartbeat is durable; a Manager killed with
+SIGKILL loses only heartbeats that were never acknowledged (at most one flush interval's
+worth, which their Daemons will resend). If the flush fails the waiting heartbeats get
+``UNAVAILABLE`` and are not retried by the Manager. The price is latency: a heartbeat
+answers within about one flush interval (1 s by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from common.errors import FleetError, Unavailable
+
+from .metrics import ManagerMetrics
+from .store import PendingHeartbeat, Store, Transition
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatBuffer:
+    """Coalesces heartbeats in memory and flushes them in batches (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        flush_interval: float,
+        max_batch: int,
+        grace_for: Callable[[float], float],
+        metrics: ManagerMetrics,
+        on_transitions: Callable[[list[Transition]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._interval = flush_interval
+        self._max_batch = max_batch
+        self._grace_for = grace_for
+        self._metrics = metrics
+        self._on_transitions = on_transitions
+        self._clock = clock
+        self._pending: dict[str, PendingHeartbeat] = {}
+        self._flushed: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("heartbeat buffer already started")
+        self._flushed = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name="heartbeat-flusher")
+
+    def pending_ids(self) -> set[str]:
+        """Nodes with a heartbeat received but not yet written (they are alive)."""
+        return set(self._pending)
+
+    async def submit(self, node_id: str, reported: int) -> None:
+        """Record a heartbeat and return once it is durable (raises ``Unavailable``)."""
+        if self._closing or self._flushed is None:
+            raise Unavailable("manager is shutting down")
+        now = self._clock()
+        previous = self._pending.get(node_id)
+        if previous is not None:
+            reported = max(reported, previous.reported)
+        self._pending[node_id] = PendingHeartbeat(received_at=now, reported=reported)
+        self._metrics.heartbeats.inc()
+        if len(self._pending) >= self._max_batch:
+            self._wake.set()
+        # shield: one cancelled caller must not cancel the flush everyone waits on.
+        await asyncio.shield(self._flushed)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            await self._flush()
+            if self._closing:
+                return
+
+    async def _flush(self) -> None:
+        assert self._flushed is not None
+        batch, self._pending = self._pending, {}
+        done, self._flushed = self._flushed, asyncio.get_running_loop().create_future()
+        if not batch:
+            done.set_result(None)
+            return
+        started = time.perf_counter()
+        try:
+            transitions = await self._store.flush_heartbeats(
+                batch, now=self._clock(), grace_for=self._grace_for
+            )
+        except asyncio.CancelledError:
+            done.set_exception(Unavailable("manager is shutting down"))
+            raise
+        except FleetError as exc:
+            log.warning("heartbeat flush of %d nodes failed: %s", len(batch), exc)
+            done.set_exception(exc)
+            done.exception()  # retrieved: callers may all be gone
+            return
+        except Exception as exc:
+            log.exception("heartbeat flush of %d nodes failed", len(batch))
+            done.set_exception(Unavailable(f"heartbeat flush failed: {type(exc).__name__}"))
+            done.exception()
+            return
+        self._metrics.heartbeat_flush_size.observe(len(batch))
+        self._metrics.heartbeat_flush_seconds.observe(time.perf_counter() - started)
+        done.set_result(None)
+        if transitions and self._on_transitions is not None:
+            self._on_transitions(transitions)
+
+    def close(self) -> None:
+        """Stop taking heartbeats; ``wait_closed`` writes what is pending."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+
+    async def wait_closed(self) -> None:
+        if self._task is None:
+            return
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("heartbeat flusher failed")
+
+    async def __aenter__(self) -> HeartbeatBuffer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()

@@ -1,0 +1,117 @@
+"""The Manager's HTTP side: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus).
+
+Starlette on uvicorn, served on the Manager's own event loop. Signals stay with
+``__main__``: uvicorn's own signal capture is switched off. Handlers are bounded by the
+write timeout; idle keep-alive connections by the read timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .config import split_host_port
+
+log = logging.getLogger(__name__)
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # signals belong to __main__
+        yield
+
+
+class HttpServer:
+    """Health, readiness and metrics endpoints on ``listen``."""
+
+    def __init__(
+        self,
+        *,
+        listen: str,
+        ready: Callable[[], Awaitable[bool]],
+        render_metrics: Callable[[], Awaitable[bytes]],
+        read_timeout: float = 30.0,
+        write_timeout: float = 30.0,
+    ) -> None:
+        self._host, self._port = split_host_port(listen, "server.listen")
+        self._ready = ready
+        self._render = render_metrics
+        self._write_timeout = write_timeout
+        app = Starlette(
+            routes=[
+                Route("/healthz", self._healthz),
+                Route("/readyz", self._readyz),
+                Route("/metrics", self._metrics),
+            ]
+        )
+        config = uvicorn.Config(
+            app,
+            host=self._host,
+            port=self._port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=int(read_timeout),
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound (after start)."""
+        for server in self._server.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                return f"{host}:{port}"
+        return f"{self._host}:{self._port}"
+
+    async def _bounded(self, fn: Callable[[], Awaitable[Response]]) -> Response:
+        try:
+            return await asyncio.wait_for(fn(), self._write_timeout)
+        except TimeoutError:
+            return PlainTextResponse("timed out\n", status_code=503)
+
+    async def _healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def _readyz(self, request: Request) -> Response:
+        async def check() -> Response:
+            if await self._ready():
+                return JSONResponse({"ready": True, "database": "ok"})
+            return JSONResponse({"ready": False, "database": "unreachable"}, status_code=503)
+
+        return await self._bounded(check)
+
+    async def _metrics(self, request: Request) -> Response:
+        async def render() -> Response:
+            return Response(await self._render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+        return await self._bounded(render)
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("HTTP server already started")
+        self._task = asyncio.create_task(self._server.serve(), name="http")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the bind error
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            await self._task

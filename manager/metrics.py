@@ -1,0 +1,104 @@
+"""The Manager's Prometheus metrics, on a registry owned by one Manager (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+NODE_STATUSES = ("registering", "online", "offline")
+POOL_STATES = ("idle", "connecting", "ready", "reconnecting")
+
+
+class ManagerMetrics:
+    """Every metric the Manager exports (``/metrics``); see docs/manager.md."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.nodes = Gauge("fleet_manager_nodes", "Nodes by status.", ["status"], registry=r)
+        self.agents = Gauge(
+            "fleet_manager_agents", "Agents by status (synced view).", ["status"], registry=r
+        )
+        self.rpcs = Counter(
+            "fleet_manager_rpc",
+            "gRPC calls served, by method and code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rpc_seconds = Histogram(
+            "fleet_manager_rpc_duration_seconds",
+            "gRPC call latency by method.",
+            ["method"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "fleet_manager_heartbeats", "Heartbeats accepted (before coalescing).", registry=r
+        )
+        self.heartbeat_flush_size = Histogram(
+            "fleet_manager_heartbeat_flush_size",
+            "Nodes written per heartbeat flush.",
+            buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000),
+            registry=r,
+        )
+        self.heartbeat_flush_seconds = Histogram(
+            "fleet_manager_heartbeat_flush_duration_seconds",
+            "Time to write one heartbeat flush.",
+            registry=r,
+        )
+        self.metric_rows = Counter(
+            "fleet_manager_metric_rows_written", "Host metric samples stored.", registry=r
+        )
+        self.metric_rows_deleted = Counter(
+            "fleet_manager_metric_rows_deleted",
+            "Host metric samples removed by retention.",
+            registry=r,
+        )
+        self.transitions = Counter(
+            "fleet_manager_node_transitions",
+            "Node status transitions recorded, by new status.",
+            ["status"],
+            registry=r,
+        )
+        self.restart_guard_held = Gauge(
+            "fleet_manager_restart_guard_held_nodes",
+            "Overdue nodes not yet declared offline because the Manager started recently.",
+            registry=r,
+        )
+        self.daemon_connections = Gauge(
+            "fleet_manager_daemon_connections",
+            "Manager->Daemon channels by connection state.",
+            ["state"],
+            registry=r,
+        )
+        self.daemon_calls = Counter(
+            "fleet_manager_daemon_calls",
+            "Calls proxied to Daemons, by method and code.",
+            ["method", "code"],
+            registry=r,
+        )
+        for status in NODE_STATUSES:
+            self.nodes.labels(status)
+        for state in POOL_STATES:
+            self.daemon_connections.labels(state)
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        """``common.rpc.GuardedService`` observer."""
+        self.rpcs.labels(method, code).inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+
+    def set_status_counts(self, nodes: dict[str, int], agents: dict[str, int]) -> None:
+        for status in set(NODE_STATUSES) | set(nodes):
+            self.nodes.labels(status).set(nodes.get(status, 0))
+        self.agents.clear()
+        for status, count in agents.items():
+            self.agents.labels(status).set(count)
+
+    def set_pool_states(self, states: dict[str, str]) -> None:
+        counts = dict.fromkeys(POOL_STATES, 0)
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        for state, count in counts.items():
+            self.daemon_connections.labels(state).set(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

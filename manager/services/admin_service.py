@@ -1,0 +1,298 @@
+"""AdminService: what fleetctl calls (admin certificates only).
+
+Node, agent and host-metric views come from the Manager's database. OperateAgent,
+GetAgentMetrics, PushUpdate, GetAgentConfig and ListAgents(live=true) are proxied to the
+owning Daemon through the :class:`~manager.daemon_pool.DaemonClientPool`.
+
+Agent resolution: with ``node_id`` given the agent is looked for on that node; without
+it, an agent id that exists on exactly one node (in the synced view) is enough; on
+several nodes → ``FAILED_PRECONDITION`` listing them; on none → ``NOT_FOUND``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from common import validate
+from common.errors import FailedPrecondition, FleetError, InvalidArgument, NotFound
+from schema import admin_pb, daemon_pb, manager_pb
+
+from ..daemon_pool import DaemonClientPool
+from ..store import NODE_STATUSES, OFFLINE, Store
+from ..store.models import Agent, Node, NodeEvent
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = frozenset({"start", "stop", "restart"})
+DEFAULT_EVENT_LIMIT = 20
+MAX_EVENT_LIMIT = 1000
+DEFAULT_METRICS_LIMIT = 1000
+MAX_METRICS_LIMIT = 10_000
+DEFAULT_WINDOW = 3600
+MAX_WINDOW = 366 * 86400
+
+
+def node_message(node: Node, agent_count: int = 0) -> admin_pb.Node:
+    return admin_pb.Node(
+        node_id=node.node_id,
+        hostname=node.hostname,
+        ip=node.ip,
+        os=node.os,
+        arch=node.arch,
+        labels=dict(node.labels or {}),
+        daemon_version=node.daemon_version,
+        agent_version=node.agent_version,
+        daemon_address=node.daemon_address,
+        status=node.status,
+        last_heartbeat=int(node.last_heartbeat or 0),
+        registered_at=int(node.registered_at),
+        updated_at=int(node.updated_at),
+        status_since=int(node.status_since),
+        heartbeat_interval_seconds=int(node.heartbeat_interval),
+        agent_count=agent_count,
+    )
+
+
+def agent_message(agent: Agent) -> admin_pb.Agent:
+    return admin_pb.Agent(
+        node_id=agent.node_id,
+        id=agent.agent_id,
+        type=agent.type,
+        status=agent.status,
+        pid=agent.pid,
+        version=agent.version,
+        start_time=agent.start_time,
+        restart_count=agent.restart_count,
+        last_heartbeat=agent.last_heartbeat,
+        status_reason=agent.status_reason,
+        config_hash=agent.config_hash,
+        updated_at=int(agent.updated_at),
+    )
+
+
+def live_agent_message(node_id: str, info: daemon_pb.AgentInfo, now: float) -> admin_pb.Agent:
+    return admin_pb.Agent(
+        node_id=node_id,
+        id=info.id,
+        type=info.type,
+        status=info.status,
+        pid=info.pid,
+        version=info.version,
+        start_time=info.start_time,
+        restart_count=info.restart_count,
+        last_heartbeat=info.last_heartbeat,
+        status_reason=info.status_reason,
+        config_hash=info.config_hash,
+        updated_at=int(now),
+    )
+
+
+def event_message(event: NodeEvent) -> admin_pb.NodeEvent:
+    return admin_pb.NodeEvent(
+        timestamp=int(event.timestamp),
+        old_status=event.old_status,
+        new_status=event.new_status,
+        reason=event.reason,
+    )
+
+
+def _check_status(status: str) -> str:
+    if status and status not in NODE_STATUSES:
+        raise InvalidArgument(f"status {status[:32]!r} is not one of {', '.join(NODE_STATUSES)}")
+    return status
+
+
+def _window(seconds: int, field: str) -> int:
+    if seconds < 0 or seconds > MAX_WINDOW:
+        raise InvalidArgument(f"{field} {seconds} is outside 0..{MAX_WINDOW}")
+    return seconds or DEFAULT_WINDOW
+
+
+class AdminService(admin_pb.AdminServiceBase):
+    """The operator-facing gRPC service."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        pool: DaemonClientPool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._clock = clock
+
+    # ---- stored views ----
+
+    async def list_nodes(self, request: admin_pb.ListNodesRequest) -> admin_pb.ListNodesResponse:
+        status = _check_status(request.status)
+        labels = validate.check_labels("labels", request.labels)
+        nodes = await self._store.list_nodes(status=status, labels=labels)
+        counts = await self._store.agent_counts([n.node_id for n in nodes])
+        return admin_pb.ListNodesResponse(
+            nodes=[node_message(n, counts.get(n.node_id, 0)) for n in nodes]
+        )
+
+    async def get_node(self, request: admin_pb.GetNodeRequest) -> admin_pb.GetNodeResponse:
+        node = await self._node(request.node_id)
+        limit = request.event_limit or DEFAULT_EVENT_LIMIT
+        if limit < 0 or limit > MAX_EVENT_LIMIT:
+            raise InvalidArgument(f"event_limit {limit} is outside 0..{MAX_EVENT_LIMIT}")
+        agents = await self._store.list_agents(node_id=node.node_id)
+        events = await self._store.node_events(node.node_id, limit)
+        return admin_pb.GetNodeResponse(
+            node=node_message(node, len(agents)),
+            agents=[agent_message(a) for a in agents],
+            events=[event_message(e) for e in events],
+        )
+
+    async def list_agents(self, request: admin_pb.ListAgentsRequest) -> admin_pb.ListAgentsResponse:
+        status = validate.check_text("status", request.status, max_len=32).upper()
+        if request.node_id:
+            nodes = [await self._node(request.node_id)]
+        elif request.live:
+            nodes = await self._store.list_nodes()
+        else:
+            nodes = []
+        if not request.live:
+            agents = await self._store.list_agents(node_id=request.node_id, status=status)
+            return admin_pb.ListAgentsResponse(agents=[agent_message(a) for a in agents])
+
+        async def ask(node: Node) -> list[admin_pb.Agent] | admin_pb.NodeError:
+            if node.status == OFFLINE and not request.node_id:
+                return admin_pb.NodeError(
+                    node_id=node.node_id, code="UNAVAILABLE", message="node is offline"
+                )
+            try:
+                reply = await self._pool.list_agents(node.node_id, node.daemon_address)
+            except FleetError as exc:
+                return admin_pb.NodeError(
+                    node_id=node.node_id, code=exc.status.name, message=str(exc)
+                )
+            now = self._clock()
+            return [live_agent_message(node.node_id, a, now) for a in reply.agents]
+
+        results = await asyncio.gather(*(ask(n) for n in nodes))
+        response = admin_pb.ListAgentsResponse()
+        for result in results:
+            if isinstance(result, admin_pb.NodeError):
+                response.errors.append(result)
+            else:
+                response.agents.extend(a for a in result if not status or a.status == status)
+        return response
+
+    async def query_node_metrics(
+        self, request: admin_pb.QueryNodeMetricsRequest
+    ) -> admin_pb.QueryNodeMetricsResponse:
+        node = await self._node(request.node_id)
+        if request.type:
+            validate.check_id("type", request.type)
+        window = _window(request.since_seconds, "since_seconds")
+        limit = request.limit or DEFAULT_METRICS_LIMIT
+        if limit < 0 or limit > MAX_METRICS_LIMIT:
+            raise InvalidArgument(f"limit {limit} is outside 0..{MAX_METRICS_LIMIT}")
+        samples = await self._store.query_metrics(
+            node_id=node.node_id,
+            type=request.type,
+            since=int(self._clock()) - window,
+            limit=limit,
+        )
+        return admin_pb.QueryNodeMetricsResponse(
+            node_id=node.node_id,
+            metrics=[
+                manager_pb.MetricData(type=s.type, timestamp=s.timestamp, values=dict(s.values))
+                for s in samples
+            ],
+        )
+
+    # ---- proxied to Daemons ----
+
+    async def operate_agent(
+        self, request: admin_pb.OperateAgentRequest
+    ) -> admin_pb.OperateAgentResponse:
+        if request.operation not in OPERATIONS:
+            raise InvalidArgument(
+                f"operation {request.operation[:32]!r} is not start, stop or restart"
+            )
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        reply = await self._pool.operate_agent(
+            node.node_id, node.daemon_address, agent_id, request.operation
+        )
+        log.info(
+            "operate %s on %s/%s: %s",
+            request.operation,
+            node.node_id,
+            agent_id,
+            "ok" if reply.success else reply.error_message,
+        )
+        response = admin_pb.OperateAgentResponse(
+            success=reply.success, error_message=reply.error_message, node_id=node.node_id
+        )
+        if reply.agent is not None and reply.agent.id:
+            response.agent = live_agent_message(node.node_id, reply.agent, self._clock())
+        return response
+
+    async def get_agent_metrics(
+        self, request: admin_pb.GetAgentMetricsRequest
+    ) -> admin_pb.GetAgentMetricsResponse:
+        window = _window(request.since_seconds, "since_seconds")
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        reply = await self._pool.get_agent_metrics(
+            node.node_id, node.daemon_address, agent_id, window
+        )
+        return admin_pb.GetAgentMetricsResponse(
+            node_id=node.node_id, agent_id=agent_id, data_points=list(reply.data_points)
+        )
+
+    async def push_update(self, request: admin_pb.PushUpdateRequest) -> admin_pb.PushUpdateResponse:
+        validate.check_text("config_json", request.config_json, max_len=1024 * 1024)
+        validate.check_text("version", request.version, max_len=64)
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        update = daemon_pb.UpdateRequest(
+            agent_id=agent_id,
+            config_json=request.config_json,
+            version=request.version,
+            restart=request.restart,
+        )
+        reply = await self._pool.call(node.node_id, node.daemon_address, "push_update", update)
+        log.info("push update to %s/%s: %s", node.node_id, agent_id, reply.status)
+        return admin_pb.PushUpdateResponse(node_id=node.node_id, result=reply)
+
+    async def get_agent_config(
+        self, request: admin_pb.GetAgentConfigRequest
+    ) -> admin_pb.GetAgentConfigResponse:
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        reply = await self._pool.call(
+            node.node_id,
+            node.daemon_address,
+            "get_agent_config",
+            daemon_pb.AgentConfigRequest(agent_id=agent_id),
+        )
+        return admin_pb.GetAgentConfigResponse(node_id=node.node_id, config=reply)
+
+    # ---- helpers ----
+
+    async def _node(self, node_id: str) -> Node:
+        validate.check_id("node_id", node_id)
+        node = await self._store.get_node(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} is not registered")
+        return node
+
+    async def _resolve(self, node_id: str, agent_id: str) -> tuple[Node, str]:
+        """(node, agent id) for an agent given with or without its node (module doc)."""
+        validate.check_id("agent_id", agent_id)
+        if node_id:
+            return await self._node(node_id), agent_id
+        candidates = await self._store.nodes_with_agent(agent_id)
+        if not candidates:
+            raise NotFound(f"agent {agent_id} is not known on any node (give its node)")
+        if len(candidates) > 1:
+            raise FailedPrecondition(
+                f"agent {agent_id} exists on {len(candidates)} nodes: "
+                f"{', '.join(candidates)}; give the node"
+            )
+        return await self._node(candidates[0]), agent_id

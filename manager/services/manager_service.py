@@ -1,0 +1,271 @@
+"""ManagerService: what Daemons call (node certificates only).
+
+Every call names a ``node_id`` that must be the node in the caller's certificate: one
+node can never speak for another. Order of checks: an empty ``node_id`` is
+``INVALID_ARGUMENT``; a malformed one too; then a mismatch with the certificate is
+``PERMISSION_DENIED`` (logged, nothing changed); then the rest of the input is validated.
+
+Duplicate Daemons: the newest RegisterNode wins (a restarted Daemon re-registers with a
+new ``instance_id`` before its old grace period ended, which must work). A heartbeat
+still arriving from a superseded ``instance_id`` is refused with ``ALREADY_EXISTS`` and
+recorded as a node event, so two live Daemons with one node identity are visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from common import validate
+from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from common.rpc import current_call
+from schema import manager_pb
+
+from ..config import ManagerConfig, split_host_port
+from ..daemon_pool import DaemonClientPool
+from ..heartbeats import HeartbeatBuffer
+from ..liveness import log_transitions
+from ..metrics import ManagerMetrics
+from ..store import AgentRecord, Store, Transition
+
+log = logging.getLogger(__name__)
+
+AGENT_STATUSES = frozenset(
+    {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
+)
+MAX_AGENTS_PER_SYNC = 1000
+MAX_HEARTBEAT_INTERVAL = 86_400
+_SHORT = 64
+
+
+def check_node_caller(node_id: str) -> str:
+    """The node_id checks shared by every ManagerService call (see module doc)."""
+    if not node_id:
+        raise InvalidArgument("node_id is required")
+    validate.check_id("node_id", node_id)
+    identity = current_call().identity
+    if identity.role == "insecure":
+        return node_id
+    if identity.role != "node" or identity.name != node_id:
+        log.warning(
+            "refused %s: %s (from %s) tried to act as node %s",
+            current_call().method,
+            identity,
+            current_call().peer,
+            node_id,
+        )
+        raise PermissionDenied(f"certificate of {identity} may not speak for node {node_id}")
+    return node_id
+
+
+class ManagerService(manager_pb.ManagerServiceBase):
+    """The Daemon-facing gRPC service."""
+
+    def __init__(
+        self,
+        *,
+        config: ManagerConfig,
+        store: Store,
+        heartbeats: HeartbeatBuffer,
+        pool: DaemonClientPool,
+        metrics: ManagerMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._heartbeats = heartbeats
+        self._pool = pool
+        self._metrics = metrics
+        self._clock = clock
+        # node_id -> instance_id of its current Daemon: a cache rebuilt from the database
+        # on a miss, so several Managers can share one database.
+        self._instances: dict[str, str] = {}
+        self._duplicates_reported: set[tuple[str, str]] = set()
+
+    async def register_node(
+        self, request: manager_pb.RegisterNodeRequest
+    ) -> manager_pb.RegisterNodeResponse:
+        node_id = check_node_caller(request.node_id)
+        facts = {
+            "hostname": validate.check_text("hostname", request.hostname, max_len=255),
+            "ip": validate.check_text("ip", request.ip, max_len=_SHORT),
+            "os": validate.check_text("os", request.os, max_len=_SHORT),
+            "arch": validate.check_text("arch", request.arch, max_len=_SHORT),
+            "labels": validate.check_labels("labels", request.labels),
+            "daemon_version": validate.check_text(
+                "daemon_version", request.daemon_version, max_len=_SHORT
+            ),
+            "agent_version": validate.check_text(
+                "agent_version", request.agent_version, max_len=_SHORT
+            ),
+            "daemon_address": self._check_address(request.daemon_address),
+            "heartbeat_interval": self._check_interval(request.heartbeat_interval_seconds),
+            "instance_id": validate.check_text("instance_id", request.instance_id, max_len=128),
+        }
+        now = self._clock()
+        grace = self._config.grace_for(facts["heartbeat_interval"])
+        result = await self._store.register_node(node_id=node_id, facts=facts, now=now, grace=grace)
+        self._instances[node_id] = request.instance_id
+        if result.previous_address and result.previous_address != request.daemon_address:
+            self._pool.forget(node_id)
+        if result.transition is not None:
+            log_transitions([result.transition], self._metrics)
+        log.info(
+            "node %s %s (daemon %s at %s, instance %s)",
+            node_id,
+            "registered" if result.created else "re-registered",
+            request.daemon_version or "?",
+            request.daemon_address or "no address",
+            request.instance_id or "-",
+        )
+        return manager_pb.RegisterNodeResponse(success=True, message=f"node {node_id} registered")
+
+    async def heartbeat(self, request: manager_pb.HeartbeatRequest) -> manager_pb.HeartbeatResponse:
+        node_id = check_node_caller(request.node_id)
+        now = self._clock()
+        reported = (
+            validate.check_timestamp("timestamp", request.timestamp, now=now)
+            if request.timestamp
+            else int(now)
+        )
+        await self._check_instance(node_id, request.instance_id, now)
+        await self._heartbeats.submit(node_id, reported)
+        return manager_pb.HeartbeatResponse(success=True, message="ok")
+
+    async def _check_instance(self, node_id: str, instance_id: str, now: float) -> None:
+        known = self._instances.get(node_id)
+        if known is None or (instance_id and known != instance_id):
+            row = await self._store.node_identity(node_id)
+            if row is None:
+                self._instances.pop(node_id, None)
+                raise NotFound(f"node {node_id} is not registered: call RegisterNode first")
+            known = self._instances[node_id] = row[0]
+        if instance_id and known and instance_id != known:
+            key = (node_id, instance_id)
+            if key not in self._duplicates_reported:
+                self._duplicates_reported.add(key)
+                reason = (
+                    f"duplicate daemon: instance {instance_id} still heartbeating while "
+                    f"instance {known} is registered"
+                )
+                log.warning("node %s: %s", node_id, reason)
+                await self._store.record_event(Transition(node_id, "", "", reason), now)
+            raise AlreadyExists(
+                f"node {node_id} is registered by another Daemon instance ({known}); "
+                f"this one ({instance_id}) was superseded"
+            )
+
+    async def _require_registered(self, node_id: str) -> None:
+        if node_id in self._instances:
+            return
+        row = await self._store.node_identity(node_id)
+        if row is None:
+            raise NotFound(f"node {node_id} is not registered: call RegisterNode first")
+        self._instances[node_id] = row[0]
+
+    async def report_metrics(
+        self, request: manager_pb.ReportMetricsRequest
+    ) -> manager_pb.ReportMetricsResponse:
+        node_id = check_node_caller(request.node_id)
+        cfg = self._config
+        if len(request.metrics) > cfg.max_samples_per_report:
+            raise InvalidArgument(
+                f"metrics has {len(request.metrics)} samples (max {cfg.max_samples_per_report})"
+            )
+        now = self._clock()
+        samples: list[tuple[str, int, dict[str, float]]] = []
+        for i, m in enumerate(request.metrics):
+            where = f"metrics[{i}]"
+            if not m.type:
+                raise InvalidArgument(f"{where}.type is required")
+            validate.check_id(f"{where}.type", m.type)
+            if len(m.type) > 32:
+                raise InvalidArgument(f"{where}.type is longer than 32 characters")
+            ts = validate.check_timestamp(f"{where}.timestamp", m.timestamp, now=now)
+            if len(m.values) > cfg.max_values_per_sample:
+                raise InvalidArgument(
+                    f"{where}.values has {len(m.values)} entries (max {cfg.max_values_per_sample})"
+                )
+            for key, value in m.values.items():
+                if not key:
+                    raise InvalidArgument(f"{where}.values has an empty key")
+                validate.check_text(f"{where}.values key", key, max_len=_SHORT)
+                validate.check_finite(f"{where}.values[{key}]", value)
+            samples.append((m.type, ts, dict(m.values)))
+        await self._require_registered(node_id)
+        written = await self._store.save_metrics(node_id, samples)
+        self._metrics.metric_rows.inc(written)
+        return manager_pb.ReportMetricsResponse(
+            success=True, message=f"stored {written} samples", accepted=written
+        )
+
+    async def sync_agent_states(
+        self, request: manager_pb.SyncAgentStatesRequest
+    ) -> manager_pb.SyncAgentStatesResponse:
+        node_id = check_node_caller(request.node_id)
+        if len(request.states) > MAX_AGENTS_PER_SYNC:
+            raise InvalidArgument(
+                f"states has {len(request.states)} agents (max {MAX_AGENTS_PER_SYNC})"
+            )
+        records: list[AgentRecord] = []
+        seen: set[str] = set()
+        for i, s in enumerate(request.states):
+            where = f"states[{i}]"
+            agent_id = validate.check_id(f"{where}.agent_id", s.agent_id)
+            if agent_id in seen:
+                raise InvalidArgument(f"agent {agent_id} appears twice in states")
+            seen.add(agent_id)
+            status = s.status.upper()
+            if status not in AGENT_STATUSES:
+                raise InvalidArgument(
+                    f"{where}.status {s.status[:32]!r} is not one of "
+                    f"{', '.join(sorted(AGENT_STATUSES))}"
+                )
+            for name in ("pid", "restart_count", "start_time", "last_heartbeat"):
+                if getattr(s, name) < 0:
+                    raise InvalidArgument(f"{where}.{name} must not be negative")
+            records.append(
+                AgentRecord(
+                    agent_id=agent_id,
+                    status=status,
+                    pid=s.pid,
+                    last_heartbeat=s.last_heartbeat,
+                    type=validate.check_text(f"{where}.type", s.type, max_len=_SHORT),
+                    version=validate.check_text(f"{where}.version", s.version, max_len=_SHORT),
+                    start_time=s.start_time,
+                    restart_count=s.restart_count,
+                    status_reason=validate.check_text(f"{where}.status_reason", s.status_reason),
+                    config_hash=validate.check_text(
+                        f"{where}.config_hash", s.config_hash, max_len=128
+                    ),
+                )
+            )
+        await self._require_registered(node_id)
+        upserted, removed = await self._store.sync_agents(
+            node_id=node_id, states=records, full=request.full, now=self._clock()
+        )
+        return manager_pb.SyncAgentStatesResponse(
+            success=True, message=f"synced {upserted} agents, removed {removed}"
+        )
+
+    @staticmethod
+    def _check_address(address: str) -> str:
+        if not address:
+            return ""
+        validate.check_text("daemon_address", address, max_len=255)
+        try:
+            host, _port = split_host_port(address, "daemon_address")
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if not host or host == "0.0.0.0":
+            raise InvalidArgument(f"daemon_address {address!r} is not a reachable address")
+        return address
+
+    @staticmethod
+    def _check_interval(seconds: int) -> float:
+        if seconds < 0 or seconds > MAX_HEARTBEAT_INTERVAL:
+            raise InvalidArgument(
+                f"heartbeat_interval_seconds {seconds} is outside 0..{MAX_HEARTBEAT_INTERVAL}"
+            )
+        return float(seconds)

@@ -1,0 +1,156 @@
+"""Opening the database: Tortoise context, migrations, SQLite WAL, error mapping.
+
+The Manager owns one :class:`Database`; it applies the migrations in
+``manager/store/migrations`` on start (Tortoise's own migration framework, the same one
+``tortoise makemigrations`` / ``tortoise migrate`` drive), so an older database is
+upgraded in place. To create a new migration after changing ``models.py``::
+
+    tortoise --config manager.store.database.TORTOISE_ORM makemigrations
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from tortoise import Tortoise
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.context import TortoiseContext
+from tortoise.exceptions import DBConnectionError, OperationalError
+from tortoise.migrations.api import migrate
+
+from common.errors import FleetError, Unavailable
+
+log = logging.getLogger(__name__)
+
+APP = "manager"
+
+
+def tortoise_config(url: str) -> dict[str, Any]:
+    """The Tortoise config for the Manager's single app on ``url``."""
+    if url.startswith("postgresql://"):
+        url = "postgres://" + url[len("postgresql://") :]
+    return {
+        "connections": {"default": url},
+        "apps": {
+            APP: {
+                "models": ["manager.store.models"],
+                "migrations": "manager.store.migrations",
+                "default_connection": "default",
+            }
+        },
+        "use_tz": False,
+        "timezone": "UTC",
+    }
+
+
+# For the ``tortoise`` CLI (makemigrations needs no real database).
+TORTOISE_ORM = tortoise_config("sqlite://:memory:")
+
+# Errors meaning "the database is not reachable / not usable right now": UNAVAILABLE.
+_DB_ERRORS: tuple[type[BaseException], ...] = (
+    DBConnectionError,
+    OperationalError,
+    sqlite3.OperationalError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+try:  # asyncpg is optional (only for PostgreSQL)
+    import asyncpg
+
+    _DB_ERRORS += (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+        asyncpg.AdminShutdownError,
+    )
+except ImportError:  # pragma: no cover
+    pass
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def db_errors_unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn database connectivity failures into :class:`Unavailable` (gRPC ``UNAVAILABLE``)."""
+
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except FleetError:
+            raise
+        except _DB_ERRORS as exc:
+            log.warning("database error in %s: %s", fn.__name__, exc)
+            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+class Database:
+    """The Manager's database connection: ``start()`` migrates and connects, ``close()``."""
+
+    def __init__(self, *, url: str) -> None:
+        self.url = url
+        self._ctx: TortoiseContext | None = None
+        self._started = False
+
+    @property
+    def backend(self) -> str:
+        return "postgres" if self.url.startswith(("postgres", "asyncpg")) else "sqlite"
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("database already started")
+        self._started = True
+        config = tortoise_config(self.url)
+        self._ctx = TortoiseContext()
+        self._ctx.__enter__()
+        applied: list[str] = []
+
+        def progress(event: str, app_label: str, name: str) -> None:
+            if event == "apply_done":
+                applied.append(name)
+
+        await migrate(config=config, progress=progress)
+        if applied:
+            log.info("database migrated: applied %s", ", ".join(applied))
+        await Tortoise.init(config=config, _enable_global_fallback=True)
+        if self.backend == "sqlite":
+            # WAL: readers never block the writer; NORMAL sync is durable at each
+            # checkpoint-free commit in WAL mode against process crashes.
+            await self.connection().execute_script(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
+            )
+
+    def connection(self) -> BaseDBAsyncClient:
+        assert self._ctx is not None
+        return self._ctx.db("default")
+
+    async def ping(self) -> bool:
+        """True when a trivial query succeeds (for /readyz)."""
+        try:
+            await self.connection().execute_query("SELECT 1")
+            return True
+        except Exception as exc:
+            log.warning("database ping failed: %s", exc)
+            return False
+
+    async def close(self) -> None:
+        if self._ctx is None:
+            return
+        ctx, self._ctx = self._ctx, None
+        try:
+            await ctx.close_connections()
+        finally:
+            ctx.__exit__(None, None, None)
+            # Release the global fallback so a later Database in this process can start.
+            import tortoise.context as tctx
+
+            if tctx._global_context is ctx:
+                tctx._global_context = None

@@ -1,0 +1,98 @@
+"""Tortoise models: the Manager's whole persistent state.
+
+Times are Unix seconds stored as floats (DOUBLE) on both backends: no time-zone handling,
+and the wire format (int64 seconds) is one ``int()`` away. The schema is changed only
+through migrations in ``manager/store/migrations`` (``tortoise makemigrations``).
+"""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+# Node statuses.
+REGISTERING = "registering"
+ONLINE = "online"
+OFFLINE = "offline"
+NODE_STATUSES = (REGISTERING, ONLINE, OFFLINE)
+
+
+class Node(Model):
+    """One host running a Daemon, as it registered itself."""
+
+    node_id = fields.CharField(max_length=128, primary_key=True)
+    hostname = fields.CharField(max_length=255, default="")
+    ip = fields.CharField(max_length=64, default="")
+    os = fields.CharField(max_length=64, default="")
+    arch = fields.CharField(max_length=64, default="")
+    labels = fields.JSONField(default=dict)
+    daemon_version = fields.CharField(max_length=64, default="")
+    agent_version = fields.CharField(max_length=64, default="")
+    daemon_address = fields.CharField(max_length=255, default="")
+    heartbeat_interval = fields.FloatField(default=0)
+    instance_id = fields.CharField(max_length=128, default="")
+    status = fields.CharField(max_length=16, default=REGISTERING, db_index=True)
+    status_since = fields.FloatField(default=0)
+    registered_at = fields.FloatField(default=0)
+    updated_at = fields.FloatField(default=0)
+    # Manager's clock at the last heartbeat (drives liveness).
+    last_heartbeat = fields.FloatField(null=True)
+    # Largest timestamp a Daemon put in a heartbeat (its own clock).
+    last_heartbeat_reported = fields.BigIntField(default=0)
+    # last_heartbeat + grace: the node goes offline once this passes (indexed sweep).
+    offline_after = fields.FloatField(default=0, db_index=True)
+    grace = fields.FloatField(default=0)
+
+    class Meta:
+        table = "fleet_node"
+
+
+class Agent(Model):
+    """An agent as last reported by its Daemon (SyncAgentStates)."""
+
+    id = fields.BigIntField(primary_key=True)
+    node_id = fields.CharField(max_length=128)
+    agent_id = fields.CharField(max_length=128, db_index=True)
+    type = fields.CharField(max_length=64, default="")
+    status = fields.CharField(max_length=16, default="", db_index=True)
+    pid = fields.IntField(default=0)
+    version = fields.CharField(max_length=64, default="")
+    start_time = fields.BigIntField(default=0)
+    restart_count = fields.IntField(default=0)
+    last_heartbeat = fields.BigIntField(default=0)
+    status_reason = fields.CharField(max_length=1024, default="")
+    config_hash = fields.CharField(max_length=128, default="")
+    updated_at = fields.FloatField(default=0)
+
+    class Meta:
+        table = "fleet_agent"
+        unique_together = (("node_id", "agent_id"),)
+
+
+class MetricSample(Model):
+    """One host metric sample (ReportMetrics)."""
+
+    id = fields.BigIntField(primary_key=True)
+    node_id = fields.CharField(max_length=128)
+    type = fields.CharField(max_length=32)
+    timestamp = fields.BigIntField(db_index=True)
+    values = fields.JSONField(default=dict)
+
+    class Meta:
+        table = "fleet_metric_sample"
+        indexes = (("node_id", "timestamp"),)
+
+
+class NodeEvent(Model):
+    """A node status transition and why it happened."""
+
+    id = fields.BigIntField(primary_key=True)
+    node_id = fields.CharField(max_length=128)
+    timestamp = fields.FloatField()
+    old_status = fields.CharField(max_length=16, default="")
+    new_status = fields.CharField(max_length=16, default="")
+    reason = fields.CharField(max_length=1024, default="")
+
+    class Meta:
+        table = "fleet_node_event"
+        indexes = (("node_id", "timestamp"),)

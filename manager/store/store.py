@@ -1,0 +1,385 @@
+"""The store API: every query the Manager makes, in one place, on either backend.
+
+Services never touch Tortoise directly; they call :class:`Store`. Every public method
+maps database connectivity failures to :class:`~common.errors.Unavailable`. Status
+changes are made with conditional updates (``WHERE status = …``) so several Managers
+sharing one PostgreSQL never record the same transition twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from .database import Database, db_errors_unavailable
+from .models import OFFLINE, ONLINE, REGISTERING, Agent, MetricSample, Node, NodeEvent
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A node status change that was recorded (returned for logs and metrics)."""
+
+    node_id: str
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    created: bool
+    transition: Transition | None
+    previous_instance: str
+    previous_address: str
+
+
+@dataclass(frozen=True)
+class PendingHeartbeat:
+    """The newest heartbeat of one node waiting to be flushed."""
+
+    received_at: float
+    reported: int
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent state as a Daemon reported it."""
+
+    agent_id: str
+    status: str
+    pid: int = 0
+    last_heartbeat: int = 0
+    type: str = ""
+    version: str = ""
+    start_time: int = 0
+    restart_count: int = 0
+    status_reason: str = ""
+    config_hash: str = ""
+
+
+_AGENT_FIELDS = (
+    "status",
+    "pid",
+    "last_heartbeat",
+    "type",
+    "version",
+    "start_time",
+    "restart_count",
+    "status_reason",
+    "config_hash",
+)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Store:
+    """Queries and updates over the Manager's models."""
+
+    def __init__(self, *, database: Database) -> None:
+        self._db = database
+
+    # ---- nodes ----
+
+    @db_errors_unavailable
+    async def register_node(
+        self, *, node_id: str, facts: Mapping[str, Any], now: float, grace: float
+    ) -> RegisterResult:
+        """Create or update a node from RegisterNode; it is online from now on."""
+        for attempt in (1, 2):
+            try:
+                return await self._register(node_id, facts, now, grace)
+            except IntegrityError:
+                if attempt == 2:  # two Managers created it at once: the retry updates
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _register(
+        self, node_id: str, facts: Mapping[str, Any], now: float, grace: float
+    ) -> RegisterResult:
+        async with in_transaction():
+            node = await Node.get_or_none(node_id=node_id)
+            created = node is None
+            if node is None:
+                node = Node(node_id=node_id, registered_at=now, status=REGISTERING)
+            old_status = "" if created else node.status
+            previous_instance, previous_address = node.instance_id, node.daemon_address
+            for key, value in facts.items():
+                setattr(node, key, value)
+            node.updated_at = now
+            node.last_heartbeat = now
+            node.grace = grace
+            node.offline_after = now + grace
+            transition = None
+            if old_status != ONLINE:
+                node.status = ONLINE
+                node.status_since = now
+                reason = "registered" if created else "re-registered"
+                transition = Transition(node_id, old_status, ONLINE, reason)
+            await node.save(force_create=created)
+            if transition is not None:
+                await self._event(transition, now)
+            new_instance = facts.get("instance_id", "")
+            if (
+                not created
+                and previous_instance
+                and new_instance
+                and previous_instance != new_instance
+            ):
+                await self._event(
+                    Transition(
+                        node_id,
+                        node.status,
+                        node.status,
+                        f"daemon instance {new_instance} replaced {previous_instance}",
+                    ),
+                    now,
+                )
+        return RegisterResult(created, transition, previous_instance, previous_address)
+
+    async def _event(self, t: Transition, now: float) -> None:
+        await NodeEvent.create(
+            node_id=t.node_id, timestamp=now, old_status=t.old, new_status=t.new, reason=t.reason
+        )
+
+    @db_errors_unavailable
+    async def record_event(self, t: Transition, now: float) -> None:
+        await self._event(t, now)
+
+    @db_errors_unavailable
+    async def node_identity(self, node_id: str) -> tuple[str, str] | None:
+        """(instance_id, daemon_address) of a registered node, or None."""
+        row = await Node.filter(node_id=node_id).values_list("instance_id", "daemon_address")
+        return (row[0][0], row[0][1]) if row else None
+
+    @db_errors_unavailable
+    async def flush_heartbeats(
+        self,
+        batch: Mapping[str, PendingHeartbeat],
+        *,
+        now: float,
+        grace_for: Callable[[float], float],
+    ) -> list[Transition]:
+        """Write a batch of coalesced heartbeats in one transaction."""
+        transitions: list[Transition] = []
+        if not batch:
+            return transitions
+        pg = self._db.backend == "postgres"
+        if pg:
+            sql = (
+                "UPDATE fleet_node SET last_heartbeat=$1, "
+                "last_heartbeat_reported=GREATEST(last_heartbeat_reported, $2), "
+                "offline_after=$3, grace=$4, status=$5, status_since=$6 WHERE node_id=$7"
+            )
+        else:
+            sql = (
+                "UPDATE fleet_node SET last_heartbeat=?, "
+                "last_heartbeat_reported=MAX(last_heartbeat_reported, ?), "
+                "offline_after=?, grace=?, status=?, status_since=? WHERE node_id=?"
+            )
+        ids = list(batch)
+        async with in_transaction() as tx:
+            for chunk in _chunks(ids):
+                rows = await Node.filter(node_id__in=list(chunk)).values_list(
+                    "node_id", "status", "status_since", "heartbeat_interval"
+                )
+                params = []
+                for node_id, status, since, interval in rows:
+                    hb = batch[node_id]
+                    grace = grace_for(interval)
+                    if status != ONLINE:
+                        reason = "heartbeat resumed" if status == OFFLINE else "first heartbeat"
+                        transitions.append(Transition(node_id, status, ONLINE, reason))
+                        since = now
+                    params.append(
+                        [
+                            hb.received_at,
+                            hb.reported,
+                            hb.received_at + grace,
+                            grace,
+                            ONLINE,
+                            since,
+                            node_id,
+                        ]
+                    )
+                if params:
+                    await tx.execute_many(sql, params)
+            for t in transitions:
+                await NodeEvent.create(
+                    node_id=t.node_id,
+                    timestamp=now,
+                    old_status=t.old,
+                    new_status=t.new,
+                    reason=t.reason,
+                    using_db=tx,
+                )
+        return transitions
+
+    @db_errors_unavailable
+    async def mark_overdue_offline(
+        self, *, now: float, started_at: float, exclude: Iterable[str] = (), limit: int = 1000
+    ) -> tuple[list[Transition], int]:
+        """Mark online nodes whose grace ran out offline.
+
+        Restart guard: a node is not declared offline before a full grace period has
+        passed since this Manager started (``started_at``), because heartbeats sent while
+        the Manager was down could not arrive. Returns (transitions, nodes held by the guard).
+        """
+        rows = (
+            await Node.filter(status=ONLINE, offline_after__lt=now)
+            .limit(limit)
+            .values_list("node_id", "last_heartbeat", "grace")
+        )
+        skip = set(exclude)
+        transitions: list[Transition] = []
+        held = 0
+        for node_id, last, grace in rows:
+            if node_id in skip:
+                continue
+            if now - started_at < grace:
+                held += 1
+                continue
+            silent = now - (last or 0)
+            reason = f"no heartbeat for {silent:.0f} s (grace {grace:g} s)"
+            changed = await Node.filter(
+                node_id=node_id, status=ONLINE, offline_after__lt=now
+            ).update(status=OFFLINE, status_since=now)
+            if changed:
+                t = Transition(node_id, ONLINE, OFFLINE, reason)
+                await self._event(t, now)
+                transitions.append(t)
+        return transitions, held
+
+    @db_errors_unavailable
+    async def list_nodes(
+        self, *, status: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Node]:
+        query = Node.all().order_by("node_id")
+        if status:
+            query = query.filter(status=status)
+        nodes = await query
+        if labels:
+            nodes = [
+                n for n in nodes if all((n.labels or {}).get(k) == v for k, v in labels.items())
+            ]
+        return nodes
+
+    @db_errors_unavailable
+    async def get_node(self, node_id: str) -> Node | None:
+        return await Node.get_or_none(node_id=node_id)
+
+    @db_errors_unavailable
+    async def node_events(self, node_id: str, limit: int) -> list[NodeEvent]:
+        return await NodeEvent.filter(node_id=node_id).order_by("-timestamp", "-id").limit(limit)
+
+    @db_errors_unavailable
+    async def agent_counts(self, node_ids: Sequence[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for chunk in _chunks(list(node_ids)):
+            for (node_id,) in await Agent.filter(node_id__in=list(chunk)).values_list("node_id"):
+                counts[node_id] = counts.get(node_id, 0) + 1
+        return counts
+
+    @db_errors_unavailable
+    async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(nodes by status, agents by status) for /metrics."""
+        nodes: dict[str, int] = {}
+        for (status,) in await Node.all().values_list("status"):
+            nodes[status] = nodes.get(status, 0) + 1
+        agents: dict[str, int] = {}
+        for (status,) in await Agent.all().values_list("status"):
+            agents[status] = agents.get(status, 0) + 1
+        return nodes, agents
+
+    # ---- agents ----
+
+    @db_errors_unavailable
+    async def sync_agents(
+        self, *, node_id: str, states: Sequence[AgentRecord], full: bool, now: float
+    ) -> tuple[int, int]:
+        """Apply a Daemon's agent states; ``full`` removes agents it no longer lists.
+
+        Returns (upserted, removed).
+        """
+        removed = 0
+        async with in_transaction():
+            existing = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
+            for state in states:
+                values = {f: getattr(state, f) for f in _AGENT_FIELDS}
+                agent = existing.get(state.agent_id)
+                if agent is None:
+                    await Agent.create(
+                        node_id=node_id, agent_id=state.agent_id, updated_at=now, **values
+                    )
+                else:
+                    await Agent.filter(id=agent.id).update(updated_at=now, **values)
+            if full:
+                gone = set(existing) - {s.agent_id for s in states}
+                if gone:
+                    removed = await Agent.filter(node_id=node_id, agent_id__in=list(gone)).delete()
+        return len(states), removed
+
+    @db_errors_unavailable
+    async def list_agents(self, *, node_id: str = "", status: str = "") -> list[Agent]:
+        query = Agent.all().order_by("node_id", "agent_id")
+        if node_id:
+            query = query.filter(node_id=node_id)
+        if status:
+            query = query.filter(status=status)
+        return await query
+
+    @db_errors_unavailable
+    async def nodes_with_agent(self, agent_id: str) -> list[str]:
+        rows = await Agent.filter(agent_id=agent_id).order_by("node_id").values_list("node_id")
+        return [r[0] for r in rows]
+
+    @db_errors_unavailable
+    async def get_agent(self, node_id: str, agent_id: str) -> Agent | None:
+        return await Agent.get_or_none(node_id=node_id, agent_id=agent_id)
+
+    # ---- host metrics ----
+
+    @db_errors_unavailable
+    async def save_metrics(self, node_id: str, samples: Sequence[tuple[str, int, dict]]) -> int:
+        """Store (type, timestamp, values) samples in bulk; returns the number written."""
+        if not samples:
+            return 0
+        await MetricSample.bulk_create(
+            [MetricSample(node_id=node_id, type=t, timestamp=ts, values=v) for t, ts, v in samples],
+            batch_size=_CHUNK,
+        )
+        return len(samples)
+
+    @db_errors_unavailable
+    async def query_metrics(
+        self, *, node_id: str, type: str, since: int, limit: int
+    ) -> list[MetricSample]:
+        query = MetricSample.filter(node_id=node_id, timestamp__gte=since)
+        if type:
+            query = query.filter(type=type)
+        newest = await query.order_by("-timestamp", "-id").limit(limit)
+        return list(reversed(newest))
+
+    @db_errors_unavailable
+    async def delete_metrics_before(self, cutoff: int, *, batch: int) -> int:
+        """Delete at most ``batch`` samples older than ``cutoff`` (one short transaction)."""
+        ids = (
+            await MetricSample.filter(timestamp__lt=cutoff)
+            .order_by("timestamp")
+            .limit(batch)
+            .values_list("id", flat=True)
+        )
+        if not ids:
+            return 0
+        return await MetricSample.filter(id__in=list(ids)).delete()

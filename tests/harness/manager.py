@@ -1,0 +1,171 @@
+"""Start a real ``fleet-manager`` for tests, and open channels to it.
+
+Used by every tier's tests (daemon, fleetctl, end-to-end): keep the signatures stable.
+
+    mgr = start_manager(tmp_path, certs)          # waits for "manager ready"
+    async with admin_channel(certs, mgr.grpc_port) as ch: ...
+    mgr.stop()
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpclib.client import Channel
+
+from common.tls import TLSFiles, client_context
+
+from . import Proc, console_script, free_port, wait_until
+
+_READY = re.compile(r"manager ready: grpc=(\S+):(\d+) http=(\S+)")
+
+
+class ManagerProc(Proc):
+    """A running ``fleet-manager`` child process with its bound ports."""
+
+    grpc_port: int
+    http_port: int | None
+    data_dir: Path
+    db_url: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port, "HTTP side disabled"
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def wait_ready(self, timeout: float = 30.0, *, after: int = 0) -> None:
+        """Wait for the ``manager ready`` line (the n-th one after offset ``after``)."""
+
+        def ready() -> re.Match[str] | None:
+            if not self.alive():
+                raise AssertionError(
+                    f"fleet-manager exited with {self.popen.returncode}:\n{self.output()[-4000:]}"
+                )
+            return _READY.search(self.output()[after:])
+
+        try:
+            match = wait_until(ready, timeout=timeout, interval=0.05, what="manager ready")
+        except AssertionError:
+            raise AssertionError(f"manager not ready; log:\n{self.output()[-4000:]}") from None
+        self.grpc_port = int(match.group(2))
+        http = match.group(3)
+        self.http_port = None if http == "disabled" else int(http.rsplit(":", 1)[1])
+
+
+def manager_argv(
+    tmp_path: Path,
+    certs: Path | None,
+    *,
+    db_url: str | None = None,
+    grace: float | None = None,
+    grpc_port: int = 0,
+    http_port: int | None = 0,
+    extra_args: Sequence[str] = (),
+    insecure: bool = False,
+) -> list[str]:
+    """The command line ``start_manager`` runs (handy for restarts with changes)."""
+    data_dir = tmp_path / "manager-data"
+    argv = [
+        console_script("fleet-manager"),
+        "--listen",
+        f"127.0.0.1:{grpc_port}",
+        "--http-listen",
+        "" if http_port is None else f"127.0.0.1:{http_port}",
+        "--data-dir",
+        str(data_dir),
+        "--db",
+        db_url or f"sqlite://{data_dir / 'manager.sqlite3'}",
+        "--log-level",
+        "debug",
+    ]
+    if insecure:
+        argv.append("--insecure")
+    else:
+        assert certs is not None
+        argv += [
+            "--cert",
+            str(certs / "manager.crt"),
+            "--key",
+            str(certs / "manager.key"),
+            "--ca",
+            str(certs / "ca.crt"),
+        ]
+    if grace is not None:
+        argv += ["--grace", str(grace)]
+    return argv + list(extra_args)
+
+
+def start_manager(
+    tmp_path: Path,
+    certs: Path | None,
+    *,
+    db_url: str | None = None,
+    grace: float | None = None,
+    extra_args: Sequence[str] = (),
+    insecure: bool = False,
+    grpc_port: int = 0,
+    http_port: int | None = 0,
+    log_name: str = "manager.log",
+    timeout: float = 30.0,
+) -> ManagerProc:
+    """Start ``fleet-manager`` on 127.0.0.1 (ports chosen by the OS unless given).
+
+    ``db_url`` defaults to an SQLite file under ``tmp_path/manager-data``. Returns once
+    the Manager logged ``manager ready``; ``.grpc_port``, ``.http_port``, ``.address``.
+    """
+    argv = manager_argv(
+        tmp_path,
+        certs,
+        db_url=db_url,
+        grace=grace,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        extra_args=extra_args,
+        insecure=insecure,
+    )
+    data_dir = tmp_path / "manager-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = ManagerProc(argv, log_path=tmp_path / log_name)
+    proc.data_dir = data_dir
+    proc.db_url = db_url or f"sqlite://{data_dir / 'manager.sqlite3'}"
+    try:
+        proc.wait_ready(timeout)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def _channel(certs: Path, port: int, name: str, host: str = "127.0.0.1") -> Channel:
+    files = TLSFiles(certs / f"{name}.crt", certs / f"{name}.key", certs / "ca.crt")
+    return Channel(host, port, ssl=client_context(files, expect_role="manager"))
+
+
+def admin_channel(certs: Path, manager_port: int, cert_name: str = "admin") -> Channel:
+    """A channel to the Manager presenting ``certs/<cert_name>.crt`` (an admin cert).
+
+    Create it inside the coroutine that uses it (grpclib binds it to the running loop),
+    and ``close()`` it when done.
+    """
+    return _channel(certs, manager_port, cert_name)
+
+
+def node_channel(certs: Path, manager_port: int, node_id: str) -> Channel:
+    """A channel to the Manager presenting node ``node_id``'s certificate."""
+    return _channel(certs, manager_port, node_id)
+
+
+__all__ = [
+    "ManagerProc",
+    "admin_channel",
+    "free_port",
+    "manager_argv",
+    "node_channel",
+    "start_manager",
+]
