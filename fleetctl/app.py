@@ -7,8 +7,6 @@ Only light modules are imported here: gRPC, betterproto, the schema and Rich loa
 the commands that need them.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from collections.abc import Sequence

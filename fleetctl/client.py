@@ -113,14 +113,27 @@ class Connection:
     def daemon(self) -> daemon_pb.DaemonServiceStub:
         return daemon_pb.DaemonServiceStub(self.channel, timeout=self.settings.timeout)
 
-    async def call(self, awaitable: Awaitable[T], *, what: str = "") -> T:
-        """Await one RPC, turning any failure into a :class:`CliError`."""
+    async def call(
+        self, awaitable: Awaitable[T], *, what: str = "", agent_without_node: bool = False
+    ) -> T:
+        """Await one RPC, turning any failure into a :class:`CliError`.
+
+        ``agent_without_node``: the request named an agent but no node, so
+        ``FAILED_PRECONDITION`` means the id is ambiguous — a usage error (exit 2).
+        """
         try:
             return await awaitable
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise await self.explain(exc, what=what) from exc
+            err = await self.explain(exc, what=what)
+            if (
+                agent_without_node
+                and isinstance(exc, GRPCError)
+                and exc.status is Status.FAILED_PRECONDITION
+            ):
+                err = CliError(f"{err.message} (e.g. --node NODE or NODE AGENT)", ExitCode.USAGE)
+            raise err from exc
 
     async def explain(self, exc: BaseException, *, what: str = "") -> CliError:
         """:func:`translate`, plus a TLS probe when the server just dropped us.

@@ -3,9 +3,6 @@
 Nothing here imports gRPC or Rich; :meth:`State.connect` imports the client lazily.
 """
 
-from __future__ import annotations
-
-import asyncio
 import enum
 import sys
 from collections.abc import Coroutine, Mapping
@@ -77,7 +74,7 @@ class State:
     def stderr_is_terminal(self) -> bool:
         return use_rich(sys.stderr, self.environ)
 
-    def connect(self, daemon: str | None = None, *, node: str | None = None) -> Connection:
+    def connect(self, daemon: str | None = None, *, node: str | None = None) -> "Connection":
         """A connection to the Manager, or to ``daemon`` (expected to be node ``node``)."""
         from ..client import Connection, Target
 
@@ -95,6 +92,8 @@ def state(ctx: typer.Context) -> State:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine to completion."""
+    import asyncio
+
     return asyncio.run(coro)
 
 

@@ -1,8 +1,6 @@
 """``fleetctl agent config get|push``: an agent's effective config, and updating it
 through ``PushUpdate``."""
 
-from __future__ import annotations
-
 import json
 import sys
 from pathlib import Path
@@ -42,7 +40,8 @@ def get_config(
             resp = await conn.call(
                 conn.admin().get_agent_config(
                     admin_pb.GetAgentConfigRequest(node_id=node, agent_id=agent)
-                )
+                ),
+                agent_without_node=not node,
             )
             return resp.node_id or node, resp.config
 

@@ -4,8 +4,6 @@ Fleet-wide operations (``--all``) live in :mod:`.fleetwide`; ``agent config`` in
 :mod:`.agent_config`.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -161,7 +159,8 @@ def _operation(op: str) -> Callable[..., None]:
                     r = await conn.call(
                         conn.admin().operate_agent(
                             admin_pb.OperateAgentRequest(node_id=node, agent_id=agent, operation=op)
-                        )
+                        ),
+                        agent_without_node=not node,
                     )
                     return r.node_id or node, r
 

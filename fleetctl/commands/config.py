@@ -1,7 +1,5 @@
 """``fleetctl config show``: the connection settings in effect and where each came from."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

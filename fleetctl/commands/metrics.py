@@ -1,8 +1,6 @@
 """``fleetctl metrics AGENT`` and the summary/sparkline presentation shared with
 ``fleetctl nodes metrics``."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -68,7 +66,8 @@ def agent_metrics(
                     admin_pb.GetAgentMetricsRequest(
                         node_id=node or "", agent_id=agent, since_seconds=seconds
                     )
-                )
+                ),
+                agent_without_node=not node,
             )
             return resp.node_id or node or "", list(resp.data_points)
 

@@ -1,7 +1,5 @@
 """``fleetctl nodes list|show|metrics``."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
