@@ -1,0 +1,299 @@
+"""All agents of this Daemon: start-up (adopt or autostart), serialised operations,
+config updates with rollback, heartbeat watchdog, log rotation, resource sampling, and
+persistence of what must survive a Daemon restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+
+from .config import AgentSpec
+from .history import GroupSampler, History
+from .process import LogFile, ManagedProcess
+from .state import AgentRecord, StateStore
+from .supervisor import ACTIVE, RUNNING, AgentRunner
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = ("start", "stop", "restart")
+_HOUSEKEEPING_SECONDS = 1.0
+_ROTATE_EVERY = 10
+
+
+class UpdateFailed(Exception):
+    """A pushed update could not be applied (and was rolled back)."""
+
+
+class Agents:
+    """The supervised agents; lifecycle ``start`` / ``close`` / ``wait_closed``."""
+
+    def __init__(
+        self,
+        *,
+        specs: tuple[AgentSpec, ...],
+        state_dir: Path,
+        base_env: Mapping[str, str],
+        history: History,
+        stop_on_exit: bool = True,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._specs = specs
+        self._store = StateStore(path=state_dir / "agents.json")
+        self._log_dir = state_dir / "logs"
+        self._base_env = dict(base_env)
+        self.history = history
+        self._stop_on_exit = stop_on_exit
+        self._notify = on_change
+        self._sampler = GroupSampler()
+        self.runners: dict[str, AgentRunner] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._dirty = False
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Re-adopt agents that outlived the last Daemon, autostart the others."""
+        if self._started:
+            raise RuntimeError("Agents already started")
+        self._started = True
+        self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        records = self._store.load()
+        for spec in self._specs:
+            record = records.get(spec.id, AgentRecord())
+            runner = AgentRunner(
+                spec=spec,
+                record=record,
+                log_dir=self._log_dir,
+                base_env=self._base_env,
+                on_change=self._changed,
+            )
+            self.runners[spec.id] = runner
+        for stale in set(records) - set(self.runners):
+            self._stop_orphan(stale, records[stale])
+        starting = []
+        for runner in self.runners.values():
+            proc = ManagedProcess.adopt(runner.record.pid, runner.record.create_time)
+            if proc is not None:
+                log.info("agent %s: re-adopting pid %d", runner.id, proc.pid)
+                runner.adopt(proc)
+            else:
+                if runner.record.pid:
+                    log.info(
+                        "agent %s: recorded pid %d is gone (or reused): not adopting",
+                        runner.id,
+                        runner.record.pid,
+                    )
+                runner.record.pid = 0
+                runner.record.create_time = 0.0
+                if runner.spec.autostart:
+                    starting.append(runner)
+        self._save()
+        self._tasks = [
+            asyncio.create_task(self._autostart(r), name=f"autostart-{r.id}") for r in starting
+        ]
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="agents-housekeeping"))
+        self._tasks.append(asyncio.create_task(self._sampling(), name="agents-sampling"))
+
+    def _stop_orphan(self, agent_id: str, record: AgentRecord) -> None:
+        # An agent removed from the config while the Daemon was down: it must not run on
+        # unsupervised. It is killed right away (its stop settings are gone with it).
+        if not record.pid:
+            return
+        try:
+            if abs(psutil.Process(record.pid).create_time() - record.create_time) < 0.05:
+                log.warning(
+                    "agent %s is no longer configured: killing its group %d", agent_id, record.pid
+                )
+                os.killpg(record.pid, signal.SIGKILL)
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            pass
+
+    async def _autostart(self, runner: AgentRunner) -> None:
+        async with runner.lock:
+            error = await runner.start()
+        if error:
+            log.warning("agent %s did not start: %s", runner.id, error)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._stop_on_exit:
+            await asyncio.gather(*(self._stop_for_exit(r) for r in self.runners.values()))
+        else:
+            for runner in self.runners.values():
+                runner.detach()
+            for runner in self.runners.values():
+                await runner.wait_detached()
+            log.info(
+                "leaving %d agent(s) running", sum(1 for r in self.runners.values() if r.record.pid)
+            )
+        self._save()
+
+    async def _stop_for_exit(self, runner: AgentRunner) -> None:
+        async with runner.lock:
+            await runner.stop("Daemon shutting down")
+
+    async def __aenter__(self) -> Agents:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # ---- change tracking ----
+
+    def _changed(self, runner: AgentRunner) -> None:
+        self._save()
+        self._notify()
+
+    def _save(self) -> None:
+        try:
+            self._store.save({r.id: r.record for r in self.runners.values()})
+        except OSError as exc:
+            log.error("cannot write agent state: %s", exc)
+
+    # ---- queries ----
+
+    def get(self, agent_id: str) -> AgentRunner:
+        runner = self.runners.get(agent_id)
+        if runner is None:
+            raise NotFound(f"agent {agent_id!r} is not configured on this node")
+        return runner
+
+    # ---- operations ----
+
+    async def operate(self, agent_id: str, operation: str) -> tuple[AgentRunner, str | None]:
+        """Run start/stop/restart to completion; (runner, error or None)."""
+        if operation not in OPERATIONS:
+            raise InvalidArgument(f"operation {operation!r} is not one of {', '.join(OPERATIONS)}")
+        runner = self.get(agent_id)
+        async with runner.lock:
+            if operation == "start":
+                error = await runner.start()
+            elif operation == "stop":
+                await runner.stop("stopped by request")
+                error = None
+            else:
+                error = await runner.restart()
+        return runner, error
+
+    async def push_update(
+        self, agent_id: str, *, config_json: str, version: str, restart: bool
+    ) -> AgentRunner:
+        """Store a new config and/or version; restart if asked; roll back on failure.
+
+        Raises :class:`UpdateFailed` (after rolling back) when the restart fails.
+        """
+        runner = self.get(agent_id)
+        new_config: dict[str, Any] | None = None
+        if config_json:
+            try:
+                new_config = json.loads(config_json)
+            except ValueError as exc:
+                raise InvalidArgument(f"config_json is not valid JSON: {exc}") from None
+            if not isinstance(new_config, dict):
+                raise InvalidArgument("config_json must be a JSON object")
+        if new_config is None and not version and not restart:
+            raise InvalidArgument("update carries no config, no version and no restart")
+        async with runner.lock:
+            record = runner.record
+            previous = (record.pushed_config, record.pushed_version)
+            was_active = runner.state in ACTIVE
+            if new_config is not None:
+                record.pushed_config = new_config
+            if version:
+                record.pushed_version = version
+            self._changed(runner)
+            log.info(
+                "agent %s: update stored (config hash %s, version %s)",
+                runner.id,
+                runner.config_hash[:12],
+                runner.version or "-",
+            )
+            if not restart:
+                return runner
+            error = await runner.restart()
+            if error is None:
+                return runner
+            record.pushed_config, record.pushed_version = previous
+            log.warning(
+                "agent %s: restart after update failed (%s): rolling back", runner.id, error
+            )
+            await runner.stop("rolling back a failed update")
+            self._changed(runner)
+            rollback_error = await runner.start() if was_active else None
+            detail = f"; rollback restart failed too: {rollback_error}" if rollback_error else ""
+            raise UpdateFailed(f"restart with the new config failed: {error}{detail}")
+
+    # ---- the agent's own calls ----
+
+    def authenticate(self, agent_id: str, token: str) -> AgentRunner:
+        """The runner of ``agent_id`` if ``token`` is its current secret."""
+        runner = self.runners.get(agent_id)
+        if runner is None or not token or not runner.token_matches(token):
+            raise PermissionDenied(f"agent {agent_id!r}: unknown agent or wrong token")
+        if runner.state not in ACTIVE:
+            raise FailedPrecondition(f"agent {agent_id!r} is {runner.state}")
+        return runner
+
+    # ---- periodic work ----
+
+    async def _housekeeping(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_SECONDS)
+            tick += 1
+            now = time.time()
+            for runner in self.runners.values():
+                timeout = runner.spec.heartbeat_timeout
+                if timeout and runner.state == RUNNING and runner.pid:
+                    last = max(runner.last_heartbeat, runner.record.start_time)
+                    if now - last > timeout:
+                        runner.kill_hung(now - last)
+            if tick % _ROTATE_EVERY == 0:
+                files = [f for r in self.runners.values() for f in r.log_files]
+                try:
+                    await asyncio.to_thread(_rotate_all, files)
+                except OSError as exc:
+                    log.warning("log rotation failed: %s", exc)
+
+    async def _sampling(self) -> None:
+        interval = self.history.interval
+        while True:
+            await asyncio.sleep(interval)
+            groups = {r.id: r.pgid for r in self.runners.values() if r.pgid}
+            if not groups:
+                continue
+            try:
+                points = await asyncio.to_thread(self._sampler.sample, groups, time.time())
+            except Exception:
+                log.exception("resource sampling failed")
+                continue
+            for agent_id, point in points.items():
+                self.history.add(agent_id, point)
+
+
+def _rotate_all(files: list[LogFile]) -> None:
+    for f in files:
+        f.rotate_if_needed()

@@ -1,0 +1,295 @@
+"""The Daemon assembled: agents, their two gRPC listeners, the Manager link, /metrics.
+
+One grpclib ``Server`` serves one listener, so there are two: DaemonService on TCP with
+mutual TLS for the Manager and admins (:mod:`daemon.services.control_service`), and the
+agent API on a Unix socket (:mod:`daemon.services.agent_service`), mode 0600 in a
+directory made 0700.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from grpclib.server import Server
+from prometheus_client.core import Metric
+
+from common.rpc import GuardedService, Transport
+from common.tls import TLSFiles, client_context, server_context, warn_insecure
+
+from .agents import Agents
+from .config import DaemonConfig, split_hostport
+from .history import History
+from .hostinfo import HostMetrics, host_facts
+from .manager_client import ManagerClient, NodeIdentity
+from .metrics_http import MetricsServer, counter, gauge
+from .outbox import Outbox
+from .services import agent_service, control_service
+from .supervisor import ACTIVE
+
+log = logging.getLogger(__name__)
+
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+_SHARED_DIRS = frozenset({"/", "/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm"})
+
+
+class StartupError(Exception):
+    """The Daemon cannot start (bad socket directory, unreadable certificate…)."""
+
+
+def agent_socket_path(config: DaemonConfig) -> Path:
+    """The configured socket, or ``<state_dir>/run/agent.sock`` (a short /tmp path
+    when that would exceed the Unix socket path limit)."""
+    if config.agent_socket:
+        return Path(config.agent_socket)
+    path = config.state_dir / "run" / "agent.sock"
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"fleet-daemon-{os.getuid()}" / f"{digest}" / "agent.sock"
+
+
+def prepare_socket_dir(path: Path) -> None:
+    """Create (or tighten) the socket's directory to 0700, owned by us."""
+    directory = path.parent
+    if str(directory) in _SHARED_DIRS:
+        raise StartupError(
+            f"agent socket {path} must be in a directory of its own, not {directory}"
+        )
+    if len(str(path)) > 107:
+        raise StartupError(f"agent socket path {path} is longer than the 107-byte limit")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = directory.stat()
+    if st.st_uid != os.getuid():
+        raise StartupError(f"agent socket directory {directory} is not owned by this user")
+    os.chmod(directory, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()  # left over from a Daemon that did not exit cleanly
+        else:
+            raise StartupError(f"{path} exists and is not a socket")
+
+
+class DaemonApp:
+    """Everything one ``fleet-daemon`` runs; lifecycle start/close/wait_closed."""
+
+    def __init__(self, *, config: DaemonConfig, base_env: Mapping[str, str]) -> None:
+        self.config = config
+        self._base_env = dict(base_env)
+        self.socket_path = agent_socket_path(config)
+        self.agents: Agents | None = None
+        self.manager: ManagerClient | None = None
+        self.outbox: Outbox | None = None
+        self._control: Server | None = None
+        self._local: Server | None = None
+        self._http: MetricsServer | None = None
+        self.grpc_port = 0
+        self.advertise = ""
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("DaemonApp already started")
+        self._started = True
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tls = None
+        if cfg.tls_enabled:
+            t = cfg.manager.tls
+            tls = TLSFiles(Path(t.cert_file), Path(t.key_file), Path(t.ca_file))
+            try:
+                tls.check_readable()
+            except FileNotFoundError as exc:
+                raise StartupError(str(exc)) from None
+        else:
+            warn_insecure("fleet-daemon")
+        manager_addr = split_hostport(cfg.manager.address)
+        facts = await asyncio.to_thread(host_facts, manager_addr)
+        host_metrics = HostMetrics()
+        self.outbox = Outbox(directory=cfg.state_dir / "outbox", max_reports=cfg.outbox_max_reports)
+        history = History(retention=cfg.history_retention, interval=cfg.history_interval)
+        env = dict(self._base_env)
+        env["FLEET_AGENT_SOCKET"] = str(self.socket_path)
+        env["FLEET_NODE_ID"] = cfg.node_id
+        self.agents = Agents(
+            specs=cfg.agents,
+            state_dir=cfg.state_dir,
+            base_env=env,
+            history=history,
+            stop_on_exit=cfg.stop_agents_on_exit,
+            on_change=self._agents_changed,
+        )
+
+        control = control_service.ControlService(
+            node_id=cfg.node_id, agents=self.agents, request_sync=self._request_sync
+        )
+        self._control = Server(
+            [
+                GuardedService(
+                    control,
+                    policy=control_service.POLICY,
+                    transport=Transport.TLS if tls else Transport.INSECURE,
+                )
+            ]
+        )
+        host, port = split_hostport(cfg.listen)
+        await self._control.start(host, port, ssl=server_context(tls) if tls else None)
+        self.grpc_port = _bound_port(self._control)
+
+        prepare_socket_dir(self.socket_path)
+        self._local = Server(
+            [
+                GuardedService(
+                    agent_service.AgentService(agents=self.agents),
+                    policy=agent_service.POLICY,
+                    transport=Transport.LOCAL,
+                )
+            ]
+        )
+        await self._local.start(path=str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+
+        self.advertise = cfg.advertise or _advertise(host, self.grpc_port, facts.ip)
+        self.manager = ManagerClient(
+            settings=cfg.manager,
+            node=NodeIdentity(
+                node_id=cfg.node_id,
+                labels=dict(cfg.labels),
+                facts=facts,
+                daemon_address=self.advertise,
+            ),
+            ssl_context=client_context(tls, expect_role="manager") if tls else None,
+            outbox=self.outbox,
+            host_metrics=host_metrics,
+            agent_states=lambda: [r.to_state() for r in self._runners()],
+        )
+        await self.agents.start()
+        await self.manager.start()
+        if cfg.http_listen:
+            self._http = MetricsServer(listen=cfg.http_listen, collect=self._collect)
+            await self._http.start()
+        log.info(
+            "daemon ready: node %s, DaemonService on %s:%d (advertised as %s), agent socket %s, "
+            "%d agent(s), Manager %s%s",
+            cfg.node_id,
+            host,
+            self.grpc_port,
+            self.advertise,
+            self.socket_path,
+            len(cfg.agents),
+            cfg.manager.address,
+            f", metrics on http://{cfg.http_listen.rsplit(':', 1)[0]}:{self._http.port}/metrics"
+            if self._http
+            else "",
+        )
+
+    def _runners(self) -> list:  # type: ignore[type-arg]
+        return list(self.agents.runners.values()) if self.agents else []
+
+    def _agents_changed(self) -> None:
+        if self.manager is not None:
+            self.manager.request_sync()
+
+    def _request_sync(self) -> None:
+        if self.manager is not None:
+            self.manager.request_sync()
+
+    def close(self) -> None:
+        """Stop taking requests; agents are stopped (or left running) in wait_closed."""
+        for server in (self._control, self._local):
+            if server is not None:
+                server.close()
+        if self._http is not None:
+            self._http.close()
+
+    async def wait_closed(self) -> None:
+        for server in (self._control, self._local):
+            if server is not None:
+                await server.wait_closed()
+        if self.agents is not None:
+            self.agents.close()
+            await self.agents.wait_closed()
+        if self.manager is not None:
+            await self.manager.flush_states(timeout=2.0)
+            self.manager.close()
+            await self.manager.wait_closed()
+        if self._http is not None:
+            await self._http.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        log.info("daemon stopped")
+
+    async def __aenter__(self) -> DaemonApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # ---- /metrics ----
+
+    def _collect(self) -> Iterable[Metric]:
+        runners = self._runners()
+        states = gauge("fleet_daemon_agents", "Agents by state", ["state"])
+        by_state: dict[str, int] = {}
+        for r in runners:
+            by_state[r.state] = by_state.get(r.state, 0) + 1
+        for state, n in sorted(by_state.items()):
+            states.add_metric([state], n)
+        up = gauge("fleet_agent_up", "1 while the agent is STARTING or RUNNING", ["agent"])
+        restarts = counter("fleet_agent_restarts", "Restarts of the agent", ["agent"])
+        hb = gauge(
+            "fleet_agent_last_heartbeat_seconds", "Unix time of the last heartbeat", ["agent"]
+        )
+        cpu = gauge(
+            "fleet_agent_cpu_percent", "CPU of the process group (latest sample)", ["agent"]
+        )
+        rss = gauge("fleet_agent_memory_rss_bytes", "RSS of the process group", ["agent"])
+        custom = gauge(
+            "fleet_agent_metric",
+            "Metrics agents report through ReportMetrics",
+            ["agent", "name", "labels"],
+        )
+        for r in runners:
+            up.add_metric([r.id], 1.0 if r.state in ACTIVE - {"BACKOFF", "STOPPING"} else 0.0)
+            restarts.add_metric([r.id], r.record.restart_count)
+            hb.add_metric([r.id], r.last_heartbeat)
+            point = self.agents.history.latest(r.id) if self.agents else None
+            if point is not None:
+                cpu.add_metric([r.id], point.cpu)
+                rss.add_metric([r.id], point.memory_rss)
+            for (name, labels), value in r.custom_metrics.items():
+                custom.add_metric([r.id, name, ",".join(f"{k}={v}" for k, v in labels)], value)
+        yield from (states, up, restarts, hb, cpu, rss, custom)
+        if self.outbox is not None:
+            pending = gauge("fleet_daemon_outbox_reports", "Metric reports waiting for the Manager")
+            pending.add_metric([], len(self.outbox))
+            dropped = counter(
+                "fleet_daemon_outbox_dropped", "Metric reports dropped because the outbox was full"
+            )
+            dropped.add_metric([], self.outbox.dropped)
+            yield from (pending, dropped)
+        if self.manager is not None:
+            connected = gauge("fleet_daemon_manager_connected", "1 while the Manager answers")
+            connected.add_metric([], 1.0 if self.manager.connected else 0.0)
+            regs = counter("fleet_daemon_registrations", "Successful RegisterNode calls")
+            regs.add_metric([], self.manager.registrations)
+            yield from (connected, regs)
+
+
+def _bound_port(server: Server) -> int:
+    sockets = server._server.sockets if server._server is not None else ()
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
+def _advertise(host: str, port: int, ip: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        host = ip
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

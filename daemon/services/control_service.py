@@ -1,0 +1,132 @@
+"""The manager-facing half of DaemonService (TCP, mutual TLS; Manager or admin certs).
+
+``SyncAgentStates`` called *on the Daemon* means "push your agent states now": the Daemon
+answers at once and then sends its full, authoritative list through
+``ManagerService.SyncAgentStates``. Any states in the request are ignored — the Daemon
+is the authority on what runs on its host.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from common.errors import InvalidArgument
+from common.validate import check_id
+from schema import daemon_pb
+
+from ..agents import Agents, UpdateFailed
+
+log = logging.getLogger(__name__)
+
+POLICY = {
+    name: {"manager", "admin"}
+    for name in (
+        "PushUpdate",
+        "ListAgents",
+        "OperateAgent",
+        "GetAgentMetrics",
+        "SyncAgentStates",
+        "GetAgentConfig",
+    )
+}
+
+
+class ControlService(daemon_pb.DaemonServiceBase):
+    """ListAgents, OperateAgent, GetAgentMetrics, SyncAgentStates, PushUpdate, GetAgentConfig.
+
+    The agent-facing methods are left to the base class (``UNIMPLEMENTED``) and are in
+    any case outside this listener's policy.
+    """
+
+    def __init__(self, *, node_id: str, agents: Agents, request_sync: Callable[[], None]) -> None:
+        self._node_id = node_id
+        self._agents = agents
+        self._request_sync = request_sync
+
+    async def list_agents(
+        self, list_agents_request: daemon_pb.ListAgentsRequest
+    ) -> daemon_pb.ListAgentsResponse:
+        return daemon_pb.ListAgentsResponse(
+            agents=[r.to_info() for r in self._agents.runners.values()]
+        )
+
+    async def operate_agent(
+        self, agent_operation_request: daemon_pb.AgentOperationRequest
+    ) -> daemon_pb.AgentOperationResponse:
+        req = agent_operation_request
+        check_id("agent_id", req.agent_id)
+        runner, error = await self._agents.operate(req.agent_id, req.operation.strip().lower())
+        return daemon_pb.AgentOperationResponse(
+            success=error is None, error_message=error or "", agent=runner.to_info()
+        )
+
+    async def get_agent_metrics(
+        self, agent_metrics_request: daemon_pb.AgentMetricsRequest
+    ) -> daemon_pb.AgentMetricsResponse:
+        req = agent_metrics_request
+        check_id("agent_id", req.agent_id)
+        if req.duration_seconds <= 0:
+            raise InvalidArgument(f"duration_seconds must be > 0 (got {req.duration_seconds})")
+        self._agents.get(req.agent_id)
+        points = self._agents.history.window(req.agent_id, req.duration_seconds, time.time())
+        return daemon_pb.AgentMetricsResponse(
+            agent_id=req.agent_id, data_points=[p.to_pb() for p in points]
+        )
+
+    async def sync_agent_states(
+        self, sync_agent_states_request: daemon_pb.SyncAgentStatesRequest
+    ) -> daemon_pb.SyncAgentStatesResponse:
+        req = sync_agent_states_request
+        if req.node_id and req.node_id != self._node_id:
+            raise InvalidArgument(f"this is node {self._node_id!r}, not {req.node_id!r}")
+        self._request_sync()
+        return daemon_pb.SyncAgentStatesResponse(
+            success=True,
+            message=f"pushing {len(self._agents.runners)} agent state(s) to the Manager",
+        )
+
+    async def push_update(
+        self, update_request: daemon_pb.UpdateRequest
+    ) -> daemon_pb.UpdateResponse:
+        req = update_request
+        check_id("agent_id", req.agent_id)
+        try:
+            runner = await self._agents.push_update(
+                req.agent_id,
+                config_json=req.config_json,
+                version=req.version.strip(),
+                restart=req.restart,
+            )
+        except UpdateFailed as exc:
+            runner = self._agents.get(req.agent_id)
+            return daemon_pb.UpdateResponse(
+                success=False,
+                status="FAILED",
+                error_message=str(exc),
+                agent_id=req.agent_id,
+                config_hash=runner.config_hash,
+            )
+        return daemon_pb.UpdateResponse(
+            success=True, status="APPLIED", agent_id=req.agent_id, config_hash=runner.config_hash
+        )
+
+    async def get_agent_config(
+        self, agent_config_request: daemon_pb.AgentConfigRequest
+    ) -> daemon_pb.ConfigResponse:
+        check_id("agent_id", agent_config_request.agent_id)
+        return config_response(self._agents, agent_config_request.agent_id)
+
+
+def config_response(agents: Agents, agent_id: str) -> daemon_pb.ConfigResponse:
+    import json
+
+    runner = agents.get(agent_id)
+    config = runner.config
+    return daemon_pb.ConfigResponse(
+        agent_id=agent_id,
+        config_json=json.dumps(config, sort_keys=True, ensure_ascii=False),
+        config_hash=runner.config_hash,
+        version=runner.version,
+    )

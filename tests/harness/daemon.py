@@ -1,0 +1,256 @@
+"""Start real ``fleet-daemon`` processes for tests, and dial their DaemonService.
+
+    from harness.daemon import start_daemon, daemon_channel
+
+    d = start_daemon(tmp_path, certs, node_id="node-a", manager_port=m.grpc_port,
+                     agents=[{"id": "a1", "command": [sys.executable, AGENT]}])
+    async with daemon_channel(certs, d.grpc_port, "node-a") as ch: ...
+    d.stop()
+
+``start_daemon`` writes a TOML config, starts the Daemon and waits for its ``daemon ready``
+line. The Manager does not need to be up (the Daemon keeps retrying).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from grpclib.client import Channel
+
+from common.tls import TLSFiles, client_context
+
+from . import REPO, Proc, console_script, free_port, wait_until
+
+AGENTS_DIR = REPO / "tests" / "agents"
+
+
+def agent_script(name: str) -> str:
+    """Path of a test agent script in ``tests/agents`` (``"crasher"`` → ``.../crasher.py``)."""
+    return str(AGENTS_DIR / f"{name}.py")
+
+
+def agent(agent_id: str, script: str, *args: str, **settings: Any) -> dict[str, Any]:
+    """An ``[[agents]]`` table running ``tests/agents/<script>.py`` with this Python."""
+    return {"id": agent_id, "command": [sys.executable, agent_script(script), *args], **settings}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """A small TOML writer: top-level keys, nested tables, and ``[[agents]]`` arrays."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    arrays: list[tuple[str, Iterable[Mapping[str, Any]]]] = []
+
+    def walk(prefix: str, table: Mapping[str, Any], out: list[str]) -> None:
+        for key, value in table.items():
+            if isinstance(value, Mapping) and key not in ("labels", "env", "config"):
+                tables.append((f"{prefix}{key}", value))
+            elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+                arrays.append((f"{prefix}{key}", value))
+            else:
+                out.append(f"{json.dumps(key)} = {_toml_value(value)}")
+
+    walk("", data, lines)
+    while tables:
+        name, table = tables.pop(0)
+        lines.append(f"\n[{name}]")
+        walk(f"{name}.", table, lines)
+    for name, items in arrays:
+        for item in items:
+            lines.append(f"\n[[{name}]]")
+            for key, value in item.items():
+                lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class DaemonProc(Proc):
+    """A running ``fleet-daemon`` with what tests need to reach it."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        node_id: str,
+        grpc_port: int,
+        state_dir: Path,
+        config_path: Path,
+        agent_socket: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(argv, log_path=log_path, env=env)
+        self.node_id = node_id
+        self.grpc_port = grpc_port
+        self.address = f"127.0.0.1:{grpc_port}"
+        self.state_dir = state_dir
+        self.config_path = config_path
+        self.agent_socket = agent_socket
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"fleet-daemon exited early:\n{self.output()}")
+            return "daemon ready" in self.output()
+
+        try:
+            wait_until(ready, timeout=timeout, what="daemon ready")
+        except AssertionError:
+            raise AssertionError(f"fleet-daemon not ready:\n{self.output()}") from None
+
+    def restart(self, *, timeout: float = 30.0) -> DaemonProc:
+        """Start a new Daemon process with the same config (after stop() or kill())."""
+        return _launch(
+            self.argv,
+            self.log_path,
+            self.node_id,
+            self.grpc_port,
+            self.state_dir,
+            self.config_path,
+            self.agent_socket,
+            timeout,
+        )
+
+
+def _launch(
+    argv: Sequence[str],
+    log_path: Path,
+    node_id: str,
+    grpc_port: int,
+    state_dir: Path,
+    config_path: Path,
+    agent_socket: Path,
+    timeout: float,
+) -> DaemonProc:
+    proc = DaemonProc(
+        argv,
+        log_path=log_path,
+        node_id=node_id,
+        grpc_port=grpc_port,
+        state_dir=state_dir,
+        config_path=config_path,
+        agent_socket=agent_socket,
+        env={"PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        proc.wait_ready(timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def short_socket_dir() -> Path:
+    """A short private directory for the agent socket (sun_path is 108 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="fleet-sock-", dir="/tmp"))
+    os.chmod(directory, 0o700)
+    return directory
+
+
+def start_daemon(
+    tmp_path: Path,
+    certs: Path | None,
+    *,
+    node_id: str,
+    manager_port: int,
+    agents: Sequence[Mapping[str, Any]] = (),
+    heartbeat_interval: float = 1.0,
+    metrics_interval: float = 1.0,
+    extra_args: Sequence[str] = (),
+    insecure: bool = False,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> DaemonProc:
+    """Write a TOML config under ``tmp_path`` and start ``fleet-daemon`` until ready.
+
+    ``config`` is merged over the generated top-level tables (e.g.
+    ``{"history": {"interval": 0.5}}``); ``agents`` become ``[[agents]]``.
+    """
+    base = tmp_path / f"daemon-{node_id}"
+    base.mkdir(parents=True, exist_ok=True)
+    state_dir = base / "state"
+    grpc_port = free_port()
+    sock_dir = short_socket_dir()
+    agent_socket = sock_dir / "run" / "agent.sock"
+    data: dict[str, Any] = {
+        "node_id": node_id,
+        "state_dir": str(state_dir),
+        "manager": {
+            "address": f"127.0.0.1:{manager_port}",
+            "timeout": 5.0,
+            "heartbeat_interval": heartbeat_interval,
+            "reconnect_interval": 2.0,
+            "metrics_interval": metrics_interval,
+            "sync_interval": max(heartbeat_interval, 1.0),
+            "tls": {"enabled": False}
+            if insecure or certs is None
+            else {
+                "enabled": True,
+                "cert_file": str(certs / f"{node_id}.crt"),
+                "key_file": str(certs / f"{node_id}.key"),
+                "ca_file": str(certs / "ca.crt"),
+            },
+        },
+        "grpc": {"listen": f"127.0.0.1:{grpc_port}"},
+        "agent_api": {"socket": str(agent_socket)},
+        "log": {"level": "info"},
+    }
+    for key, value in (config or {}).items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    if agents:
+        data["agents"] = [dict(a) for a in agents]
+    config_path = base / "daemon.toml"
+    config_path.write_text(to_toml(data))
+    argv = [console_script("fleet-daemon"), "--config", str(config_path), *extra_args]
+    return _launch(
+        argv, base / "daemon.log", node_id, grpc_port, state_dir, config_path, agent_socket, timeout
+    )
+
+
+def daemon_channel(
+    certs: Path, daemon_port: int, node_id: str, cert_name: str = "manager"
+) -> Channel:
+    """A grpclib channel to a Daemon's DaemonService using ``certs/<cert_name>.crt``,
+    checking the server is ``node/<node_id>``. Create it inside a running event loop."""
+    files = TLSFiles(certs / f"{cert_name}.crt", certs / f"{cert_name}.key", certs / "ca.crt")
+    ctx = client_context(files, expect_role="node", expect_name=node_id)
+    return Channel("127.0.0.1", daemon_port, ssl=ctx)
+
+
+def cleanup_socket_dir(proc: DaemonProc) -> None:
+    """Remove the temporary socket directory (after the Daemon stopped)."""
+    shutil.rmtree(proc.agent_socket.parent.parent, ignore_errors=True)
+
+
+__all__ = [
+    "AGENTS_DIR",
+    "DaemonProc",
+    "agent",
+    "agent_script",
+    "cleanup_socket_dir",
+    "daemon_channel",
+    "start_daemon",
+]

@@ -1,0 +1,100 @@
+"""The Daemon against a real Manager: registration with host facts, heartbeats,
+agent-state sync, host metrics, and surviving a Manager that is down."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from harness import free_port, wait_until
+from harness.daemon import agent, start_daemon
+from harness.manager import admin_channel, start_manager
+
+from schema import admin_pb
+
+
+def _nodes(certs: Path, port: int) -> dict[str, admin_pb.Node]:
+    async def go() -> dict[str, admin_pb.Node]:
+        channel = admin_channel(certs, port)
+        try:
+            reply = await admin_pb.AdminServiceStub(channel).list_nodes(
+                admin_pb.ListNodesRequest(), timeout=5
+            )
+        finally:
+            channel.close()
+        return {n.node_id: n for n in reply.nodes}
+
+    return asyncio.run(go())
+
+
+def _agents(certs: Path, port: int, node_id: str) -> dict[str, admin_pb.Agent]:
+    async def go() -> dict[str, admin_pb.Agent]:
+        channel = admin_channel(certs, port)
+        try:
+            reply = await admin_pb.AdminServiceStub(channel).list_agents(
+                admin_pb.ListAgentsRequest(node_id=node_id), timeout=5
+            )
+        finally:
+            channel.close()
+        return {a.id: a for a in reply.agents}
+
+    return asyncio.run(go())
+
+
+def test_registers_with_host_facts_and_syncs_agents(tmp_path: Path, certs: Path) -> None:
+    mgr = start_manager(tmp_path, certs)
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=mgr.grpc_port,
+        agents=[agent("sleepy", "sleeper", type="worker", version="1.0")],
+        config={"labels": {"zone": "test"}},
+    )
+    try:
+        node = wait_until(
+            lambda: (
+                (n := _nodes(certs, mgr.grpc_port).get("node-a")) and n.status == "online" and n
+            ),
+            timeout=20,
+            what="node-a online",
+        )
+        assert node.hostname == socket.gethostname()
+        assert node.os.startswith("linux") and node.arch
+        assert node.ip and node.daemon_version
+        assert node.daemon_address == daemon.address
+        assert node.labels == {"zone": "test"}
+        assert node.heartbeat_interval_seconds == 1
+        synced = wait_until(
+            lambda: (
+                (a := _agents(certs, mgr.grpc_port, "node-a").get("sleepy"))
+                and a.status == "RUNNING"
+                and a
+            ),
+            timeout=20,
+            what="agent state synced to the Manager",
+        )
+        assert synced.type == "worker" and synced.version == "1.0" and synced.pid > 0
+    finally:
+        daemon.stop()
+        mgr.stop()
+
+
+def test_manager_down_at_start_then_up(tmp_path: Path, certs: Path) -> None:
+    port = free_port()
+    daemon = start_daemon(tmp_path, certs, node_id="node-b", manager_port=port)
+    try:
+        wait_until(lambda: "unreachable" in daemon.output(), what="a failed attempt")
+        assert daemon.alive()
+        mgr = start_manager(tmp_path, certs, grpc_port=port)
+        try:
+            wait_until(
+                lambda: (n := _nodes(certs, port).get("node-b")) and n.status == "online",
+                timeout=20,
+                what="node-b registered after the Manager came up",
+            )
+        finally:
+            mgr.stop()
+    finally:
+        daemon.stop()
