@@ -9,11 +9,16 @@ Used by every tier's tests (daemon, fleetctl, end-to-end): keep the signatures s
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from common.tls import TLSFiles, client_context
 
@@ -142,6 +147,66 @@ def start_manager(
     return proc
 
 
+def manager_rpc(
+    certs: Path, port: int, cert_name: str, method: str, request: Any, timeout: float = 15.0
+) -> Any:
+    """One unary call to the Manager as ``cert_name`` (AdminService for admin messages,
+    ManagerService otherwise), e.g. ``manager_rpc(certs, p, "admin", "list_nodes", req)``."""
+    from schema import admin_pb, manager_pb
+
+    async def call() -> Any:
+        channel = _channel(certs, port, cert_name)
+        try:
+            if type(request).__module__ == admin_pb.__name__:
+                stub: Any = admin_pb.AdminServiceStub(channel, timeout=timeout)
+            else:
+                stub = manager_pb.ManagerServiceStub(channel, timeout=timeout)
+            return await getattr(stub, method)(request)
+        finally:
+            channel.close()
+
+    return asyncio.run(call())
+
+
+def manager_rpc_error(
+    certs: Path, port: int, cert_name: str, method: str, request: Any
+) -> tuple[Status, str]:
+    """(status, message) of a call that must fail with a gRPC error."""
+    try:
+        manager_rpc(certs, port, cert_name, method, request)
+    except GRPCError as exc:
+        return exc.status, exc.message or ""
+    raise AssertionError(f"{method} unexpectedly succeeded")
+
+
+def write_manager_config(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """Write a Manager TOML config (``{"liveness": {"sweep_interval": 0.2}}``)."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def stored_nodes(db_url: str) -> dict[str, dict[str, Any]]:
+    """The Manager's node rows read straight from its database (the store's own models)."""
+    from manager.store import Database
+    from manager.store.models import Node
+
+    async def read() -> dict[str, dict[str, Any]]:
+        db = Database(url=db_url)
+        await db.start()
+        try:
+            return {row["node_id"]: row for row in await Node.all().values()}
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
 def _channel(certs: Path, port: int, name: str, host: str = "127.0.0.1") -> Channel:
     files = TLSFiles(certs / f"{name}.crt", certs / f"{name}.key", certs / "ca.crt")
     return Channel(host, port, ssl=client_context(files, expect_role="manager"))
@@ -166,6 +231,10 @@ __all__ = [
     "admin_channel",
     "free_port",
     "manager_argv",
+    "manager_rpc",
+    "manager_rpc_error",
     "node_channel",
     "start_manager",
+    "stored_nodes",
+    "write_manager_config",
 ]
