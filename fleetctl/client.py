@@ -23,7 +23,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from common.tls import PeerIdentityError, client_context
+from common.tls import PeerIdentityError, client_context, identity_from_cert
 from schema import admin_pb, daemon_pb
 
 from .errors import CliError, ExitCode, usage
@@ -107,6 +107,18 @@ class Connection:
         assert self._channel is not None, "use Connection as an async context manager"
         return self._channel
 
+    def peer_name(self) -> str | None:
+        """The name in the server's verified certificate (a Daemon's node id), if known.
+
+        grpclib keeps the TLS transport private; when its layout differs this is None.
+        """
+        try:
+            transport = self.channel._protocol.connection._transport  # type: ignore[union-attr]
+            identity = identity_from_cert(transport.get_extra_info("ssl_object").getpeercert())
+        except AttributeError:
+            return None
+        return identity.name if identity else None
+
     def admin(self) -> admin_pb.AdminServiceStub:
         return admin_pb.AdminServiceStub(self.channel, timeout=self.settings.timeout)
 
@@ -114,12 +126,13 @@ class Connection:
         return daemon_pb.DaemonServiceStub(self.channel, timeout=self.settings.timeout)
 
     async def call(
-        self, awaitable: Awaitable[T], *, what: str = "", agent_without_node: bool = False
+        self, awaitable: Awaitable[T], *, what: str = "", agent_without_node: str = ""
     ) -> T:
         """Await one RPC, turning any failure into a :class:`CliError`.
 
         ``agent_without_node``: the request named an agent but no node, so
-        ``FAILED_PRECONDITION`` means the id is ambiguous — a usage error (exit 2).
+        ``FAILED_PRECONDITION`` means the id is ambiguous — a usage error (exit 2); the
+        value says how to name the node (``"NODE AGENT"``, ``"--node NODE"``).
         """
         try:
             return await awaitable
@@ -132,7 +145,7 @@ class Connection:
                 and isinstance(exc, GRPCError)
                 and exc.status is Status.FAILED_PRECONDITION
             ):
-                err = CliError(f"{err.message} (e.g. --node NODE or NODE AGENT)", ExitCode.USAGE)
+                err = CliError(f"{err.message} ({agent_without_node})", ExitCode.USAGE)
             raise err from exc
 
     async def explain(self, exc: BaseException, *, what: str = "") -> CliError:
@@ -232,11 +245,15 @@ def translate(
             return CliError(f"{prefix}{target} timed out: {detail}", code)
         return CliError(f"{prefix}{detail}", code)
     if isinstance(exc, PeerIdentityError):
-        other = "--daemon" if target.kind == "manager" else "--manager"
         detail = str(exc.args[0]) if exc.args else str(exc)
+        wanted_role = "manager" if target.kind == "manager" else "node"
+        if target.expect_name and f"is {wanted_role}/" in detail:
+            hint = f"is {target.expect_name} the node at {target.address}? check {target.flag}"
+        else:
+            other = "--daemon" if target.kind == "manager" else "--manager"
+            hint = f"check {target.flag} (did you mean {other}?)"
         return CliError(
-            f"{target} presented the wrong identity ({detail}) — "
-            f"check {target.flag} (did you mean {other}?)",
+            f"{target} presented the wrong identity ({detail}) — {hint}",
             ExitCode.PERMISSION_DENIED,
         )
     if isinstance(exc, ssl.SSLCertVerificationError):

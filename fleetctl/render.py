@@ -187,6 +187,7 @@ class Output:
 
             table = Table(
                 box=box.SIMPLE_HEAD,
+                show_edge=False,
                 title=title,
                 title_justify="left",
                 title_style="bold",

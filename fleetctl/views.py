@@ -100,7 +100,7 @@ def agent_row(a: Any, *, node_id: str = "", wide: bool = False) -> list[Cell]:
         str(a.pid) if a.pid else "-",
         str(a.restart_count),
         age(a.start_time) if running else "-",
-        ago(a.last_heartbeat),
+        ago(a.last_heartbeat) if a.last_heartbeat else "-",
     ]
     if wide:
         row += [a.version or "-", (a.config_hash or "-")[:12], a.status_reason or "-"]
@@ -124,12 +124,12 @@ def event_row(e: Any) -> list[Cell]:
 
 # (json key, column label, is a byte size)
 RESOURCE_FIELDS: Sequence[tuple[str, str, bool]] = (
-    ("cpu", "cpu %", False),
-    ("memory_rss", "rss", True),
-    ("memory_vms", "vms", True),
-    ("disk_read_bytes", "disk read", True),
-    ("disk_write_bytes", "disk write", True),
-    ("open_files", "open files", False),
+    ("cpu", "cpu", False),
+    ("memory_rss", "memory_rss", True),
+    ("memory_vms", "memory_vms", True),
+    ("disk_read_bytes", "disk_read_bytes", True),
+    ("disk_write_bytes", "disk_write_bytes", True),
+    ("open_files", "open_files", False),
 )
 
 

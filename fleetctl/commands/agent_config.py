@@ -33,7 +33,7 @@ def get_config(
                 cfg = await conn.call(
                     conn.daemon().get_agent_config(daemon_pb.AgentConfigRequest(agent_id=agent))
                 )
-                return node, cfg
+                return node or conn.peer_name() or "", cfg
         from schema import admin_pb
 
         async with st.connect() as conn:
@@ -41,7 +41,7 @@ def get_config(
                 conn.admin().get_agent_config(
                     admin_pb.GetAgentConfigRequest(node_id=node, agent_id=agent)
                 ),
-                agent_without_node=not node,
+                agent_without_node="" if node else "as NODE AGENT",
             )
             return resp.node_id or node, resp.config
 

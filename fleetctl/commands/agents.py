@@ -53,13 +53,14 @@ def list_agents(
     st = state(ctx)
     wanted = (status or "").upper()
 
-    async def go() -> tuple[list[Any], list[Any]]:
+    async def go() -> tuple[list[Any], list[Any], str]:
         if daemon:
             from schema import daemon_pb
 
             async with st.connect(daemon, node=node) as conn:
                 dresp = await conn.call(conn.daemon().list_agents(daemon_pb.ListAgentsRequest()))
-                return [a for a in dresp.agents if not wanted or a.status == wanted], []
+                found = [a for a in dresp.agents if not wanted or a.status == wanted]
+                return found, [], node or conn.peer_name() or ""
         from schema import admin_pb
 
         async with st.connect() as conn:
@@ -68,9 +69,9 @@ def list_agents(
                     admin_pb.ListAgentsRequest(node_id=node or "", status=wanted, live=live)
                 )
             )
-            return list(resp.agents), list(resp.errors)
+            return list(resp.agents), list(resp.errors), node or ""
 
-    agents, errors = run(go())
+    agents, errors, node = run(go())
     agents.sort(key=lambda a: (getattr(a, "node_id", "") or node or "", a.id))
     out = st.output()
     if output is Format.json:
@@ -148,7 +149,7 @@ def _operation(op: str) -> Callable[..., None]:
                             daemon_pb.AgentOperationRequest(agent_id=agent, operation=op)
                         )
                     )
-                    return node, r
+                    return node or conn.peer_name() or "", r
 
             node_id, resp = run(via_daemon())
         else:
@@ -160,7 +161,7 @@ def _operation(op: str) -> Callable[..., None]:
                         conn.admin().operate_agent(
                             admin_pb.OperateAgentRequest(node_id=node, agent_id=agent, operation=op)
                         ),
-                        agent_without_node=not node,
+                        agent_without_node="" if node else "as NODE AGENT",
                     )
                     return r.node_id or node, r
 
@@ -204,9 +205,9 @@ def report_operation(
     if not resp.success:
         now = ""
         if has_agent:
-            now = f" (now {resp.agent.status}" + (
-                f": {resp.agent.status_reason})" if resp.agent.status_reason else ")"
-            )
+            reason = resp.agent.status_reason
+            same = not reason or reason.startswith(resp.error_message or "\0")
+            now = f" (now {resp.agent.status}" + (")" if same else f": {reason})")
         raise CliError(
             f"{op} {agent}{where} failed: {resp.error_message or 'no reason given'}{now}",
             ExitCode.FAILED,

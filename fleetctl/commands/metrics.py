@@ -57,7 +57,7 @@ def agent_metrics(
                         daemon_pb.AgentMetricsRequest(agent_id=agent, duration_seconds=seconds)
                     )
                 )
-                return node or "", list(dresp.data_points)
+                return node or conn.peer_name() or "", list(dresp.data_points)
         from schema import admin_pb
 
         async with st.connect() as conn:
@@ -67,7 +67,7 @@ def agent_metrics(
                         node_id=node or "", agent_id=agent, since_seconds=seconds
                     )
                 ),
-                agent_without_node=not node,
+                agent_without_node="" if node else "with --node NODE",
             )
             return resp.node_id or node or "", list(resp.data_points)
 
@@ -125,7 +125,11 @@ def _is_size(metric_type: str, key: str) -> bool:
     k = key.lower()
     if "percent" in k or k.endswith("_pct") or "count" in k or "packets" in k:
         return False
-    return "bytes" in k or (metric_type in ("memory", "disk") and k in _SIZE_KEYS)
+    return (
+        "bytes" in k
+        or (metric_type in ("memory", "disk") and k in _SIZE_KEYS)
+        or (metric_type == "memory" and k.startswith("swap_"))
+    )
 
 
 def print_node_metrics(
