@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from harness import wait_until
+from harness import async_wait_until, wait_until
 from harness.manager import (
     manager_rpc,
     node_channel,
@@ -136,21 +136,20 @@ def test_sigkill_loses_no_acknowledged_heartbeat(
                 return
             acked[node_id] = ts
 
-    async def run() -> float:
+    async def run() -> None:
         channels = {n: node_channel(fleet_certs, mgr.grpc_port, n) for n in NODES}
         tasks = [
             asyncio.create_task(beat(n, manager_pb.ManagerServiceStub(c, timeout=10)))
             for n, c in channels.items()
         ]
         # Let several flushes happen, then kill the Manager mid-stream.
-        while min(acked.values()) < base + 3:
-            await asyncio.sleep(0.05)
+        await async_wait_until(
+            lambda: asyncio.sleep(0, min(acked.values()) >= base + 3), what="acks"
+        )
         mgr.kill()
-        killed_at = time.monotonic()
         await asyncio.wait_for(asyncio.gather(*tasks), 15)
         for c in channels.values():
             c.close()
-        return killed_at
 
     asyncio.run(run())
     rows = stored_nodes(db_url)
