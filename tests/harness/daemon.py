@@ -99,6 +99,7 @@ class DaemonProc(Proc):
         agent_socket: Path,
         env: dict[str, str] | None = None,
     ) -> None:
+        self._log_offset = log_path.stat().st_size if log_path.exists() else 0
         super().__init__(argv, log_path=log_path, env=env)
         self.node_id = node_id
         self.grpc_port = grpc_port
@@ -111,12 +112,18 @@ class DaemonProc(Proc):
         def ready() -> bool:
             if not self.alive():
                 raise RuntimeError(f"fleet-daemon exited early:\n{self.output()}")
-            return "daemon ready" in self.output()
+            return "daemon ready" in self.output()[self._log_offset :]
 
         try:
             wait_until(ready, timeout=timeout, what="daemon ready")
         except AssertionError:
             raise AssertionError(f"fleet-daemon not ready:\n{self.output()}") from None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (the Daemon stops its agents), wait, SIGKILL if needed; exit code."""
+        code = super().stop(timeout)
+        shutil.rmtree(self.agent_socket.parent, ignore_errors=True)
+        return code
 
     def restart(self, *, timeout: float = 30.0) -> DaemonProc:
         """Start a new Daemon process with the same config (after stop() or kill())."""
@@ -250,7 +257,60 @@ __all__ = [
     "DaemonProc",
     "agent",
     "agent_script",
+    "call_agent_api",
+    "call_daemon",
     "cleanup_socket_dir",
     "daemon_channel",
+    "list_agents",
     "start_daemon",
 ]
+
+
+def call_daemon(
+    certs: Path,
+    daemon: DaemonProc,
+    method: str,
+    request: Any,
+    *,
+    cert_name: str = "manager",
+    timeout: float = 30.0,
+) -> Any:
+    """One DaemonService call (``method`` as in the stub, e.g. ``"list_agents"``), sync."""
+    import asyncio
+
+    from schema import daemon_pb
+
+    async def go() -> Any:
+        channel = daemon_channel(certs, daemon.grpc_port, daemon.node_id, cert_name)
+        try:
+            stub = daemon_pb.DaemonServiceStub(channel)
+            return await getattr(stub, method)(request, timeout=timeout)
+        finally:
+            channel.close()
+
+    return asyncio.run(go())
+
+
+def call_agent_api(socket_path: Path, method: str, request: Any, timeout: float = 10.0) -> Any:
+    """One agent-facing call over the Daemon's Unix socket, sync."""
+    import asyncio
+
+    from schema import daemon_pb
+
+    async def go() -> Any:
+        channel = Channel(path=str(socket_path))
+        try:
+            stub = daemon_pb.DaemonServiceStub(channel)
+            return await getattr(stub, method)(request, timeout=timeout)
+        finally:
+            channel.close()
+
+    return asyncio.run(go())
+
+
+def list_agents(certs: Path, daemon: DaemonProc) -> dict[str, Any]:
+    """The Daemon's ListAgents as {agent id: AgentInfo}."""
+    from schema import daemon_pb
+
+    reply = call_daemon(certs, daemon, "list_agents", daemon_pb.ListAgentsRequest())
+    return {a.id: a for a in reply.agents}

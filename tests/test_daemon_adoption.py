@@ -1,0 +1,166 @@
+"""Agents outlive a Daemon killed with SIGKILL and are re-adopted (same pids, no
+duplicates); a recorded pid now belonging to another process is never adopted; a
+graceful shutdown stops agents unless configured to leave them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+from harness import free_port, wait_until
+from harness.daemon import agent, call_daemon, list_agents, start_daemon
+
+from schema import daemon_pb
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_readopts_agents_after_kill_9(tmp_path: Path, certs: Path) -> None:
+    log_a, log_b = tmp_path / "a.pids", tmp_path / "b.pids"
+    agents = [
+        agent("a", "sleeper", str(log_a), start_seconds=0.2),
+        agent("b", "sleeper", str(log_b), start_seconds=0.2),
+    ]
+    daemon = start_daemon(
+        tmp_path, certs, node_id="node-a", manager_port=free_port(), agents=agents
+    )
+    try:
+        before = wait_until(
+            lambda: (
+                (x := list_agents(certs, daemon))
+                and all(a.status == "RUNNING" for a in x.values())
+                and x
+            ),
+            what="both agents running",
+        )
+        pid_a, pid_b = before["a"].pid, before["b"].pid
+        daemon.signal(signal.SIGKILL)
+        daemon.kill()
+        assert _alive(pid_a) and _alive(pid_b), "agents must survive the Daemon's death"
+
+        daemon = daemon.restart()
+        after = list_agents(certs, daemon)
+        assert after["a"].status == after["b"].status == "RUNNING"
+        assert (after["a"].pid, after["b"].pid) == (pid_a, pid_b)
+        assert after["a"].start_time == before["a"].start_time
+        assert "re-adopted" in after["a"].status_reason
+        assert _pids(log_a) == [pid_a] and _pids(log_b) == [pid_b], "no duplicate started"
+
+        # The adopted agent is supervised for real: a crash is seen and restarted...
+        psutil.Process(pid_a).kill()
+        info = wait_until(
+            lambda: (
+                (a := list_agents(certs, daemon)["a"]).status == "RUNNING"
+                and a.pid not in (0, pid_a)
+                and a
+            ),
+            what="adopted agent restarted after it died",
+        )
+        assert info.restart_count == 1
+        # ...and a stop through the API stops it.
+        reply = call_daemon(
+            certs,
+            daemon,
+            "operate_agent",
+            daemon_pb.AgentOperationRequest(agent_id="b", operation="stop"),
+        )
+        assert reply.success and reply.agent.status == "STOPPED"
+        assert not _alive(pid_b)
+    finally:
+        daemon.stop()
+    assert not _alive(info.pid), "graceful shutdown stops agents by default"
+
+
+def test_reused_pid_is_never_adopted(tmp_path: Path, certs: Path) -> None:
+    log_a = tmp_path / "a.pids"
+    # A process that is alive and a group leader, but not the agent that was recorded:
+    # its create time differs from the recorded one, as when the kernel reuses a pid.
+    decoy = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        decoy_ct = psutil.Process(decoy.pid).create_time()
+        state_dir = tmp_path / "daemon-node-a" / "state"
+        state_dir.mkdir(parents=True)
+        (state_dir / "agents.json").write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "agents": {
+                        "a": {
+                            "pid": decoy.pid,
+                            "create_time": decoy_ct - 1000.0,
+                            "token": "old",
+                            "start_time": 1,
+                            "restart_count": 0,
+                        }
+                    },
+                }
+            )
+        )
+        daemon = start_daemon(
+            tmp_path,
+            certs,
+            node_id="node-a",
+            manager_port=free_port(),
+            agents=[agent("a", "sleeper", str(log_a), start_seconds=0.2)],
+        )
+        try:
+            info = wait_until(
+                lambda: (a := list_agents(certs, daemon)["a"]).status == "RUNNING" and a,
+                what="agent started fresh",
+            )
+            assert info.pid != decoy.pid
+            assert _pids(log_a) == [info.pid]
+            assert decoy.poll() is None, "the unrelated process is left alone"
+        finally:
+            daemon.stop()
+        assert decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_graceful_shutdown_can_leave_agents_running(tmp_path: Path, certs: Path) -> None:
+    log_a = tmp_path / "a.pids"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[agent("a", "sleeper", str(log_a), start_seconds=0.2)],
+        config={"stop_agents_on_exit": False},
+    )
+    pid = 0
+    try:
+        pid = wait_until(
+            lambda: (a := list_agents(certs, daemon)["a"]).status == "RUNNING" and a.pid,
+        )
+        assert daemon.stop() == 0
+        assert _alive(pid)
+        daemon = daemon.restart()
+        assert list_agents(certs, daemon)["a"].pid == pid
+        assert _pids(log_a) == [pid]
+        call_daemon(
+            certs,
+            daemon,
+            "operate_agent",
+            daemon_pb.AgentOperationRequest(agent_id="a", operation="stop"),
+        )
+    finally:
+        daemon.stop()
+        if pid and _alive(pid):
+            psutil.Process(pid).kill()
