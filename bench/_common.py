@@ -136,7 +136,7 @@ def spawn_manager(
     work_dir: Path | None = None,
     extra_args: Sequence[str] = (),
     ready_timeout: float = 60.0,
-    log_level: str = "warning",
+    log_level: str = "info",
 ) -> Iterator[SpawnedManager]:
     """Run a real ``fleet-manager`` (SQLite in a temp dir unless ``db_url``) for the block."""
     dev_certs(cert_dir)
