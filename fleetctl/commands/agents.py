@@ -125,7 +125,7 @@ def _operation(op: str) -> Callable[..., None]:
                 raise usage("--all goes through the Manager; it cannot be combined with --daemon")
             from .fleetwide import operate_everywhere
 
-            failed = operate_everywhere(
+            operate_everywhere(
                 st,
                 op,
                 target[0],
@@ -133,8 +133,6 @@ def _operation(op: str) -> Callable[..., None]:
                 parallel=parallel,
                 as_json=output is Format.json,
             )
-            if failed:
-                raise typer.Exit(ExitCode.FAILED)
             return
         if label:
             raise usage("--label selects nodes for --all; name the NODE instead")

@@ -28,11 +28,16 @@ class Result:
 
 def operate_everywhere(
     st: State, op: str, agent: str, *, labels: dict[str, str], parallel: int, as_json: bool
-) -> int:
-    """Run ``op`` on ``agent`` on every matching node; returns how many failed."""
+) -> None:
+    """Run ``op`` on ``agent`` on every matching node; exit 1 naming the nodes that failed."""
     results, skipped = run(_operate_all(st, op, agent, labels, parallel))
     _report(st, op, agent, labels, results, skipped, as_json=as_json)
-    return sum(not r.success for r in results)
+    failed = [r.node_id for r in results if not r.success]
+    if failed:
+        raise CliError(
+            f"{op} {agent} failed on {len(failed)} of {len(results)} node(s): {', '.join(failed)}",
+            ExitCode.FAILED,
+        )
 
 
 async def _operate_all(

@@ -1,0 +1,558 @@
+"""fleetctl against a real Manager and three real Daemons (harness processes, real certs).
+
+One fleet per module (starting it is the slow part); tests that change agent state use
+agents no other test asserts on, or assert only on what they changed themselves.
+
+node-a (role=edge):  web (sleeper), solo (sleeper, unique), hog (memory/cpu/files)
+node-b (role=edge):  web (sleeper), cfg (SDK agent that follows its config)
+node-c (role=core):  web (exits 3 at start: every start fails)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import console_script, run_cli, wait_until
+from harness.daemon import DaemonProc, agent, cleanup_socket_dir, start_daemon
+from harness.manager import ManagerProc, start_manager
+from typer.testing import CliRunner
+
+from fleetctl.app import app
+from fleetctl.errors import ExitCode
+
+runner = CliRunner()
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+NODE_KEYS = [
+    "node_id",
+    "hostname",
+    "ip",
+    "os",
+    "arch",
+    "status",
+    "status_since",
+    "last_heartbeat",
+    "heartbeat_interval_seconds",
+    "labels",
+    "agent_count",
+    "daemon_version",
+    "agent_version",
+    "daemon_address",
+    "registered_at",
+    "updated_at",
+]
+AGENT_KEYS = [
+    "node_id",
+    "id",
+    "type",
+    "status",
+    "status_reason",
+    "pid",
+    "version",
+    "start_time",
+    "restart_count",
+    "last_heartbeat",
+    "config_hash",
+    "last_exit_code",
+    "updated_at",
+]
+
+
+@dataclass
+class Fleet:
+    manager: ManagerProc
+    daemons: dict[str, DaemonProc]
+    env: dict[str, str]
+    certs: Path
+    cfg_out: Path
+
+
+def admin_env(certs: Path, manager: str) -> dict[str, str]:
+    return {
+        "FLEET_MANAGER": manager,
+        "FLEET_CA": str(certs / "ca.crt"),
+        "FLEET_CERT": str(certs / "admin.crt"),
+        "FLEET_KEY": str(certs / "admin.key"),
+        "FLEET_CONFIG": "",
+        "FLEET_TIMEOUT": "20s",
+        "NO_COLOR": "",
+        "FORCE_COLOR": "",
+    }
+
+
+def cli(fleet: Fleet, *argv: str, env: dict[str, str] | None = None) -> Any:
+    return runner.invoke(app, list(argv), env={**fleet.env, **(env or {})})
+
+
+def ok_json(fleet: Fleet, *argv: str) -> Any:
+    result = cli(fleet, *argv, "-o", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def table(text: str) -> list[list[str]]:
+    """Plain table rows split on runs of 2+ spaces (header first)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("fleetctl-e2e")
+    manager = start_manager(tmp, certs)
+    cfg_out = tmp / "cfg-agent.json"
+    specs = {
+        "node-a": (
+            {"role": "edge", "zone": "z1"},
+            [agent("web", "sleeper"), agent("solo", "sleeper"), agent("hog", "hog", "20")],
+        ),
+        "node-b": (
+            {"role": "edge", "zone": "z2"},
+            [agent("web", "sleeper"), agent("cfg", "sdk_agent", str(cfg_out))],
+        ),
+        "node-c": (
+            {"role": "core"},
+            [agent("web", "crasher", "3", "0", autorestart="never", start_retries=0)],
+        ),
+    }
+    daemons: dict[str, DaemonProc] = {}
+    try:
+        for node_id, (labels, agents) in specs.items():
+            daemons[node_id] = start_daemon(
+                tmp,
+                certs,
+                node_id=node_id,
+                manager_port=manager.grpc_port,
+                agents=agents,
+                config={"labels": labels, "history": {"interval": 0.5}},
+            )
+        f = Fleet(manager, daemons, admin_env(certs, manager.address), certs, cfg_out)
+
+        def synced() -> bool:
+            agents = ok_json(f, "agents", "list")
+            have = {(a["node_id"], a["id"], a["status"]) for a in agents}
+            return {
+                ("node-a", "web", "RUNNING"),
+                ("node-a", "solo", "RUNNING"),
+                ("node-a", "hog", "RUNNING"),
+                ("node-b", "web", "RUNNING"),
+                ("node-b", "cfg", "RUNNING"),
+            } <= have and any(a["node_id"] == "node-c" for a in agents)
+
+        wait_until(
+            lambda: [n["status"] for n in ok_json(f, "nodes", "list")] == ["online"] * 3,
+            timeout=30,
+            what="three nodes online",
+        )
+        wait_until(synced, timeout=30, what="agents synced to the manager")
+        yield f
+    finally:
+        for d in daemons.values():
+            d.stop()
+            cleanup_socket_dir(d)
+        manager.stop()
+
+
+# ---- nodes ----------------------------------------------------------------------------------
+
+
+def test_nodes_list_table(fleet: Fleet) -> None:
+    result = cli(fleet, "nodes", "list")
+    assert result.exit_code == 0, result.output
+    rows = table(result.stdout)
+    assert rows[0] == ["NODE", "HOSTNAME", "IP", "OS/ARCH", "STATUS", "LAST HEARTBEAT", "LABELS"]
+    assert [r[0] for r in rows[1:]] == ["node-a", "node-b", "node-c"]
+    for row in rows[1:]:
+        assert row[4] == "online"
+        assert re.fullmatch(r"\d+s ago", row[5]), row
+    assert rows[1][6] == "role=edge,zone=z1"
+    assert "\x1b[" not in result.stdout and "─" not in result.stdout  # plain when piped
+
+
+def test_nodes_list_json_is_the_documented_shape(fleet: Fleet) -> None:
+    nodes = ok_json(fleet, "nodes", "list")
+    assert [n["node_id"] for n in nodes] == ["node-a", "node-b", "node-c"]
+    for n in nodes:
+        assert list(n) == NODE_KEYS
+        assert n["status"] == "online"
+        for key in ("status_since", "last_heartbeat", "registered_at", "updated_at"):
+            assert ISO.match(n[key]), (key, n[key])
+        assert n["daemon_address"] == fleet.daemons[n["node_id"]].address
+        assert isinstance(n["agent_count"], int)
+    assert nodes[2]["labels"] == {"role": "core"}
+
+
+def test_nodes_list_filters_and_wide(fleet: Fleet) -> None:
+    edge = ok_json(fleet, "nodes", "list", "--label", "role=edge")
+    assert [n["node_id"] for n in edge] == ["node-a", "node-b"]
+    both = ok_json(fleet, "nodes", "list", "-l", "role=edge", "-l", "zone=z2")
+    assert [n["node_id"] for n in both] == ["node-b"]
+    assert ok_json(fleet, "nodes", "list", "--status", "offline") == []
+    wide = cli(fleet, "nodes", "list", "-o", "wide", "--label", "role=core")
+    rows = table(wide.stdout)
+    assert rows[0][-5:] == ["SINCE", "AGENTS", "DAEMON", "ADDRESS", "REGISTERED"]
+    assert rows[1][0] == "node-c" and rows[1][-2] == fleet.daemons["node-c"].address
+
+
+def test_nodes_show(fleet: Fleet) -> None:
+    result = cli(fleet, "nodes", "show", "node-a")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert re.search(r"^Status:\s+online for \d+[smh]", out, re.M)
+    assert re.search(r"^Labels:\s+role=edge,zone=z1$", out, re.M)
+    assert "Agents (3)" in out and "Recent events" in out
+    agent_rows = {r[0] for r in table(out.split("Agents (3)")[1].split("Recent events")[0])}
+    assert {"hog", "solo", "web"} <= agent_rows
+    data = ok_json(fleet, "nodes", "show", "node-a")
+    assert list(data) == ["node", "agents", "events"]
+    assert list(data["node"]) == NODE_KEYS
+    assert sorted(a["id"] for a in data["agents"]) == ["hog", "solo", "web"]
+    assert all(list(a) == AGENT_KEYS for a in data["agents"])
+    assert data["events"] and data["events"][-1]["new_status"] in ("online", "registering")
+    assert all(ISO.match(e["timestamp"]) for e in data["events"])
+
+
+# ---- agents ---------------------------------------------------------------------------------
+
+
+def test_agents_list_table_json_and_filters(fleet: Fleet) -> None:
+    result = cli(fleet, "agents", "list")
+    assert result.exit_code == 0, result.output
+    rows = table(result.stdout)
+    assert rows[0] == ["NODE", "AGENT", "TYPE", "STATUS", "PID", "RESTARTS", "UPTIME", "HEARTBEAT"]
+    pairs = [(r[0], r[1]) for r in rows[1:]]
+    assert pairs == sorted(pairs) and ("node-b", "cfg") in pairs
+    agents = ok_json(fleet, "agents", "list", "node-b")
+    assert {a["id"] for a in agents} == {"web", "cfg"}
+    assert all(list(a) == AGENT_KEYS and a["node_id"] == "node-b" for a in agents)
+    running = ok_json(fleet, "agents", "list", "node-a", "--status", "running")
+    assert running and all(a["status"] == "RUNNING" and a["pid"] > 0 for a in running)
+    live = ok_json(fleet, "agents", "list", "--live")
+    assert {(a["node_id"], a["id"]) for a in live} >= {("node-a", "hog"), ("node-b", "cfg")}
+    wide = table(cli(fleet, "agents", "list", "node-c", "-o", "wide").stdout)
+    assert wide[0][-3:] == ["VERSION", "CONFIG", "REASON"]
+
+
+def test_agent_restart_prints_new_state_and_pid(fleet: Fleet) -> None:
+    before = next(
+        a for a in ok_json(fleet, "agents", "list", "node-a", "--live") if a["id"] == "solo"
+    )
+    result = cli(fleet, "agent", "restart", "node-a", "solo")
+    assert result.exit_code == 0, result.output
+    match = re.fullmatch(r"restarted solo on node-a: RUNNING, pid (\d+)", result.stdout.strip())
+    assert match, result.stdout
+    assert int(match.group(1)) != before["pid"]
+    # Without NODE: solo exists on one node only.
+    data = ok_json(fleet, "agent", "restart", "solo")
+    assert data["node_id"] == "node-a" and data["operation"] == "restart" and data["success"]
+    assert data["error"] is None and list(data["agent"]) == AGENT_KEYS
+    assert data["agent"]["status"] == "RUNNING" and data["agent"]["pid"] != int(match.group(1))
+
+
+def test_agent_stop_then_start(fleet: Fleet) -> None:
+    stopped = ok_json(fleet, "agent", "stop", "node-a", "solo")
+    assert stopped["success"] and stopped["agent"]["status"] == "STOPPED"
+    assert stopped["agent"]["pid"] is None
+    result = cli(fleet, "agent", "start", "node-a", "solo")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"started solo on node-a: RUNNING, pid \d+", result.stdout.strip())
+
+
+def test_failed_operation_exits_1_with_the_daemons_error(fleet: Fleet) -> None:
+    result = cli(fleet, "agent", "start", "node-c", "web")
+    assert result.exit_code == ExitCode.FAILED
+    line = one_line(result.stderr)
+    assert line.startswith("fleetctl: start web on node-c failed: ") and "exit code 3" in line
+    data = cli(fleet, "agent", "start", "node-c", "web", "-o", "json")
+    assert data.exit_code == ExitCode.FAILED
+    body = json.loads(data.stdout)
+    assert body["success"] is False and "exit code 3" in body["error"]
+
+
+def test_fleet_wide_restart_with_one_failing_node(fleet: Fleet) -> None:
+    result = cli(fleet, "agent", "restart", "web", "--all", "--parallel", "2")
+    assert result.exit_code == ExitCode.FAILED, result.output
+    rows = table(result.stdout)
+    assert rows[0] == ["NODE", "RESULT", "STATUS", "PID", "ERROR"]
+    by_node = {r[0]: r for r in rows[1:4]}
+    assert by_node["node-a"][1] == "ok" and by_node["node-a"][2] == "RUNNING"
+    assert by_node["node-b"][1] == "ok"
+    assert by_node["node-c"][1] == "failed" and "exit code 3" in by_node["node-c"][-1]
+    assert "restarted web on 2 of 3 node(s); 1 failed" in result.stdout
+    assert one_line(result.stderr) == "fleetctl: restart web failed on 1 of 3 node(s): node-c"
+
+    data = cli(fleet, "agent", "restart", "web", "--all", "-o", "json")
+    assert data.exit_code == ExitCode.FAILED
+    body = json.loads(data.stdout)
+    assert (body["succeeded"], body["failed"], body["skipped"]) == (2, 1, [])
+    assert [r["node_id"] for r in body["results"]] == ["node-a", "node-b", "node-c"]
+    assert [r["success"] for r in body["results"]] == [True, True, False]
+
+    edge = ok_json(fleet, "agent", "restart", "web", "--all", "--label", "role=edge")
+    assert (edge["succeeded"], edge["failed"]) == (2, 0)
+    assert edge["labels"] == {"role": "edge"}
+
+
+def test_fleet_wide_skips_nodes_without_the_agent(fleet: Fleet) -> None:
+    data = ok_json(fleet, "agent", "restart", "solo", "--all")
+    assert data["succeeded"] == 1 and data["skipped"] == ["node-b", "node-c"]
+    missing = cli(fleet, "agent", "restart", "nosuch", "--all")
+    assert missing.exit_code == ExitCode.NOT_FOUND
+    assert "agent nosuch is not on any node" in one_line(missing.stderr)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["nodes", "show", "nope"], "node nope is not registered"),
+        (["nodes", "metrics", "nope"], "node nope is not registered"),
+        (["agent", "restart", "nope", "web"], "node nope is not registered"),
+        (["agent", "restart", "node-a", "nosuch"], "nosuch"),
+        (["agent", "restart", "nosuch"], "agent nosuch is not known on any node"),
+        (["metrics", "nosuch", "--node", "node-a"], "nosuch"),
+        (["agent", "config", "get", "node-a", "nosuch"], "nosuch"),
+    ],
+)
+def test_unknown_node_or_agent_exits_3(fleet: Fleet, argv: list[str], needle: str) -> None:
+    result = cli(fleet, *argv)
+    assert result.exit_code == ExitCode.NOT_FOUND, result.output
+    assert needle in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["agent", "restart", "web"], "(as NODE AGENT)"),
+        (["metrics", "web"], "(with --node NODE)"),
+        (["agent", "config", "get", "web"], "(as NODE AGENT)"),
+    ],
+)
+def test_ambiguous_agent_is_a_usage_error(fleet: Fleet, argv: list[str], hint: str) -> None:
+    result = cli(fleet, *argv)
+    assert result.exit_code == ExitCode.USAGE
+    line = one_line(result.stderr)
+    assert "agent web exists on 3 nodes: node-a, node-b, node-c" in line and line.endswith(hint)
+
+
+def test_node_certificate_is_permission_denied(fleet: Fleet) -> None:
+    env = {
+        "FLEET_CERT": str(fleet.certs / "node-a.crt"),
+        "FLEET_KEY": str(fleet.certs / "node-a.key"),
+    }
+    result = cli(fleet, "nodes", "list", env=env)
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    line = one_line(result.stderr)
+    assert "permission denied" in line and "admin certificate" in line
+
+
+def test_certificate_from_another_ca_is_refused(fleet: Fleet, other_ca_certs: Path) -> None:
+    env = {
+        "FLEET_CERT": str(other_ca_certs / "admin.crt"),
+        "FLEET_KEY": str(other_ca_certs / "admin.key"),
+    }
+    result = cli(fleet, "nodes", "list", env=env)
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    assert "refused our certificate" in one_line(result.stderr)
+
+
+def test_real_console_script_lists_nodes(fleet: Fleet) -> None:
+    proc = run_cli([console_script("fleetctl"), "nodes", "list", "-o", "json"], env=fleet.env)
+    assert proc.returncode == 0, proc.stderr
+    assert [n["node_id"] for n in json.loads(proc.stdout)] == ["node-a", "node-b", "node-c"]
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def test_agent_metrics_summary_raw_and_json(fleet: Fleet) -> None:
+    def points() -> list[dict[str, Any]]:
+        data = ok_json(fleet, "metrics", "hog", "--since", "5m")
+        return data["points"] if len(data["points"]) >= 3 else []
+
+    pts = wait_until(points, timeout=30, what="3 history points for hog")
+    data = ok_json(fleet, "metrics", "hog", "--node", "node-a", "--since", "5m")
+    assert (data["node_id"], data["agent_id"], data["since_seconds"]) == ("node-a", "hog", 300)
+    for p in pts:
+        assert list(p) == [
+            "timestamp",
+            "cpu",
+            "memory_rss",
+            "memory_vms",
+            "disk_read_bytes",
+            "disk_write_bytes",
+            "open_files",
+        ]
+        assert ISO.match(p["timestamp"]) and isinstance(p["memory_rss"], int)
+    assert max(p["memory_rss"] for p in pts) > 15 * 1024 * 1024  # hog holds ~20 MB
+
+    summary = cli(fleet, "metrics", "hog", "--since", "5m")
+    assert summary.exit_code == 0, summary.output
+    lines = summary.stdout.strip().splitlines()
+    assert re.match(r"agent hog on node-a, last 5m \(\d+ points", lines[0])
+    rows = table("\n".join(lines[1:]))
+    assert rows[0] == ["FIELD", "MIN", "AVG", "MAX", "LAST", "TREND"]
+    fields = {r[0]: r for r in rows[1:]}
+    assert set(fields) == {
+        "cpu",
+        "memory_rss",
+        "memory_vms",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "open_files",
+    }
+    assert fields["memory_rss"][3].endswith("MiB")
+    assert re.fullmatch(r"[_.\-~=+*#]+", fields["memory_rss"][5])  # ASCII sparkline when piped
+
+    raw = cli(fleet, "metrics", "hog", "--node", "node-a", "--since", "5m", "--raw")
+    raw_rows = table("\n".join(raw.stdout.strip().splitlines()[1:]))
+    assert raw_rows[0][0] == "TIME" and len(raw_rows) - 1 >= 3
+
+
+def test_bad_duration_exits_2(fleet: Fleet) -> None:
+    result = cli(fleet, "metrics", "hog", "--since", "an hour")
+    assert result.exit_code == ExitCode.USAGE
+    assert "invalid duration 'an hour'" in one_line(result.stderr)
+
+
+def test_node_metrics_summary_and_json(fleet: Fleet) -> None:
+    def samples() -> list[dict[str, Any]]:
+        data = ok_json(fleet, "nodes", "metrics", "node-a", "--type", "memory", "--since", "10m")
+        return data["metrics"] if len(data["metrics"]) >= 2 else []
+
+    got = wait_until(samples, timeout=30, what="memory samples for node-a")
+    assert all(m["type"] == "memory" and ISO.match(m["timestamp"]) for m in got)
+    assert all(isinstance(m["values"], dict) and m["values"] for m in got)
+    summary = cli(fleet, "nodes", "metrics", "node-a", "--since", "10m")
+    assert summary.exit_code == 0, summary.output
+    lines = summary.stdout.strip().splitlines()
+    assert lines[0].startswith("node node-a, last 10m (")
+    rows = table("\n".join(lines[1:]))
+    assert rows[0] == ["TYPE", "FIELD", "MIN", "AVG", "MAX", "LAST", "TREND"]
+    assert {r[0] for r in rows[1:]} >= {"cpu", "memory"}
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+def test_config_push_and_get(fleet: Fleet, tmp_path: Path) -> None:
+    new = tmp_path / "cfg.json"
+    new.write_text(json.dumps({"greeting": "hello", "n": 3}))
+    result = cli(fleet, "agent", "config", "push", "node-b", "cfg", str(new), "--version", "v7")
+    assert result.exit_code == 0, result.output
+    match = re.fullmatch(
+        r"APPLIED: cfg on node-b, config hash ([0-9a-f]{64})", result.stdout.strip()
+    )
+    assert match, result.stdout
+    got = ok_json(fleet, "agent", "config", "get", "node-b", "cfg")
+    assert got == {
+        "node_id": "node-b",
+        "agent_id": "cfg",
+        "version": "v7",
+        "config_hash": match.group(1),
+        "config": {"greeting": "hello", "n": 3},
+    }
+    # The SDK agent picks the new config up on its next heartbeat.
+    wait_until(
+        lambda: json.loads(fleet.cfg_out.read_text())["config"] == {"greeting": "hello", "n": 3},
+        timeout=30,
+        what="agent sees pushed config",
+    )
+    table_out = cli(fleet, "agent", "config", "get", "node-b", "cfg").stdout
+    assert re.search(r"^Version:\s+v7$", table_out, re.M) and '"greeting": "hello"' in table_out
+
+
+def test_config_push_with_failing_restart_is_rolled_back(fleet: Fleet, tmp_path: Path) -> None:
+    before = ok_json(fleet, "agent", "config", "get", "node-b", "cfg")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"fail": True}))
+    result = cli(
+        fleet, "agent", "config", "push", "node-b", "cfg", str(bad), "--restart", "-o", "json"
+    )
+    assert result.exit_code == ExitCode.FAILED, result.output
+    body = json.loads(result.stdout)
+    assert body["status"] == "FAILED" and body["success"] is False and body["error"]
+    assert body["config_hash"] == before["config_hash"]  # rolled back
+    assert "FAILED" in one_line(result.stderr)
+    assert ok_json(fleet, "agent", "config", "get", "node-b", "cfg")["config"] == before["config"]
+
+
+# ---- --daemon -------------------------------------------------------------------------------
+
+
+def test_daemon_direct_commands(fleet: Fleet, tmp_path: Path) -> None:
+    daemon = fleet.daemons["node-a"].address
+    agents = ok_json(fleet, "agents", "list", "--daemon", daemon)
+    assert {a["id"] for a in agents} == {"web", "solo", "hog"}
+    assert all(a["node_id"] == "node-a" for a in agents)  # learnt from its certificate
+    result = cli(fleet, "agent", "restart", "node-a", "solo", "--daemon", daemon)
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"restarted solo on node-a: RUNNING, pid \d+", result.stdout.strip())
+    metrics = ok_json(fleet, "metrics", "hog", "--daemon", daemon, "--since", "5m")
+    assert metrics["node_id"] == "node-a" and metrics["points"]
+    cfg = ok_json(fleet, "agent", "config", "get", "node-a", "hog", "--daemon", daemon)
+    assert cfg["agent_id"] == "hog" and re.fullmatch(r"[0-9a-f]{64}", cfg["config_hash"])
+    f = tmp_path / "c.json"
+    f.write_text('{"x": 1}')
+    pushed = ok_json(fleet, "agent", "config", "push", "node-a", "hog", str(f), "--daemon", daemon)
+    assert pushed["status"] == "APPLIED"
+    unknown = cli(fleet, "agent", "stop", "node-a", "nosuch", "--daemon", daemon)
+    assert unknown.exit_code == ExitCode.NOT_FOUND
+
+
+def test_daemon_direct_checks_the_node_identity(fleet: Fleet) -> None:
+    result = cli(fleet, "agents", "list", "node-b", "--daemon", fleet.daemons["node-a"].address)
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    line = one_line(result.stderr)
+    assert "expected node/node-b" in line and "is node-b the node at" in line
+
+
+def test_daemon_refuses_node_certificates(fleet: Fleet) -> None:
+    env = {
+        "FLEET_CERT": str(fleet.certs / "node-b.crt"),
+        "FLEET_KEY": str(fleet.certs / "node-b.key"),
+    }
+    result = cli(fleet, "agents", "list", "--daemon", fleet.daemons["node-a"].address, env=env)
+    assert result.exit_code == ExitCode.PERMISSION_DENIED
+    assert "permission denied" in one_line(result.stderr)
+
+
+def test_unreachable_daemon_through_manager_is_reported_per_node(
+    tmp_path: Path, certs: Path
+) -> None:
+    """A Daemon that went away: --live lists what it can, names the node, exits 1; an
+    operation on it exits 5 (unavailable)."""
+    manager = start_manager(tmp_path, certs)
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=manager.grpc_port,
+        agents=[agent("web", "sleeper")],
+    )
+    f = Fleet(manager, {"node-a": daemon}, admin_env(certs, manager.address), certs, tmp_path)
+    try:
+        wait_until(lambda: ok_json(f, "agents", "list"), timeout=30, what="agents synced")
+        daemon.stop()
+        result = cli(f, "agents", "list", "--live")
+        assert result.exit_code == ExitCode.FAILED
+        assert one_line(result.stderr).startswith("fleetctl: node-a: UNAVAILABLE: ")
+        op = cli(f, "agent", "restart", "node-a", "web")
+        assert op.exit_code == ExitCode.UNAVAILABLE
+        one_line(op.stderr)
+    finally:
+        daemon.stop()
+        cleanup_socket_dir(daemon)
+        manager.stop()
