@@ -195,7 +195,7 @@ class History:
         ring = self._rings.get(agent_id)
         if ring is None:
             return []
-        return ring.since(math.ceil(now - min(seconds, self.retention)))
+        return ring.since(math.floor(now - min(seconds, self.retention)))
 
     def latest(self, agent_id: str) -> Point | None:
         ring = self._rings.get(agent_id)

@@ -295,6 +295,7 @@ class ManagerClient:
                 continue
             self._outbox.remove(seq)
             self.reports_sent += 1
+            log.debug("sent metrics report %d (%d still queued)", seq, len(self._outbox))
             self._up()
 
     async def _sync_loop(self) -> None:
