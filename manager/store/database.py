@@ -10,9 +10,10 @@ upgraded in place. To create a new migration after changing ``models.py``::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -76,13 +77,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def db_errors_unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn database connectivity failures into :class:`Unavailable` (gRPC ``UNAVAILABLE``)."""
+def db_errors_unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Awaitable[T]]:
+    """Run a store operation to completion and map connectivity failures to ``UNAVAILABLE``."""
 
     @wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await fn(*args, **kwargs)
+            # Shielded: a caller that goes away (client cancelled, deadline) must not
+            # cancel a transaction half-way, which would leave the connection's lock
+            # held (observed with SQLite) — the operation finishes on its own.
+            return await asyncio.shield(fn(*args, **kwargs))
         except FleetError:
             raise
         except _DB_ERRORS as exc:
