@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 OPERATIONS = ("start", "stop", "restart")
 _HOUSEKEEPING_SECONDS = 1.0
-_ROTATE_EVERY = 10
+_ROTATE_EVERY = 2
 
 
 class UpdateFailed(Exception):

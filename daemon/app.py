@@ -31,7 +31,7 @@ from .manager_client import ManagerClient, NodeIdentity
 from .metrics_http import MetricsServer, counter, gauge
 from .outbox import Outbox
 from .services import agent_service, control_service
-from .supervisor import ACTIVE
+from .supervisor import ACTIVE, AgentRunner
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class DaemonApp:
             else "",
         )
 
-    def _runners(self) -> list:  # type: ignore[type-arg]
+    def _runners(self) -> list[AgentRunner]:
         return list(self.agents.runners.values()) if self.agents else []
 
     def _agents_changed(self) -> None:
@@ -285,7 +285,8 @@ class DaemonApp:
 
 
 def _bound_port(server: Server) -> int:
-    sockets = server._server.sockets if server._server is not None else ()
+    listener = server._server
+    sockets = listener.sockets if isinstance(listener, asyncio.Server) else ()
     return int(sockets[0].getsockname()[1]) if sockets else 0
 
 

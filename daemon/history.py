@@ -14,6 +14,7 @@ import os
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -82,7 +83,7 @@ class ResourceRing:
             column[self._head] = value
         self._head = (self._head + 1) % self.capacity
 
-    def _columns(self) -> tuple[array, ...]:  # type: ignore[type-arg]
+    def _columns(self) -> tuple[array[Any], ...]:
         return (self._ts, self._cpu, self._rss, self._vms, self._rd, self._wr, self._of)
 
     def _ordered_indexes(self) -> Iterable[int]:
