@@ -71,6 +71,7 @@ def write_configs(node: str, args: argparse.Namespace) -> tuple[Path, Path]:
     manager_toml = WORK / "manager.toml"
     manager_toml.write_text(
         f"""# Written by tools/dev.py run: a Manager on embedded SQLite for local use.
+[manager]
 data_dir = "{WORK / "manager"}"
 
 [grpc]
