@@ -118,7 +118,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fle
         ),
         "node-b": (
             {"role": "edge", "zone": "z2"},
-            [agent("web", "sleeper"), agent("cfg", "sdk_agent", str(cfg_out))],
+            [agent("web", "sleeper"), agent("cfg", "sdk_agent", str(cfg_out), heartbeat_interval=1.0)],
         ),
         "node-c": (
             {"role": "core"},
