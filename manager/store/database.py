@@ -84,8 +84,10 @@ def db_errors_unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             # Shielded: a caller that goes away (client cancelled, deadline) must not
-            # cancel a transaction half-way, which would leave the connection's lock
-            # held (observed with SQLite) — the operation finishes on its own.
+            # cancel a transaction half-way. Tortoise's SQLite transaction context takes
+            # its lock *before* BEGIN, and a cancellation during BEGIN skips __aexit__:
+            # the lock leaks and every later query hangs (seen when a Daemon cancelled
+            # a SyncAgentStates call). The operation now always finishes on its own.
             return await asyncio.shield(fn(*args, **kwargs))
         except FleetError:
             raise
