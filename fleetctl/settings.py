@@ -19,10 +19,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.durations import parse_duration
 
 from .errors import CliError, ExitCode, usage
+
+if TYPE_CHECKING:
+    from common.tls import TLSFiles
 
 DEFAULT_MANAGER = "127.0.0.1:50051"
 DEFAULT_MANAGER_PORT = 50051
@@ -95,7 +99,7 @@ class Settings:
         if self.timeout <= 0:
             raise usage("timeout must be greater than zero")
 
-    def tls_files(self):  # type: ignore[no-untyped-def]
+    def tls_files(self) -> TLSFiles:
         """The ``common.tls.TLSFiles`` to present, or a usage error naming what is missing."""
         from common.tls import TLSFiles
 
@@ -110,7 +114,8 @@ class Settings:
             path = getattr(self, name)
             if not path.is_file():
                 raise usage(f"{name} file not found: {path} (from {self.sources.get(name, '?')})")
-        return TLSFiles(cert_file=self.cert, key_file=self.key, ca_file=self.ca)  # type: ignore[arg-type]
+        assert self.cert and self.key and self.ca
+        return TLSFiles(cert_file=self.cert, key_file=self.key, ca_file=self.ca)
 
 
 def default_config_path(environ: Mapping[str, str], home: Path) -> Path:
