@@ -1,9 +1,11 @@
 """Resource history of agents: psutil samples over each agent's process group, kept in
 a bounded in-memory ring per agent.
 
-A ring stores its points column-wise in ``array`` buffers (52 bytes per point), not as
-Python objects (~300 bytes each): 50 agents × 24 h at 10 s is 432,000 points ≈ 22 MB.
-``bench/daemon_history_memory.py`` measures it.
+A ring stores its points column-wise in ``array`` buffers, 36 bytes per point (Unix
+seconds as uint32, CPU as float32, RSS and VMS in KiB as uint32 — page-sized anyway —,
+disk bytes as uint64, open files as int32), not as Python objects (~300 bytes each):
+50 agents × 24 h at 10 s is 432,000 points ≈ 15 MB. ``bench/daemon_history_memory.py``
+measures it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Point:
         )
 
 
+_U32 = 2**32 - 1
+
+
 class ResourceRing:
     """A fixed-capacity ring of points in typed arrays; grows lazily up to ``capacity``."""
 
@@ -52,10 +57,10 @@ class ResourceRing:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
-        self._ts = array("q")
-        self._cpu = array("d")
-        self._rss = array("Q")
-        self._vms = array("Q")
+        self._ts = array("I")
+        self._cpu = array("f")
+        self._rss = array("I")  # KiB
+        self._vms = array("I")  # KiB
         self._rd = array("Q")
         self._wr = array("Q")
         self._of = array("i")
@@ -66,10 +71,10 @@ class ResourceRing:
 
     def append(self, p: Point) -> None:
         values = (
-            p.timestamp,
+            min(max(p.timestamp, 0), _U32),
             p.cpu,
-            p.memory_rss,
-            p.memory_vms,
+            min(p.memory_rss >> 10, _U32),
+            min(p.memory_vms >> 10, _U32),
             p.disk_read_bytes,
             p.disk_write_bytes,
             p.open_files,
@@ -90,36 +95,26 @@ class ResourceRing:
         n = len(self._ts)
         return ((self._head + i) % n for i in range(n)) if n else ()
 
+    def _point(self, i: int) -> Point:
+        return Point(
+            self._ts[i],
+            round(self._cpu[i], 3),
+            self._rss[i] << 10,
+            self._vms[i] << 10,
+            self._rd[i],
+            self._wr[i],
+            self._of[i],
+        )
+
     def since(self, timestamp: int) -> list[Point]:
         """Points with ``timestamp >= timestamp``, oldest first."""
-        return [
-            Point(
-                self._ts[i],
-                self._cpu[i],
-                self._rss[i],
-                self._vms[i],
-                self._rd[i],
-                self._wr[i],
-                self._of[i],
-            )
-            for i in self._ordered_indexes()
-            if self._ts[i] >= timestamp
-        ]
+        return [self._point(i) for i in self._ordered_indexes() if self._ts[i] >= timestamp]
 
     def latest(self) -> Point | None:
         n = len(self._ts)
         if not n:
             return None
-        i = (self._head - 1) % n if n == self.capacity else n - 1
-        return Point(
-            self._ts[i],
-            self._cpu[i],
-            self._rss[i],
-            self._vms[i],
-            self._rd[i],
-            self._wr[i],
-            self._of[i],
-        )
+        return self._point((self._head - 1) % n if n == self.capacity else n - 1)
 
     @property
     def nbytes(self) -> int:

@@ -87,12 +87,12 @@ def test_metric_history_window_and_retention(tmp_path: Path, certs: Path) -> Non
 def test_ring_keeps_newest_points_in_order() -> None:
     ring = ResourceRing(5)
     for t in range(1, 13):
-        ring.append(Point(t, float(t), t, t, t, t, t))
+        ring.append(Point(t, float(t), t * 1024, t * 1024, t, t, t))
     assert len(ring) == 5
     assert [p.timestamp for p in ring.since(0)] == [8, 9, 10, 11, 12]
     assert [p.timestamp for p in ring.since(11)] == [11, 12]
-    assert ring.latest() == Point(12, 12.0, 12, 12, 12, 12, 12)
-    assert ring.nbytes <= 5 * 52 + 7 * 64  # typed arrays, not Python objects
+    assert ring.latest() == Point(12, 12.0, 12 * 1024, 12 * 1024, 12, 12, 12)
+    assert ring.nbytes <= 5 * 36 + 7 * 64  # typed arrays, not Python objects
 
 
 def test_history_window_is_capped_by_retention() -> None:
