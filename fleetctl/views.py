@@ -75,7 +75,7 @@ def agent_json(a: Any, *, node_id: str | None = None) -> dict[str, Any]:
         "status": a.status,
         "status_reason": a.status_reason or None,
         "pid": a.pid or None,
-        "version": a.version,
+        "version": a.version or None,
         "start_time": iso(a.start_time),
         "restart_count": a.restart_count,
         "last_heartbeat": iso(a.last_heartbeat),
