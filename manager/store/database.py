@@ -64,11 +64,11 @@ try:  # asyncpg is optional (only for PostgreSQL)
     import asyncpg
 
     _DB_ERRORS += (
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        asyncpg.CannotConnectNowError,
+        asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+        asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now
+        asyncpg.InvalidCatalogNameError,  # the database itself is gone
         asyncpg.TooManyConnectionsError,
-        asyncpg.AdminShutdownError,
+        asyncpg.InterfaceError,  # e.g. connection closed under us
     )
 except ImportError:  # pragma: no cover
     pass

@@ -32,16 +32,19 @@ class Node(Model):
     heartbeat_interval = fields.FloatField(default=0)
     instance_id = fields.CharField(max_length=128, default="")
     status = fields.CharField(max_length=16, default=REGISTERING, db_index=True)
-    status_since = fields.FloatField(default=0)
     registered_at = fields.FloatField(default=0)
     updated_at = fields.FloatField(default=0)
     # Manager's clock at the last heartbeat (drives liveness).
     last_heartbeat = fields.FloatField(null=True)
+    # Columns added after the skeleton schema (migration 0002) carry a database
+    # default too, so that they can be added to a table that already has rows.
+    # When the node entered its current status.
+    status_since = fields.FloatField(default=0, db_default=0)
     # Largest timestamp a Daemon put in a heartbeat (its own clock).
-    last_heartbeat_reported = fields.BigIntField(default=0)
+    last_heartbeat_reported = fields.BigIntField(default=0, db_default=0)
     # last_heartbeat + grace: the node goes offline once this passes (indexed sweep).
-    offline_after = fields.FloatField(default=0, db_index=True)
-    grace = fields.FloatField(default=0)
+    offline_after = fields.FloatField(default=0, db_index=True, db_default=0)
+    grace = fields.FloatField(default=0, db_default=0)
 
     class Meta:
         table = "fleet_node"

@@ -67,21 +67,21 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name="Node",
             name="grace",
-            field=fields.FloatField(default=0),
+            field=fields.FloatField(default=0, db_default=0),
         ),
         ops.AddField(
             model_name="Node",
             name="last_heartbeat_reported",
-            field=fields.BigIntField(default=0),
+            field=fields.BigIntField(default=0, db_default=0),
         ),
         ops.AddField(
             model_name="Node",
             name="offline_after",
-            field=fields.FloatField(default=0, db_index=True),
+            field=fields.FloatField(default=0, db_index=True, db_default=0),
         ),
         ops.AddField(
             model_name="Node",
             name="status_since",
-            field=fields.FloatField(default=0),
+            field=fields.FloatField(default=0, db_default=0),
         ),
     ]
