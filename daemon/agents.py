@@ -268,7 +268,7 @@ class Agents:
             for runner in self.runners.values():
                 timeout = runner.spec.heartbeat_timeout
                 if timeout and runner.state == RUNNING and runner.pid:
-                    last = max(runner.last_heartbeat, runner.record.start_time)
+                    last = max(runner.last_heartbeat, runner.watched_since)
                     if now - last > timeout:
                         runner.kill_hung(now - last)
             if tick % _ROTATE_EVERY == 0:

@@ -88,6 +88,9 @@ class AgentRunner:
         self.status_reason = "not started"
         self.last_exit_code = 0
         self.last_heartbeat = 0
+        # Since when we watch the current process (spawn or adoption): the heartbeat
+        # watchdog counts silence from here, not from an adopted process' old start.
+        self.watched_since = 0.0
         self.registered = False
         self.health = ""
         self.reported_version = ""
@@ -307,6 +310,7 @@ class AgentRunner:
                 self.record.pid = proc.pid
                 self.record.create_time = proc.create_time
                 self.record.start_time = int(time.time())
+                self.watched_since = time.time()
                 self._on_change(self)
                 try:
                     code = await asyncio.wait_for(proc.wait(), spec.start_seconds)
@@ -319,6 +323,7 @@ class AgentRunner:
                     self._resolve_start(None)
             else:
                 self._proc = proc
+                self.watched_since = time.time()
                 self._set(RUNNING, f"re-adopted pid {proc.pid} after a Daemon restart")
             if not exited_early:
                 code = await proc.wait()

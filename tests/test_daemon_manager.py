@@ -98,3 +98,49 @@ def test_manager_down_at_start_then_up(tmp_path: Path, certs: Path) -> None:
             mgr.stop()
     finally:
         daemon.stop()
+
+
+def test_forgotten_node_registers_again(tmp_path: Path, certs: Path) -> None:
+    """A Manager that answers NOT_FOUND (a fresh database) gets a new RegisterNode."""
+    from harness.daemon import call_daemon
+
+    from schema import daemon_pb
+
+    port = free_port()
+    first = tmp_path / "m1"
+    first.mkdir()
+    mgr = start_manager(first, certs, grpc_port=port)
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-c",
+        manager_port=port,
+        heartbeat_interval=60,
+        metrics_interval=600,
+        agents=[agent("s", "sleeper", start_seconds=0.1)],
+    )
+    try:
+        wait_until(lambda: "node-c" in _nodes(certs, port), what="registered with m1")
+        mgr.stop()
+        second = tmp_path / "m2"
+        second.mkdir()
+        mgr = start_manager(second, certs, grpc_port=port)
+        assert "node-c" not in _nodes(certs, port)
+        # "Push your states now": the new Manager does not know us, so we register again.
+        reply = call_daemon(
+            certs, daemon, "sync_agent_states", daemon_pb.SyncAgentStatesRequest(node_id="node-c")
+        )
+        assert reply.success
+        wait_until(
+            lambda: "node-c" in _nodes(certs, port),
+            timeout=20,
+            what="re-registered with the new Manager",
+        )
+        wait_until(
+            lambda: "s" in _agents(certs, port, "node-c"),
+            timeout=20,
+            what="agent states pushed after re-registering",
+        )
+    finally:
+        daemon.stop()
+        mgr.stop()
