@@ -118,7 +118,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fle
         ),
         "node-b": (
             {"role": "edge", "zone": "z2"},
-            [agent("web", "sleeper"), agent("cfg", "sdk_agent", str(cfg_out), heartbeat_interval=1.0)],
+            [
+                agent("web", "sleeper"),
+                agent("cfg", "sdk_agent", str(cfg_out), heartbeat_interval=1.0),
+            ],
         ),
         "node-c": (
             {"role": "core"},
@@ -556,3 +559,26 @@ def test_unreachable_daemon_through_manager_is_reported_per_node(
         daemon.stop()
         cleanup_socket_dir(daemon)
         manager.stop()
+
+
+def test_terminal_output_has_colour_and_unicode_unless_no_color(fleet: Fleet) -> None:
+    rich = cli(fleet, "metrics", "hog", "--since", "5m", env={"FORCE_COLOR": "1"})
+    assert rich.exit_code == 0, rich.output
+    assert "\x1b[" in rich.stdout and "─" in rich.stdout
+    assert any(ch in rich.stdout for ch in "▁▂▃▄▅▆▇█")
+    plain = cli(fleet, "metrics", "hog", "--since", "5m", env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert "\x1b[" not in plain.stdout and "─" not in plain.stdout
+    assert not any(ch in plain.stdout for ch in "▁▂▃▄▅▆▇█")
+
+
+def test_agents_list_of_unknown_node_exits_3(fleet: Fleet) -> None:
+    result = cli(fleet, "agents", "list", "nope")
+    assert result.exit_code == ExitCode.NOT_FOUND
+    assert one_line(result.stderr) == "fleetctl: node nope is not registered"
+
+
+def test_global_options_after_the_command(fleet: Fleet) -> None:
+    env = {"FLEET_MANAGER": "127.0.0.1:1"}  # wrong, overridden by the flag
+    result = cli(fleet, "nodes", "list", "-o", "json", "--manager", fleet.manager.address, env=env)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 3
