@@ -532,18 +532,17 @@ def test_daemon_refuses_node_certificates(fleet: Fleet) -> None:
     assert "permission denied" in one_line(result.stderr)
 
 
-def test_unreachable_daemon_through_manager_is_reported_per_node(
-    tmp_path: Path, certs: Path
-) -> None:
-    """A Daemon that went away: --live lists what it can, names the node, exits 1; an
-    operation on it exits 5 (unavailable)."""
-    manager = start_manager(tmp_path, certs)
+def test_daemon_that_went_away(tmp_path: Path, certs: Path) -> None:
+    """A Daemon that stopped: --live lists what it can, names the node, exits 1; an
+    operation on it exits 5 (unavailable); once the grace passes the node shows offline."""
+    manager = start_manager(tmp_path, certs, grace=2.0)
     daemon = start_daemon(
         tmp_path,
         certs,
         node_id="node-a",
         manager_port=manager.grpc_port,
         agents=[agent("web", "sleeper")],
+        heartbeat_interval=0.5,
     )
     f = Fleet(manager, {"node-a": daemon}, admin_env(certs, manager.address), certs, tmp_path)
     try:
@@ -555,6 +554,18 @@ def test_unreachable_daemon_through_manager_is_reported_per_node(
         op = cli(f, "agent", "restart", "node-a", "web")
         assert op.exit_code == ExitCode.UNAVAILABLE
         one_line(op.stderr)
+
+        wait_until(
+            lambda: ok_json(f, "nodes", "list", "--status", "offline"),
+            timeout=30,
+            what="node-a offline",
+        )
+        rows = table(cli(f, "nodes", "list").stdout)
+        assert rows[1][0] == "node-a" and rows[1][4] == "offline"
+        shown = cli(f, "nodes", "show", "node-a").stdout
+        assert re.search(r"^Status:\s+offline for \d+s$", shown, re.M), shown
+        events = ok_json(f, "nodes", "show", "node-a")["events"]
+        assert events[0]["old_status"] == "online" and events[0]["new_status"] == "offline"
     finally:
         daemon.stop()
         cleanup_socket_dir(daemon)
