@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import Any
 
+from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
 from grpclib.server import Server
 
@@ -135,11 +136,13 @@ class ManagerApp:
             metrics=self.metrics,
         )
         admin_service = AdminService(store=self.store, pool=self.pool)
-        services: list[Any] = [
-            GuardedService(manager_service, policy=MANAGER_POLICY, **guard),
-            GuardedService(admin_service, policy=ADMIN_POLICY, **guard),
-            Health(),
-        ]
+        guarded_manager = GuardedService(manager_service, policy=MANAGER_POLICY, **guard)
+        guarded_admin = GuardedService(admin_service, policy=ADMIN_POLICY, **guard)
+        # grpc.health.v1: both services (and the overall "") are SERVING while the
+        # database answers, NOT_SERVING when it does not.
+        db_check = ServiceCheck(self.database.ping, check_ttl=5, check_timeout=5)
+        health = Health({guarded_manager: [db_check], guarded_admin: [db_check]})
+        services: list[Any] = [guarded_manager, guarded_admin, health]
         self.grpc = Server(with_reflection(services))
         host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
         await self.grpc.start(host, port, ssl=server_ssl, reuse_address=True)

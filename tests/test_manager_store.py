@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from harness import wait_until
 from harness.manager import (
+    admin_channel,
     manager_rpc,
     manager_rpc_error,
     start_manager,
@@ -205,6 +208,16 @@ def test_database_outage_is_unavailable(tmp_path: Path, certs: Path, db_url: str
             return False
 
         wait_until(not_ready, timeout=10, what="/readyz 503")
+
+        async def health() -> int:
+            channel = admin_channel(certs, port)
+            try:
+                reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=10)
+                return reply.status
+            finally:
+                channel.close()
+
+        assert asyncio.run(health()) == HealthCheckResponse.NOT_SERVING
         assert urllib.request.urlopen(f"{mgr.http_url}/healthz", timeout=5).status == 200
         # Put the database back (empty) so the fixture can drop it.
         asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
