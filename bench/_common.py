@@ -338,3 +338,73 @@ def machine_info() -> dict[str, Any]:
         "rust_codec_active": rust,
         "uvloop_installed": has_uvloop,
     }
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@contextmanager
+def py_spy(pid: int, out: Path | None, *, delay: float, duration: float) -> Iterator[None]:
+    """Record ``pid`` with py-spy (raw collapsed stacks in ``out``) from ``delay`` seconds
+    on for ``duration`` seconds, while the block runs; nothing when ``out`` is None."""
+    if out is None:
+        yield
+        return
+    exe = Path(sys.executable).with_name("py-spy")
+    cmd = (
+        f"sleep {delay:.1f} && exec {exe if exe.exists() else 'py-spy'} record -p {pid} "
+        f"-d {max(1, int(duration))} -r 100 -f raw -o {out} --nonblocking"
+    )
+    popen = subprocess.Popen(
+        ["sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        try:
+            popen.wait(delay + duration + 30)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+
+
+_IDLE = ("EpollSelector.select", "_connection_worker_thread", "Thread.wait", "select (")
+
+
+def profile_summary(path: Path, *, top: int = 15) -> dict[str, list[tuple[float, str]]]:
+    """Busiest frames of a py-spy raw profile: self time and inclusive time, in percent
+    of the non-idle samples (event-loop waits and idle worker threads left out)."""
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    busy = 0
+    for text_line in path.read_text().splitlines():
+        stack, _, count_text = text_line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(marker in frames[-1] for marker in _IDLE) or not frames[-1].strip():
+            continue
+        count = int(count_text)
+        busy += count
+        self_time[frames[-1]] = self_time.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(table: dict[str, int], skip: tuple[str, ...] = ()) -> list[tuple[float, str]]:
+        rows = [(100.0 * n / busy, f) for f, n in table.items() if not f.startswith(skip)]
+        return sorted(rows, reverse=True)[:top]
+
+    frame_noise = ("<module>", "main (", "_run_module", "_run_code", "BaseEventLoop.",
+                   "Handle._run", "Runner.run", "run (asyncio", "Thread.")  # fmt: skip
+    return {"busy_samples": [(float(busy), "")], "self": ranked(self_time),
+            "inclusive": ranked(inclusive, frame_noise)}  # fmt: skip
+
+
+def print_profile(summary: dict[str, list[tuple[float, str]]], *, file: TextIO | None = None,
+                  title: str = "profile") -> None:  # fmt: skip
+    out = file or sys.stdout
+    print(f"{title}: {int(summary['busy_samples'][0][0])} busy samples (100 Hz)", file=out)
+    for kind in ("self", "inclusive"):
+        print(f"  top {kind}:", file=out)
+        for pct, frame in summary[kind]:
+            print(f"    {pct:5.1f}%  {frame[:140]}", file=out)

@@ -48,12 +48,16 @@ from bench._common import (
     fresh_postgres,
     latency_summary,
     machine_info,
+    print_profile,
     print_table,
     process_cpu_seconds,
     process_rss_mb,
+    profile_summary,
+    py_spy,
     raise_fd_limit,
     spawn_manager,
 )
+from common.backoff import Backoff
 from common.tls import TLSFiles, client_context
 from schema import manager_pb
 
@@ -284,9 +288,16 @@ class SimNode:
             return
         self._connect()
         try:
+            # Like a real Daemon: register, retrying with the connection-backoff schedule.
+            backoff = Backoff(initial=1.0, multiplier=1.6, jitter=0.2, maximum=30.0)
             await self.register()
-            if self.registered:
-                await self.sync_agents()
+            while not self.registered:
+                delay = backoff.next_delay()
+                if loop.time() + delay >= self.phase.end:
+                    return
+                await asyncio.sleep(delay)
+                await self.register()
+            await self.sync_agents()
             now = loop.time()
             rng = self.rng
             due = {
@@ -309,13 +320,8 @@ class SimNode:
                 delay = at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if not self.registered and what != "hb":
-                    due[what] = at + intervals[what]
-                    continue
-                if not self.registered:
-                    await self.register()
-                else:
-                    await actions[what]()
+                if self.registered or what == "hb":  # unregistered: only heartbeat (re-registers)
+                    await (actions[what] if self.registered else self.register)()
                 due[what] = at + intervals[what] * rng.uniform(1 - c.jitter, 1 + c.jitter)
         finally:
             if self.channel is not None:
@@ -393,9 +399,27 @@ def _use_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run(config: SimConfig, *, procs: int = 1, manager_pid: int | None = None) -> dict[str, Any]:
-    """Simulate the fleet (in ``procs`` processes) and return the report as a dict."""
+def run(
+    config: SimConfig,
+    *,
+    procs: int = 1,
+    manager_pid: int | None = None,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """Simulate the fleet (in ``procs`` processes) and return the report as a dict.
+
+    With ``profile`` (and ``manager_pid``), py-spy records the Manager over the steady
+    phase into that file and the report carries a summary of the busiest frames.
+    """
     raise_fd_limit()
+    if profile is not None and manager_pid is not None:
+        lead = (1.0 if procs == 1 else 3.0) + config.ramp + 1.0
+        with py_spy(manager_pid, profile, delay=lead,
+                    duration=config.duration - config.ramp - 2.0):  # fmt: skip
+            report = run(config, procs=procs, manager_pid=manager_pid)
+        if profile.exists():
+            report["manager_profile"] = profile_summary(profile)
+        return report
     start_wall = time.time() + (1.0 if procs == 1 else 3.0)
     manager_cpu0 = manager_cpu1 = 0.0
     manager_rss = float("nan")
@@ -565,6 +589,8 @@ def print_report(report: dict[str, Any], *, file: Any = None) -> None:
         )
     for sample in report["error_samples"][:5]:
         print(f"  error: {sample}", file=out)
+    if "manager_profile" in report:
+        print_profile(report["manager_profile"], file=out, title="manager profile (steady)")
 
 
 def steady(report: dict[str, Any], rpc: str) -> dict[str, Any]:
@@ -629,6 +655,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--procs", type=int, default=1, help="simulator processes")
     parser.add_argument("--prefix", default="sim", help="node id prefix")
     parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
+    parser.add_argument(
+        "--profile-manager",
+        type=Path,
+        help="py-spy the Manager over the steady phase into this file (raw stacks)",
+    )
 
 
 def config_from(args: argparse.Namespace, address: str, cert_dir: Path) -> SimConfig:
@@ -658,7 +689,7 @@ def simulate_from_args(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{len(names):,} node certificates ready in {time.perf_counter() - t:.1f}s "
               f"({cert_dir})", file=sys.stderr)  # fmt: skip
         config = config_from(args, address, cert_dir)
-        return run(config, procs=args.procs, manager_pid=pid)
+        return run(config, procs=args.procs, manager_pid=pid, profile=args.profile_manager)
 
 
 def main(argv: list[str] | None = None) -> int:
