@@ -133,6 +133,8 @@ class Agents:
             task.cancel()
 
     async def wait_closed(self) -> None:
+        if not self._started:
+            return  # never touch the persisted state of agents we did not take over
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

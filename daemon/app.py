@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -76,6 +77,27 @@ def prepare_socket_dir(path: Path) -> None:
             raise StartupError(f"{path} exists and is not a socket")
 
 
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the state directory's lock, so two Daemons never fight over the same agents.
+
+    The lock (``flock`` on ``state_dir/daemon.lock``) dies with the process, even on
+    ``kill -9``; its file descriptor is not inherited by agents.
+    """
+    path = state_dir / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"another Daemon (pid {holder}) is using the state directory {state_dir}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class DaemonApp:
     """Everything one ``fleet-daemon`` runs; lifecycle start/close/wait_closed."""
 
@@ -92,6 +114,7 @@ class DaemonApp:
         self.grpc_port = 0
         self.advertise = ""
         self._started = False
+        self._lock_fd = -1
 
     async def start(self) -> None:
         if self._started:
@@ -99,6 +122,7 @@ class DaemonApp:
         self._started = True
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = lock_state_dir(cfg.state_dir)
         tls = None
         if cfg.tls_enabled:
             t = cfg.manager.tls
@@ -221,8 +245,11 @@ class DaemonApp:
             await self.manager.wait_closed()
         if self._http is not None:
             await self._http.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self._lock_fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
         log.info("daemon stopped")
 
     async def __aenter__(self) -> DaemonApp:

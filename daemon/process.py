@@ -140,7 +140,7 @@ class ManagedProcess:
                 close_fds=True,
             )
         except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
-            raise SpawnError(_spawn_reason(argv, cwd, exc)) from None
+            raise SpawnError(_spawn_reason(argv, cwd, user, exc)) from None
         finally:
             os.close(out_fd)
             os.close(err_fd)
@@ -250,7 +250,11 @@ class ManagedProcess:
             self._exit.cancel()
 
 
-def _spawn_reason(argv: Sequence[str], cwd: str | None, exc: BaseException) -> str:
+def _spawn_reason(
+    argv: Sequence[str], cwd: str | None, user: str | None, exc: BaseException
+) -> str:
+    if user and isinstance(exc, PermissionError) and os.geteuid() != 0:
+        return f"cannot run as user {user!r}: the Daemon is not running as root"
     if isinstance(exc, FileNotFoundError):
         if cwd and not Path(cwd).is_dir():
             return f"working directory {cwd} does not exist"
@@ -258,5 +262,5 @@ def _spawn_reason(argv: Sequence[str], cwd: str | None, exc: BaseException) -> s
     if isinstance(exc, PermissionError):
         return f"permission denied running {argv[0]}"
     if isinstance(exc, KeyError):
-        return f"unknown user: {exc}"
+        return f"unknown user {user!r}"
     return f"{type(exc).__name__}: {exc}"

@@ -164,3 +164,38 @@ def test_graceful_shutdown_can_leave_agents_running(tmp_path: Path, certs: Path)
         daemon.stop()
         if pid and _alive(pid):
             psutil.Process(pid).kill()
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path, certs: Path) -> None:
+    from harness import console_script, run_cli
+
+    log_a = tmp_path / "a.pids"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[agent("a", "sleeper", str(log_a), start_seconds=0.2)],
+    )
+    try:
+        pid = wait_until(lambda: list_agents(certs, daemon)["a"].pid)
+        result = run_cli(
+            [
+                console_script("fleet-daemon"),
+                "--config",
+                str(daemon.config_path),
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+            ],
+            timeout=30,
+        )
+        assert result.returncode == 1
+        assert f"another Daemon (pid {daemon.pid}) is using the state directory" in result.stderr
+        # The first Daemon and its agent are untouched, socket included.
+        assert daemon.agent_socket.exists()
+        assert list_agents(certs, daemon)["a"].pid == pid
+        assert _pids(log_a) == [pid]
+        state = json.loads((daemon.state_dir / "agents.json").read_text())
+        assert state["agents"]["a"]["pid"] == pid
+    finally:
+        daemon.stop()

@@ -4,6 +4,7 @@ to SIGKILL for a whole process group, start/stop/restart semantics and authorisa
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def test_crash_restarts_with_growing_backoff_then_fatal(tmp_path: Path, certs: P
         assert info.last_exit_code == 3
         assert info.pid == 0
         assert "exit code 3" in info.status_reason and "gave up" in info.status_reason
+        # Every crashed run was reaped: the Daemon has no zombie children.
+        assert [
+            c.pid
+            for c in psutil.Process(daemon.pid).children()
+            if c.status() == psutil.STATUS_ZOMBIE
+        ] == []
         # A manual start clears FATAL and tries again (and fails again, promptly).
         reply = call_daemon(
             certs,
@@ -267,5 +274,64 @@ def test_operations_on_one_agent_are_serialised(tmp_path: Path, certs: Path) -> 
         ]
         children = psutil.Process(daemon.pid).children(recursive=True)
         assert [p.pid for p in children if _alive(p.pid)] == []
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_agent_runs_as_configured_user(tmp_path: Path, certs: Path) -> None:
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            {
+                "id": "nob",
+                "command": ["/bin/sleep", "60"],
+                "user": "nobody",
+                "cwd": "/",
+                "start_seconds": 0.2,
+            },
+            {
+                "id": "ghost",
+                "command": ["/bin/sleep", "60"],
+                "user": "no-such-user-x",
+                "start_retries": 0,
+            },
+        ],
+    )
+    try:
+        info = wait_until(
+            lambda: (a := list_agents(certs, daemon)["nob"]).status == "RUNNING" and a
+        )
+        assert psutil.Process(info.pid).uids().real == 65534
+        ghost = wait_until(
+            lambda: (a := list_agents(certs, daemon)["ghost"]).status == "FATAL" and a
+        )
+        assert "unknown user 'no-such-user-x'" in ghost.status_reason
+    finally:
+        daemon.stop()
+
+
+def test_missing_executable_is_reported(tmp_path: Path, certs: Path) -> None:
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            {
+                "id": "typo",
+                "command": ["/nonexistent/bin/app"],
+                "start_retries": 1,
+                "backoff_initial": 0.1,
+            }
+        ],
+    )
+    try:
+        info = wait_until(lambda: (a := list_agents(certs, daemon)["typo"]).status == "FATAL" and a)
+        assert "spawn failed: no such executable: /nonexistent/bin/app" in info.status_reason
+        assert daemon.alive()
     finally:
         daemon.stop()
