@@ -146,8 +146,9 @@ class ManagerApp:
         self.grpc = Server(with_reflection(services))
         host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
         await self.grpc.start(host, port, ssl=server_ssl, reuse_address=True)
-        sock = self.grpc._server.sockets[0] if self.grpc._server else None  # type: ignore[union-attr]
-        bound_port = sock.getsockname()[1] if sock else port
+        # Port 0 asks the OS for a free port: report the one actually bound.
+        sockets = getattr(self.grpc._server, "sockets", None) or ()
+        bound_port = sockets[0].getsockname()[1] if sockets else port
         self.grpc_address = f"{host}:{bound_port}"
 
         if cfg.http_listen:

@@ -35,7 +35,10 @@ class MetricRetention:
         self._retention = retention
         self._batch = batch
         self._clock = clock
-        self._loop = Periodic(name="metric-retention", interval=interval, step=self.run_once)
+        self._loop = Periodic(name="metric-retention", interval=interval, step=self._step)
+
+    async def _step(self) -> None:
+        await self.run_once()
 
     async def run_once(self) -> int:
         """Delete expired samples batch by batch; returns how many were deleted."""

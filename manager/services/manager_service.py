@@ -87,7 +87,8 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self, request: manager_pb.RegisterNodeRequest
     ) -> manager_pb.RegisterNodeResponse:
         node_id = check_node_caller(request.node_id)
-        facts = {
+        interval = self._check_interval(request.heartbeat_interval_seconds)
+        facts: dict[str, object] = {
             "hostname": validate.check_text("hostname", request.hostname, max_len=255),
             "ip": validate.check_text("ip", request.ip, max_len=_SHORT),
             "os": validate.check_text("os", request.os, max_len=_SHORT),
@@ -100,11 +101,11 @@ class ManagerService(manager_pb.ManagerServiceBase):
                 "agent_version", request.agent_version, max_len=_SHORT
             ),
             "daemon_address": self._check_address(request.daemon_address),
-            "heartbeat_interval": self._check_interval(request.heartbeat_interval_seconds),
+            "heartbeat_interval": interval,
             "instance_id": validate.check_text("instance_id", request.instance_id, max_len=128),
         }
         now = self._clock()
-        grace = self._config.grace_for(facts["heartbeat_interval"])
+        grace = self._config.grace_for(interval)
         result = await self._store.register_node(node_id=node_id, facts=facts, now=now, grace=grace)
         self._instances[node_id] = request.instance_id
         if result.previous_address and result.previous_address != request.daemon_address:
@@ -129,6 +130,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
             if request.timestamp
             else int(now)
         )
+        validate.check_text("instance_id", request.instance_id, max_len=128)
         await self._check_instance(node_id, request.instance_id, now)
         await self._heartbeats.submit(node_id, reported)
         return manager_pb.HeartbeatResponse(success=True, message="ok")

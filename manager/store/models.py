@@ -25,7 +25,7 @@ class Node(Model):
     ip = fields.CharField(max_length=64, default="")
     os = fields.CharField(max_length=64, default="")
     arch = fields.CharField(max_length=64, default="")
-    labels = fields.JSONField(default=dict)
+    labels: fields.Field[dict[str, str]] = fields.JSONField(default=dict)
     daemon_version = fields.CharField(max_length=64, default="")
     agent_version = fields.CharField(max_length=64, default="")
     daemon_address = fields.CharField(max_length=255, default="")
@@ -79,7 +79,7 @@ class MetricSample(Model):
     node_id = fields.CharField(max_length=128)
     type = fields.CharField(max_length=32)
     timestamp = fields.BigIntField(db_index=True)
-    values = fields.JSONField(default=dict)
+    values: fields.Field[dict[str, float]] = fields.JSONField(default=dict)
 
     class Meta:
         table = "fleet_metric_sample"
