@@ -85,8 +85,10 @@ def admin_env(certs: Path, manager: str) -> dict[str, str]:
     }
 
 
-def cli(fleet: Fleet, *argv: str, env: dict[str, str] | None = None) -> Any:
-    return runner.invoke(app, list(argv), env={**fleet.env, **(env or {})})
+def cli(
+    fleet: Fleet, *argv: str, env: dict[str, str] | None = None, input: str | None = None
+) -> Any:
+    return runner.invoke(app, list(argv), env={**fleet.env, **(env or {})}, input=input)
 
 
 def ok_json(fleet: Fleet, *argv: str) -> Any:
@@ -513,6 +515,20 @@ def test_daemon_direct_commands(fleet: Fleet, tmp_path: Path) -> None:
     assert pushed["status"] == "APPLIED"
     unknown = cli(fleet, "agent", "stop", "node-a", "nosuch", "--daemon", daemon)
     assert unknown.exit_code == ExitCode.NOT_FOUND
+
+
+def test_config_push_from_stdin_and_toml(fleet: Fleet, tmp_path: Path) -> None:
+    piped = cli(
+        fleet, "agent", "config", "push", "node-a", "hog", "-", "-o", "json", input='{"a": 1}'
+    )
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["status"] == "APPLIED"
+    assert ok_json(fleet, "agent", "config", "get", "node-a", "hog")["config"] == {"a": 1}
+    toml = tmp_path / "hog.toml"
+    toml.write_text('level = "debug"\n[limits]\nmax = 5\n')
+    assert cli(fleet, "agent", "config", "push", "node-a", "hog", str(toml)).exit_code == 0
+    got = ok_json(fleet, "agent", "config", "get", "node-a", "hog")["config"]
+    assert got == {"level": "debug", "limits": {"max": 5}}
 
 
 def test_daemon_direct_checks_the_node_identity(fleet: Fleet) -> None:

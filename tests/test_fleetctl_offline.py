@@ -171,6 +171,7 @@ def test_missing_certificate_file_names_the_path_and_source(certs: Path, tmp_pat
         ["nodes", "metrics", "node-a", "--since", "tomorrow"],
         ["nodes", "metrics", "node-a", "--since", "0s"],
         ["nodes", "list", "--status", "sleeping"],
+        ["agents", "list", "--status", "sleeping"],
         ["nodes", "list", "--label", "novalue"],
         ["nodes", "list", "-o", "yaml"],
         ["nodes", "lst"],

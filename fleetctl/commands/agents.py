@@ -29,6 +29,7 @@ agent_app = typer.Typer(
 agent_app.add_typer(agent_config.app, name="config")
 
 PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
+AGENT_STATES = ("RUNNING", "STARTING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL")
 
 
 @agents_app.command("list")
@@ -52,6 +53,8 @@ def list_agents(
 
     st = state(ctx)
     wanted = (status or "").upper()
+    if wanted and wanted not in AGENT_STATES:
+        raise usage(f"--status {status!r}: use one of {', '.join(AGENT_STATES)}")
 
     async def go() -> tuple[list[Any], list[Any], str]:
         if daemon:
