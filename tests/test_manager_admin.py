@@ -214,6 +214,14 @@ def test_duplicate_daemon_instance(manager, certs: Path) -> None:  # type: ignor
         beat("first")  # the superseded Daemon is still alive
     assert info.value.status == Status.ALREADY_EXISTS
     assert "second" in (info.value.message or "")
+    # ... and cannot take the node back while the current instance is alive.
+    with pytest.raises(GRPCError) as info:
+        register(certs, port, "node-a", instance_id="first")
+    assert info.value.status == Status.ALREADY_EXISTS
+    assert beat("second").success  # type: ignore[attr-defined]
+    # A brand-new instance (a restart) still takes over.
+    register(certs, port, "node-a", instance_id="third")
+    assert beat("third").success  # type: ignore[attr-defined]
     reasons = [
         e.reason
         for e in admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a")).events  # type: ignore[attr-defined]

@@ -150,7 +150,8 @@ class AdminService(admin_pb.AdminServiceBase):
         )
 
     async def list_agents(self, request: admin_pb.ListAgentsRequest) -> admin_pb.ListAgentsResponse:
-        status = validate.check_text("status", request.status, max_len=32).upper()
+        # The agents' status column holds 16 characters: longer can match nothing.
+        status = validate.check_text("status", request.status, max_len=16).upper()
         if request.node_id:
             nodes = [await self._node(request.node_id)]
         elif request.live:

@@ -5,10 +5,14 @@ node can never speak for another. Order of checks: an empty ``node_id`` is
 ``INVALID_ARGUMENT``; a malformed one too; then a mismatch with the certificate is
 ``PERMISSION_DENIED`` (logged, nothing changed); then the rest of the input is validated.
 
-Duplicate Daemons: the newest RegisterNode wins (a restarted Daemon re-registers with a
-new ``instance_id`` before its old grace period ended, which must work). A heartbeat
-still arriving from a superseded ``instance_id`` is refused with ``ALREADY_EXISTS`` and
-recorded as a node event, so two live Daemons with one node identity are visible.
+Duplicate Daemons: a RegisterNode with a *new* ``instance_id`` wins (a restarted Daemon
+re-registers before its old grace period ended, which must work), and the instance it
+replaced becomes *superseded*. A superseded instance that is still running is refused
+with ``ALREADY_EXISTS`` — its heartbeats, and its attempts to register again for as long
+as the current instance is alive — and the first refusal is recorded as a node event, so
+two live Daemons with one node identity are visible instead of silently taking turns.
+(The superseded set lives in this Manager's memory: after a Manager restart an old
+instance may take over once more, and is then refused again.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..daemon_pool import DaemonClientPool
 from ..heartbeats import HeartbeatBuffer
 from ..liveness import log_transitions
 from ..metrics import ManagerMetrics
-from ..store import AgentRecord, Store, Transition
+from ..store import ONLINE, AgentRecord, Store, Transition
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ AGENT_STATUSES = frozenset(
 )
 MAX_AGENTS_PER_SYNC = 1000
 MAX_HEARTBEAT_INTERVAL = 86_400
+_MAX_TRACKED = 10_000
 _SHORT = 64
 
 
@@ -81,6 +86,8 @@ class ManagerService(manager_pb.ManagerServiceBase):
         # node_id -> instance_id of its current Daemon: a cache rebuilt from the database
         # on a miss, so several Managers can share one database.
         self._instances: dict[str, str] = {}
+        # (node_id, instance_id) pairs replaced by a newer Daemon instance.
+        self._superseded: set[tuple[str, str]] = set()
         self._duplicates_reported: set[tuple[str, str]] = set()
 
     async def register_node(
@@ -105,9 +112,16 @@ class ManagerService(manager_pb.ManagerServiceBase):
             "instance_id": validate.check_text("instance_id", request.instance_id, max_len=128),
         }
         now = self._clock()
+        if request.instance_id and (node_id, request.instance_id) in self._superseded:
+            await self._refuse_superseded_register(node_id, request.instance_id, now)
         grace = self._config.grace_for(interval)
         result = await self._store.register_node(node_id=node_id, facts=facts, now=now, grace=grace)
         self._instances[node_id] = request.instance_id
+        if result.previous_instance and result.previous_instance != request.instance_id:
+            if len(self._superseded) > _MAX_TRACKED:
+                self._superseded.clear()
+            self._superseded.add((node_id, result.previous_instance))
+        self._superseded.discard((node_id, request.instance_id))
         if result.previous_address and result.previous_address != request.daemon_address:
             self._pool.forget(node_id)
         if result.transition is not None:
@@ -135,6 +149,32 @@ class ManagerService(manager_pb.ManagerServiceBase):
         await self._heartbeats.submit(node_id, reported)
         return manager_pb.HeartbeatResponse(success=True, message="ok")
 
+    async def _refuse_superseded_register(self, node_id: str, instance_id: str, now: float) -> None:
+        """ALREADY_EXISTS while the instance that replaced ``instance_id`` is alive."""
+        node = await self._store.get_node(node_id)
+        if node is None or node.instance_id == instance_id:
+            return
+        if node.status == ONLINE and now < node.offline_after:
+            await self._report_duplicate(node_id, instance_id, node.instance_id, now)
+            raise AlreadyExists(
+                f"node {node_id} is served by another live Daemon instance "
+                f"({node.instance_id}); this one ({instance_id}) was superseded"
+            )
+
+    async def _report_duplicate(self, node_id: str, stale: str, current: str, now: float) -> None:
+        key = (node_id, stale)
+        if key in self._duplicates_reported:
+            return
+        if len(self._duplicates_reported) > _MAX_TRACKED:
+            self._duplicates_reported.clear()
+        self._duplicates_reported.add(key)
+        reason = (
+            f"duplicate daemon: instance {stale} still running while instance {current} "
+            "is registered"
+        )
+        log.warning("node %s: %s", node_id, reason)
+        await self._store.record_event(Transition(node_id, "", "", reason), now)
+
     async def _check_instance(self, node_id: str, instance_id: str, now: float) -> None:
         known = self._instances.get(node_id)
         if known is None or (instance_id and known != instance_id):
@@ -144,15 +184,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
                 raise NotFound(f"node {node_id} is not registered: call RegisterNode first")
             known = self._instances[node_id] = row[0]
         if instance_id and known and instance_id != known:
-            key = (node_id, instance_id)
-            if key not in self._duplicates_reported:
-                self._duplicates_reported.add(key)
-                reason = (
-                    f"duplicate daemon: instance {instance_id} still heartbeating while "
-                    f"instance {known} is registered"
-                )
-                log.warning("node %s: %s", node_id, reason)
-                await self._store.record_event(Transition(node_id, "", "", reason), now)
+            await self._report_duplicate(node_id, instance_id, known, now)
             raise AlreadyExists(
                 f"node {node_id} is registered by another Daemon instance ({known}); "
                 f"this one ({instance_id}) was superseded"
