@@ -187,6 +187,12 @@ def test_usage_errors_exit_2_with_one_line(certs: Path, argv: list[str]) -> None
     one_line(result.stderr)
 
 
+def test_command_without_arguments_shows_its_help() -> None:
+    result = runner.invoke(app, ["agent", "restart"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("Usage: fleetctl agent restart [OPTIONS] {NODE|AGENT} [AGENT]")
+
+
 def test_bad_duration_message_shows_examples(certs: Path) -> None:
     result = runner.invoke(app, ["metrics", "web", "--since", "5x"], env=admin_env(certs))
     assert one_line(result.stderr) == (

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# Past tense of the agent operations, for messages.
+PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
+
+
 class Format(enum.StrEnum):
     """``-o`` values."""
 
@@ -120,10 +124,21 @@ def parse_labels(pairs: list[str] | None) -> dict[str, str]:
     return labels
 
 
-def split_node_agent(args: list[str], *, what: str = "AGENT") -> tuple[str, str]:
+def split_node_agent(first: str, second: str | None) -> tuple[str, str]:
     """``[NODE] AGENT`` positional arguments as (node or "", agent)."""
-    if len(args) == 1:
-        return "", args[0]
-    if len(args) == 2:
-        return args[0], args[1]
-    raise usage(f"expected [NODE] {what}, got {len(args)} arguments: {' '.join(args)}")
+    return ("", first) if second is None else (first, second)
+
+
+# ``[NODE] AGENT``: two positional arguments, the first optional in meaning.
+NodeOrAgentArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="NODE|AGENT",
+        help="NODE AGENT, or AGENT alone when its id is unique in the fleet (or with --all).",
+        show_default=False,
+    ),
+]
+AgentArg = Annotated[
+    str | None,
+    typer.Argument(metavar="AGENT", help="The agent id, after its NODE.", show_default=False),
+]

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import CliError, ExitCode, usage
-from ._shared import DaemonOpt, Format, OutputOpt, run, split_node_agent, state
+from ._shared import (
+    AgentArg,
+    DaemonOpt,
+    Format,
+    NodeOrAgentArg,
+    OutputOpt,
+    run,
+    split_node_agent,
+    state,
+)
 
 app = typer.Typer(help="An agent's config: get it, push a new one.", no_args_is_help=True)
 
@@ -17,12 +26,13 @@ app = typer.Typer(help="An agent's config: get it, push a new one.", no_args_is_
 @app.command("get", no_args_is_help=True)
 def get_config(
     ctx: typer.Context,
-    target: Annotated[list[str], typer.Argument(metavar="[NODE] AGENT")],
+    first: NodeOrAgentArg,
+    second: AgentArg = None,
     output: OutputOpt = Format.table,
     daemon: DaemonOpt = None,
 ) -> None:
     """The config AGENT runs with (what the Daemon hands it), its hash and version."""
-    node, agent = split_node_agent(target)
+    node, agent = split_node_agent(first, second)
     st = state(ctx)
 
     async def go() -> tuple[str, Any]:

@@ -12,9 +12,13 @@ import typer
 from ..errors import CliError, ExitCode, usage
 from . import agent_config
 from ._shared import (
+    PAST,
+    AgentArg,
     DaemonOpt,
     Format,
+    NodeOrAgentArg,
     OutputOpt,
+    State,
     parse_labels,
     run,
     split_node_agent,
@@ -28,7 +32,6 @@ agent_app = typer.Typer(
 )
 agent_app.add_typer(agent_config.app, name="config")
 
-PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
 AGENT_STATES = ("RUNNING", "STARTING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL")
 
 
@@ -95,13 +98,8 @@ def list_agents(
 def _operation(op: str) -> Callable[..., None]:
     def command(
         ctx: typer.Context,
-        target: Annotated[
-            list[str],
-            typer.Argument(
-                metavar="[NODE] AGENT",
-                help="The agent, and its node (optional when the id is unique or with --all).",
-            ),
-        ],
+        first: NodeOrAgentArg,
+        second: AgentArg = None,
         all_nodes: Annotated[
             bool, typer.Option("--all", help="Every node running AGENT (see --label).")
         ] = False,
@@ -122,8 +120,8 @@ def _operation(op: str) -> Callable[..., None]:
     ) -> None:
         st = state(ctx)
         if all_nodes:
-            if len(target) != 1:
-                raise usage(f"--all takes only AGENT, not NODE AGENT: {' '.join(target)}")
+            if second is not None:
+                raise usage(f"--all takes only AGENT, not NODE AGENT: {first} {second}")
             if daemon:
                 raise usage("--all goes through the Manager; it cannot be combined with --daemon")
             from .fleetwide import operate_everywhere
@@ -131,7 +129,7 @@ def _operation(op: str) -> Callable[..., None]:
             operate_everywhere(
                 st,
                 op,
-                target[0],
+                first,
                 labels=parse_labels(label),
                 parallel=parallel,
                 as_json=output is Format.json,
@@ -139,7 +137,7 @@ def _operation(op: str) -> Callable[..., None]:
             return
         if label:
             raise usage("--label selects nodes for --all; name the NODE instead")
-        node, agent = split_node_agent(target)
+        node, agent = split_node_agent(first, second)
         if daemon:
             from schema import daemon_pb
 
@@ -176,7 +174,7 @@ def _operation(op: str) -> Callable[..., None]:
 
 
 def report_operation(
-    st: Any, op: str, node_id: str, agent: str, resp: Any, *, as_json: bool
+    st: State, op: str, node_id: str, agent: str, resp: Any, *, as_json: bool
 ) -> None:
     """Print one operation's outcome; exit 1 with the Daemon's error when it failed."""
     from ..render import status_cell

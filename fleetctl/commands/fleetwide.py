@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CliError, ExitCode
-from ._shared import State, run
-
-PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
+from ._shared import PAST, State, run
 
 
 @dataclass
