@@ -115,6 +115,7 @@ class DaemonApp:
         self.advertise = ""
         self._started = False
         self._lock_fd = -1
+        self._rpc_counts: dict[tuple[str, str], int] = {}
 
     async def start(self) -> None:
         if self._started:
@@ -159,6 +160,7 @@ class DaemonApp:
                     control,
                     policy=control_service.POLICY,
                     transport=Transport.TLS if tls else Transport.INSECURE,
+                    observer=self._observe,
                 )
             ]
         )
@@ -173,6 +175,7 @@ class DaemonApp:
                     agent_service.AgentService(agents=self.agents),
                     policy=agent_service.POLICY,
                     transport=Transport.LOCAL,
+                    observer=self._observe,
                 )
             ]
         )
@@ -215,6 +218,10 @@ class DaemonApp:
 
     def _runners(self) -> list[AgentRunner]:
         return list(self.agents.runners.values()) if self.agents else []
+
+    def _observe(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        self._rpc_counts[key] = self._rpc_counts.get(key, 0) + 1
 
     def _agents_changed(self) -> None:
         if self.manager is not None:
@@ -294,7 +301,10 @@ class DaemonApp:
                 rss.add_metric([r.id], point.memory_rss)
             for (name, labels), value in r.custom_metrics.items():
                 custom.add_metric([r.id, name, ",".join(f"{k}={v}" for k, v in labels)], value)
-        yield from (states, up, restarts, hb, cpu, rss, custom)
+        rpcs = counter("fleet_daemon_rpc", "DaemonService calls served", ["method", "code"])
+        for (method, code), n in sorted(self._rpc_counts.items()):
+            rpcs.add_metric([method, code], n)
+        yield from (states, up, restarts, hb, cpu, rss, custom, rpcs)
         if self.outbox is not None:
             pending = gauge("fleet_daemon_outbox_reports", "Metric reports waiting for the Manager")
             pending.add_metric([], len(self.outbox))

@@ -199,3 +199,45 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path, certs: P
         assert state["agents"]["a"]["pid"] == pid
     finally:
         daemon.stop()
+
+
+def test_readopted_sdk_agent_keeps_talking_to_the_new_daemon(tmp_path: Path, certs: Path) -> None:
+    out = tmp_path / "a.json"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent(
+                "a", "sdk_agent", str(out), start_seconds=0.2, heartbeat_interval=1, config={"v": 1}
+            )
+        ],
+    )
+    try:
+        wait_until(out.exists)
+        pid = json.loads(out.read_text())["pid"]
+        daemon.kill()
+        daemon = daemon.restart()
+        assert list_agents(certs, daemon)["a"].pid == pid
+        # Its token survived (persisted) and it reconnects to the new socket by itself.
+        wait_until(
+            lambda: list_agents(certs, daemon)["a"].last_heartbeat > 0,
+            timeout=20,
+            what="heartbeat from the re-adopted agent",
+        )
+        reply = call_daemon(
+            certs,
+            daemon,
+            "push_update",
+            daemon_pb.UpdateRequest(agent_id="a", config_json='{"v": 2}'),
+        )
+        assert reply.status == "APPLIED"
+        wait_until(
+            lambda: json.loads(out.read_text())["config"] == {"v": 2},
+            timeout=20,
+            what="re-adopted agent follows a pushed config",
+        )
+        assert json.loads(out.read_text())["pid"] == pid
+    finally:
+        daemon.stop()

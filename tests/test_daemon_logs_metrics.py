@@ -71,6 +71,7 @@ def test_prometheus_endpoint(tmp_path: Path, certs: Path) -> None:
         assert 'fleet_agent_restarts_total{agent="a"} 0.0' in text
         assert "fleet_daemon_outbox_dropped_total 0.0" in text
         assert "fleet_daemon_manager_connected 0.0" in text
+        assert 'fleet_daemon_rpc_total{code="OK",method="Register"} 1.0' in text
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
             assert r.headers["Content-Type"].startswith("text/plain")
     finally:
