@@ -156,7 +156,7 @@ class Connection:
         direct handshake shows the alert naming the reason.
         """
         dropped = isinstance(exc, StreamTerminatedError | ConnectionResetError | BrokenPipeError)
-        alert = isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLCertVerificationError)
+        alert = isinstance(exc, ssl.SSLError) and "alert" in _ssl_reason(exc)
         if (dropped or alert) and self._ssl is not None:
             reason = await asyncio.to_thread(
                 probe_tls, self.target.address, self._ssl, min(self.settings.timeout, 5.0)
@@ -184,7 +184,8 @@ def probe_tls(address: Address, ctx: ssl.SSLContext, timeout: float) -> str | No
     except ssl.SSLCertVerificationError:
         return None  # our side refused theirs: translate() reports that
     except ssl.SSLError as exc:
-        return _ssl_reason(exc)
+        reason = _ssl_reason(exc)
+        return reason if "alert" in reason else None
     except (ConnectionResetError, BrokenPipeError):
         return "it reset the connection right after the TLS handshake"
     except OSError:

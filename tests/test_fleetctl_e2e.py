@@ -609,3 +609,19 @@ def test_global_options_after_the_command(fleet: Fleet) -> None:
     result = cli(fleet, "nodes", "list", "-o", "json", "--manager", fleet.manager.address, env=env)
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == 3
+
+
+def test_insecure_manager_needs_insecure_flag(tmp_path: Path, certs: Path) -> None:
+    manager = start_manager(tmp_path, None, insecure=True)
+    try:
+        env = {"FLEET_MANAGER": manager.address, "FLEET_CONFIG": ""}
+        plain = runner.invoke(app, ["nodes", "list", "-o", "json", "--insecure"], env=env)
+        assert plain.exit_code == 0, plain.output
+        assert json.loads(plain.stdout) == []
+        tls = runner.invoke(
+            app, ["nodes", "list"], env={**env, **admin_env(certs, manager.address)}
+        )
+        assert tls.exit_code == ExitCode.UNAVAILABLE
+        assert "is it serving TLS? check --manager and --insecure" in one_line(tls.stderr)
+    finally:
+        manager.stop()
