@@ -53,6 +53,10 @@ class NodeIdentity:
     instance_id: str = ""
 
 
+class RefusedError(Exception):
+    """The Manager answered but said no (``success = false``)."""
+
+
 def new_instance_id() -> str:
     return uuid.uuid4().hex
 
@@ -174,7 +178,7 @@ class ManagerClient:
     async def _register(self) -> None:
         assert self._stub is not None
         n, f = self._node, self._node.facts
-        await self._stub.register_node(
+        reply = await self._stub.register_node(
             manager_pb.RegisterNodeRequest(
                 node_id=n.node_id,
                 hostname=f.hostname,
@@ -190,6 +194,8 @@ class ManagerClient:
             ),
             timeout=self._settings.timeout,
         )
+        if not reply.success:
+            raise RefusedError(f"RegisterNode refused: {reply.message or 'no reason given'}")
         self.registrations += 1
 
     async def _link_loop(self) -> None:
@@ -208,7 +214,7 @@ class ManagerClient:
                     )
                 else:
                     assert self._stub is not None
-                    await self._stub.heartbeat(
+                    beat = await self._stub.heartbeat(
                         manager_pb.HeartbeatRequest(
                             node_id=self._node.node_id,
                             timestamp=int(time.time()),
@@ -216,6 +222,8 @@ class ManagerClient:
                         ),
                         timeout=self._settings.timeout,
                     )
+                    if not beat.success:
+                        raise RefusedError(f"Heartbeat refused: {beat.message or 'no reason'}")
                 self._up()
                 backoff.reset()
                 self._wake_link.clear()
