@@ -198,7 +198,7 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:
-    reason = (exc.reason or "").lower().replace("_", " ")
+    reason = (getattr(exc, "reason", None) or "").lower().replace("_", " ")
     return reason or str(exc)
 
 
