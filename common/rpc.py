@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import socket
+import struct
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -52,6 +54,8 @@ class CallContext:
     method: str
     request_id: str
     peer: str
+    # On a Unix socket (Transport.LOCAL): the calling process' pid from SO_PEERCRED, else 0.
+    peer_pid: int = 0
 
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("fleet_call")
@@ -130,7 +134,10 @@ class GuardedService:
                     log.warning("refused %s from %s (%s)", name, who, _peer_addr(stream))
                     raise GRPCError(Status.PERMISSION_DENIED, f"{who} may not call {name}")
                 request = await _recv_bounded(stream, request_type, self._max)
-                token = _current.set(CallContext(identity, name, request_id, _peer_addr(stream)))
+                peer_pid = _peer_pid(stream) if self._transport == Transport.LOCAL else 0
+                token = _current.set(
+                    CallContext(identity, name, request_id, _peer_addr(stream), peer_pid)
+                )
                 try:
                     reply = await impl(request)
                 finally:
@@ -156,6 +163,18 @@ class GuardedService:
                     self._observer(name, code, time.perf_counter() - started)
 
         return handle
+
+
+def _peer_pid(stream: grpclib.server.Stream[Any, Any]) -> int:
+    """The connecting process' pid on a Unix socket (Linux SO_PEERCRED), 0 if unknown."""
+    sock = stream.peer._transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return 0
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return int(struct.unpack("3i", creds)[0])
 
 
 def _peer_addr(stream: grpclib.server.Stream[Any, Any]) -> str:

@@ -48,6 +48,7 @@ class Agents:
         base_env: Mapping[str, str],
         history: History,
         stop_on_exit: bool = True,
+        check_peer: bool = True,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._specs = specs
@@ -56,6 +57,7 @@ class Agents:
         self._base_env = dict(base_env)
         self.history = history
         self._stop_on_exit = stop_on_exit
+        self._check_peer = check_peer
         self._notify = on_change
         self._sampler = GroupSampler()
         self.runners: dict[str, AgentRunner] = {}
@@ -250,13 +252,23 @@ class Agents:
 
     # ---- the agent's own calls ----
 
-    def authenticate(self, agent_id: str, token: str) -> AgentRunner:
-        """The runner of ``agent_id`` if ``token`` is its current secret."""
+    def authenticate(self, agent_id: str, token: str, *, peer_pid: int = 0) -> AgentRunner:
+        """The runner of ``agent_id`` if ``token`` is its current secret and, when
+        ``peer_pid`` is known and ``check_peer`` is on, the caller is in its process group.
+
+        The group check stops a process that read another agent's token (e.g. from
+        ``/proc/<pid>/environ``, readable by the same user) from using it.
+        """
         runner = self.runners.get(agent_id)
         if runner is None or not token or not runner.token_matches(token):
             raise PermissionDenied(f"agent {agent_id!r}: unknown agent or wrong token")
         if runner.state not in ACTIVE:
             raise FailedPrecondition(f"agent {agent_id!r} is {runner.state}")
+        if self._check_peer and peer_pid and runner.pgid and _pgid(peer_pid) != runner.pgid:
+            raise PermissionDenied(
+                f"agent {agent_id!r}: calling process {peer_pid} is not in the agent's "
+                "process group"
+            )
         return runner
 
     # ---- periodic work ----
@@ -299,3 +311,10 @@ class Agents:
 def _rotate_all(files: list[LogFile]) -> None:
     for f in files:
         f.rotate_if_needed()
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1

@@ -148,6 +148,7 @@ class DaemonApp:
             base_env=env,
             history=history,
             stop_on_exit=cfg.stop_agents_on_exit,
+            check_peer=cfg.agent_check_peer,
             on_change=self._agents_changed,
         )
 

@@ -131,6 +131,7 @@ class DaemonConfig:
     listen: str = "0.0.0.0:50052"
     advertise: str = ""
     agent_socket: str = ""
+    agent_check_peer: bool = True
     http_listen: str = ""
     history_interval: float = 10.0
     history_retention: float = 86400.0
@@ -228,7 +229,7 @@ _SCHEMA: dict[str, Any] = {
         "tls": {"enabled": bool, "cert_file": str, "key_file": str, "ca_file": str},
     },
     "grpc": {"listen": str, "advertise": str},
-    "agent_api": {"socket": str},
+    "agent_api": {"socket": str, "check_peer": bool},
     "http": {"listen": str},
     "history": {"interval": "duration", "retention": "duration"},
     "outbox": {"max_reports": int},
@@ -451,6 +452,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         listen=d.get("grpc", {}).get("listen", DaemonConfig.listen),
         advertise=d.get("grpc", {}).get("advertise", ""),
         agent_socket=path_of(d.get("agent_api", {}).get("socket", "")),
+        agent_check_peer=d.get("agent_api", {}).get("check_peer", True),
         http_listen=d.get("http", {}).get("listen", ""),
         history_interval=d.get("history", {}).get("interval", DaemonConfig.history_interval),
         history_retention=d.get("history", {}).get("retention", DaemonConfig.history_retention),

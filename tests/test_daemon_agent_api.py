@@ -57,6 +57,9 @@ def test_agent_secrets_and_transport_separation(tmp_path: Path, certs: Path) -> 
             agent("a", "sdk_agent", str(out_a), config={"name": "alpha"}),
             agent("b", "sdk_agent", str(out_b), config={"name": "beta"}),
         ],
+        # This test calls the socket itself with the agents' tokens, from outside their
+        # process groups: test the token check alone (the group check is tested below).
+        config={"agent_api": {"check_peer": False}},
     )
     try:
         wait_until(lambda: out_a.exists() and out_b.exists(), what="both SDK agents configured")
@@ -126,6 +129,44 @@ def test_agent_secrets_and_transport_separation(tmp_path: Path, certs: Path) -> 
                 sock, "get_config", daemon_pb.ConfigRequest(agent_id="a", token=tokens["a"])
             )
         assert exc.value.status is Status.PERMISSION_DENIED
+    finally:
+        daemon.stop()
+
+
+def test_stolen_token_is_useless_outside_the_agents_process_group(
+    tmp_path: Path, certs: Path
+) -> None:
+    out = tmp_path / "a.json"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent(
+                "a",
+                "sdk_agent",
+                str(out),
+                config={"secret": "s3"},
+                start_seconds=0.2,
+                heartbeat_interval=1,
+            )
+        ],
+    )
+    try:
+        wait_until(out.exists, what="the agent itself got its config")
+        token = _tokens(daemon.state_dir)["a"]  # as if read from /proc/<pid>/environ
+        with pytest.raises(GRPCError) as exc:
+            call_agent_api(
+                daemon.agent_socket,
+                "get_config",
+                daemon_pb.ConfigRequest(agent_id="a", token=token),
+            )
+        assert exc.value.status is Status.PERMISSION_DENIED
+        assert "not in the agent's process group" in str(exc.value.message)
+        # The agent (in its group) keeps working.
+        before = list_agents(certs, daemon)["a"].last_heartbeat
+        wait_until(lambda: list_agents(certs, daemon)["a"].last_heartbeat > before, timeout=20)
     finally:
         daemon.stop()
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 
 from common.errors import InvalidArgument
+from common.rpc import current_call
 from common.validate import check_finite, check_id, check_labels, check_text
 from schema import daemon_pb
 
 from ..agents import Agents
+from ..supervisor import AgentRunner
 from .control_service import config_response
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,15 @@ class AgentService(daemon_pb.DaemonServiceBase):
     def __init__(self, *, agents: Agents) -> None:
         self._agents = agents
 
+    def _authenticate(self, agent_id: str, token: str) -> AgentRunner:
+        return self._agents.authenticate(agent_id, token, peer_pid=current_call().peer_pid)
+
     async def register(
         self, register_request: daemon_pb.RegisterRequest
     ) -> daemon_pb.RegisterResponse:
         req = register_request
         check_id("agent_id", req.agent_id)
-        runner = self._agents.authenticate(req.agent_id, req.token)
+        runner = self._authenticate(req.agent_id, req.token)
         runner.reported_version = check_text("version", req.version, max_len=128)
         runner.info = check_labels("info", req.info)
         runner.registered = True
@@ -52,7 +57,7 @@ class AgentService(daemon_pb.DaemonServiceBase):
     ) -> daemon_pb.HeartbeatResponse:
         req = heartbeat_request
         check_id("agent_id", req.agent_id)
-        runner = self._agents.authenticate(req.agent_id, req.token)
+        runner = self._authenticate(req.agent_id, req.token)
         runner.health = check_text("health", req.health, max_len=256)
         runner.heard_from()
         return daemon_pb.HeartbeatResponse(success=True, config_hash=runner.config_hash)
@@ -62,7 +67,7 @@ class AgentService(daemon_pb.DaemonServiceBase):
     ) -> daemon_pb.MetricsResponse:
         req = metrics_request
         check_id("agent_id", req.agent_id)
-        runner = self._agents.authenticate(req.agent_id, req.token)
+        runner = self._authenticate(req.agent_id, req.token)
         if len(req.metrics) > MAX_METRICS_PER_CALL:
             raise InvalidArgument(
                 f"{len(req.metrics)} metrics in one call (max {MAX_METRICS_PER_CALL})"
@@ -84,5 +89,5 @@ class AgentService(daemon_pb.DaemonServiceBase):
 
     async def get_config(self, config_request: daemon_pb.ConfigRequest) -> daemon_pb.ConfigResponse:
         check_id("agent_id", config_request.agent_id)
-        self._agents.authenticate(config_request.agent_id, config_request.token)
+        self._authenticate(config_request.agent_id, config_request.token)
         return config_response(self._agents, config_request.agent_id)
