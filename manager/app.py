@@ -143,11 +143,15 @@ class ManagerApp:
         db_check = ServiceCheck(self.database.ping, check_ttl=5, check_timeout=5)
         health = Health({guarded_manager: [db_check], guarded_admin: [db_check]})
         services: list[Any] = [guarded_manager, guarded_admin, health]
-        self.grpc = Server(with_reflection(services))
+        grpc = Server(with_reflection(services))
         host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
-        await self.grpc.start(host, port, ssl=server_ssl, reuse_address=True)
+        try:
+            await grpc.start(host, port, ssl=server_ssl, reuse_address=True)
+        except OSError as exc:
+            raise OSError(f"cannot serve gRPC on {host}:{port}: {exc.strerror or exc}") from None
+        self.grpc = grpc
         # Port 0 asks the OS for a free port: report the one actually bound.
-        sockets = getattr(self.grpc._server, "sockets", None) or ()
+        sockets = getattr(grpc._server, "sockets", None) or ()
         bound_port = sockets[0].getsockname()[1] if sockets else port
         self.grpc_address = f"{host}:{bound_port}"
 
@@ -193,19 +197,21 @@ class ManagerApp:
 
     async def wait_closed(self) -> None:
         """Drain: final heartbeat flush, answer waiting calls, then stop everything."""
-        await self.heartbeats.wait_closed()
-        # Let the handlers whose heartbeats were just flushed send their answers.
-        await asyncio.sleep(0.1)
-        if self.grpc is not None:
-            self.grpc.close()
-            await self.grpc.wait_closed()
-        await self.liveness.wait_closed()
-        await self.retention.wait_closed()
-        if self.http is not None:
-            await self.http.wait_closed()
-        self.pool.close()
-        await self.pool.wait_closed()
-        await self.database.close()
+        try:
+            await self.heartbeats.wait_closed()
+            if self.grpc is not None:
+                # Let the handlers whose heartbeats were just flushed send their answers.
+                await asyncio.sleep(0.1)
+                self.grpc.close()
+                await self.grpc.wait_closed()
+            await self.liveness.wait_closed()
+            await self.retention.wait_closed()
+            if self.http is not None:
+                await self.http.wait_closed()
+            self.pool.close()
+            await self.pool.wait_closed()
+        finally:
+            await self.database.close()
         log.info("manager stopped")
 
     async def __aenter__(self) -> ManagerApp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
@@ -102,10 +103,19 @@ class HttpServer:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("HTTP server already started")
-        self._task = asyncio.create_task(self._server.serve(), name="http")
+        # Bind here: a bind error becomes our OSError (uvicorn would sys.exit()).
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"cannot serve HTTP on {self._host}:{self._port}: {exc}") from None
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # raises the bind error
+                self._task.result()
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
 

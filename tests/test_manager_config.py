@@ -150,3 +150,44 @@ def test_sigterm_answers_waiting_heartbeats_then_exits_0(tmp_path: Path, certs: 
     assert mgr.popen.returncode == 0
     assert "manager stopped" in mgr.output()
     assert stored_nodes(mgr.db_url)["node-a"]["last_heartbeat_reported"] == ts
+
+
+@pytest.mark.parametrize("what", ["grpc-port", "http-port", "database"])
+def test_startup_failures_are_one_line_exit_1(tmp_path: Path, certs: Path, what: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        if what == "database":  # nothing listens there: connection refused
+            busy.close()
+        args = {
+            "grpc-port": ["--listen", f"127.0.0.1:{taken}"],
+            "http-port": ["--http-listen", f"127.0.0.1:{taken}"],
+            "database": ["--db", f"postgres://nobody@127.0.0.1:{taken}/nothing"],
+        }[what]
+        result = run_cli(
+            [
+                sys.executable,
+                "-m",
+                "manager",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(tmp_path),
+                "--cert",
+                str(certs / "manager.crt"),
+                "--key",
+                str(certs / "manager.key"),
+                "--ca",
+                str(certs / "ca.crt"),
+                *args,
+            ],
+            timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "cannot start" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -191,6 +191,8 @@ class AdminService(admin_pb.AdminServiceBase):
         node = await self._node(request.node_id)
         if request.type:
             validate.check_id("type", request.type)
+            if len(request.type) > 32:  # the metric type column's width, as on ingest
+                raise InvalidArgument("type is longer than 32 characters")
         window = _window(request.since_seconds, "since_seconds")
         limit = request.limit or DEFAULT_METRICS_LIMIT
         if limit < 0 or limit > MAX_METRICS_LIMIT:

@@ -98,6 +98,15 @@ def db_errors_unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P
     return wrapper
 
 
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if at and ":" in creds:
+        return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
 class Database:
     """The Manager's database connection: ``start()`` migrates and connects, ``close()``."""
 
@@ -123,7 +132,10 @@ class Database:
             if event == "apply_done":
                 applied.append(name)
 
-        await migrate(config=config, progress=progress)
+        try:
+            await migrate(config=config, progress=progress)
+        except _DB_ERRORS as exc:
+            raise Unavailable(f"cannot open database {_redact(self.url)}: {exc}") from exc
         if applied:
             log.info("database migrated: applied %s", ", ".join(applied))
         await Tortoise.init(config=config, _enable_global_fallback=True)
