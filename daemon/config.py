@@ -412,7 +412,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
     def path_of(value: str) -> str:
         return str(base / value) if value and not Path(value).is_absolute() else value
 
-    node_id = d.get("node_id") or socket.gethostname().split(".")[0]
+    node_id = d.get("node_id") or socket.gethostname()
     m = d.get("manager", {})
     t = m.get("tls", {})
     tls = TLSSettings(

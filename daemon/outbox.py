@@ -61,7 +61,8 @@ class Outbox:
         seq = self._next
         self._next += 1
         tmp = self._dir / f"{seq:016d}.tmp"
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
             f.write(payload)
         os.replace(tmp, self._path(seq))
         self._seqs.append(seq)
