@@ -101,7 +101,9 @@ class Agents:
                     )
                 runner.record.pid = 0
                 runner.record.create_time = 0.0
-                if runner.spec.autostart:
+                if runner.record.held_stopped:
+                    runner.status_reason = "stopped by request (before the Daemon restarted)"
+                elif runner.spec.autostart:
                     starting.append(runner)
         self._save()
         self._tasks = [
@@ -193,6 +195,7 @@ class Agents:
             raise InvalidArgument(f"operation {operation!r} is not one of {', '.join(OPERATIONS)}")
         runner = self.get(agent_id)
         async with runner.lock:
+            runner.record.held_stopped = operation == "stop"
             if operation == "start":
                 error = await runner.start()
             elif operation == "stop":

@@ -30,6 +30,8 @@ class AgentRecord:
     restart_count: int = 0
     pushed_config: dict[str, Any] | None = None
     pushed_version: str | None = None
+    # Stopped by an operator: stays stopped across Daemon restarts (autostart skipped).
+    held_stopped: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

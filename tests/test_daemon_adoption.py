@@ -241,3 +241,37 @@ def test_readopted_sdk_agent_keeps_talking_to_the_new_daemon(tmp_path: Path, cer
         assert json.loads(out.read_text())["pid"] == pid
     finally:
         daemon.stop()
+
+
+def test_agent_stopped_by_request_stays_stopped_across_daemon_restart(
+    tmp_path: Path, certs: Path
+) -> None:
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[agent("a", "sleeper", start_seconds=0.2), agent("b", "sleeper", start_seconds=0.2)],
+    )
+    try:
+        wait_until(lambda: list_agents(certs, daemon)["a"].status == "RUNNING")
+        call_daemon(
+            certs,
+            daemon,
+            "operate_agent",
+            daemon_pb.AgentOperationRequest(agent_id="a", operation="stop"),
+        )
+        daemon.kill()
+        daemon = daemon.restart()
+        after = wait_until(lambda: (x := list_agents(certs, daemon))["b"].status == "RUNNING" and x)
+        assert after["a"].status == "STOPPED" and after["a"].pid == 0
+        assert "stopped by request" in after["a"].status_reason
+        reply = call_daemon(
+            certs,
+            daemon,
+            "operate_agent",
+            daemon_pb.AgentOperationRequest(agent_id="a", operation="start"),
+        )
+        assert reply.success and reply.agent.status == "RUNNING"
+    finally:
+        daemon.stop()
