@@ -625,3 +625,32 @@ def test_insecure_manager_needs_insecure_flag(tmp_path: Path, certs: Path) -> No
         assert "is it serving TLS? check --manager and --insecure" in one_line(tls.stderr)
     finally:
         manager.stop()
+
+
+def complete(fleet: Fleet, words: str, env: dict[str, str] | None = None) -> list[str]:
+    """What bash completion offers for the last word of ``words`` (a real subprocess)."""
+    parts = words.split(" ")
+    proc = run_cli(
+        [console_script("fleetctl")],
+        env={
+            **fleet.env,
+            "_FLEETCTL_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(parts) - 1),
+            **(env or {}),
+        },
+    )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    return proc.stdout.split()
+
+
+def test_shell_completion_of_nodes_and_agents(fleet: Fleet) -> None:
+    assert complete(fleet, "fleetctl nodes show node-") == ["node-a", "node-b", "node-c"]
+    assert complete(fleet, "fleetctl agent restart node-a ") == ["hog", "solo", "web"]
+    # Unique agent ids complete in the first position too; "web" is on every node.
+    first = complete(fleet, "fleetctl agent restart ")
+    assert {"node-a", "node-b", "node-c", "solo", "hog", "cfg"} <= set(first)
+    assert "web" not in first
+    assert complete(fleet, "fleetctl metrics h") == ["hog"]
+    # Manager unreachable: nothing offered, nothing printed.
+    assert complete(fleet, "fleetctl nodes show n", env={"FLEET_MANAGER": "127.0.0.1:1"}) == []

@@ -17,6 +17,7 @@ from common.durations import parse_duration
 from ..errors import CliError, ExitCode, usage
 from ..render import Output, use_rich
 from ..settings import DEFAULT_DAEMON_PORT, Settings, parse_address, resolve
+from ._complete import complete_agent, complete_node, complete_node_or_agent
 
 if TYPE_CHECKING:
     from ..client import Connection
@@ -88,6 +89,11 @@ class State:
         return Connection(self.settings, Target("manager", self.settings.manager))
 
 
+NodeArg = Annotated[
+    str, typer.Argument(metavar="NODE", help="Node id.", autocompletion=complete_node)
+]
+
+
 def state(ctx: typer.Context) -> State:
     obj = ctx.find_root().obj
     assert isinstance(obj, State)
@@ -136,9 +142,15 @@ NodeOrAgentArg = Annotated[
         metavar="NODE|AGENT",
         help="NODE AGENT, or AGENT alone when its id is unique in the fleet (or with --all).",
         show_default=False,
+        autocompletion=complete_node_or_agent,
     ),
 ]
 AgentArg = Annotated[
     str | None,
-    typer.Argument(metavar="AGENT", help="The agent id, after its NODE.", show_default=False),
+    typer.Argument(
+        metavar="AGENT",
+        help="The agent id, after its NODE.",
+        show_default=False,
+        autocompletion=complete_agent,
+    ),
 ]

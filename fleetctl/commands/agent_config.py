@@ -9,10 +9,12 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import CliError, ExitCode, usage
+from ._complete import complete_agent
 from ._shared import (
     AgentArg,
     DaemonOpt,
     Format,
+    NodeArg,
     NodeOrAgentArg,
     OutputOpt,
     run,
@@ -113,8 +115,8 @@ def read_config_file(path: str) -> dict[str, Any]:
 @app.command("push", no_args_is_help=True)
 def push_config(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(metavar="NODE")],
-    agent: Annotated[str, typer.Argument(metavar="AGENT")],
+    node: NodeArg,
+    agent: Annotated[str, typer.Argument(metavar="AGENT", autocompletion=complete_agent)],
     file: Annotated[
         str, typer.Argument(metavar="FILE", help="JSON object (or .toml); - for stdin.")
     ],

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import CliError, ExitCode, usage
 from . import agent_config
+from ._complete import complete_node
 from ._shared import (
     PAST,
     AgentArg,
@@ -39,7 +40,10 @@ AGENT_STATES = ("RUNNING", "STARTING", "BACKOFF", "STOPPING", "STOPPED", "EXITED
 def list_agents(
     ctx: typer.Context,
     node: Annotated[
-        str | None, typer.Argument(metavar="[NODE]", help="Only this node's agents.")
+        str | None,
+        typer.Argument(
+            metavar="[NODE]", help="Only this node's agents.", autocompletion=complete_node
+        ),
     ] = None,
     status: Annotated[
         str | None,

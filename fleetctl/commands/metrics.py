@@ -10,6 +10,7 @@ from common.durations import format_duration
 
 from ..render import Output, ago, iso, number, sparkline
 from ..views import RESOURCE_FIELDS, point_json, size_or_number
+from ._complete import complete_agent, complete_node
 from ._shared import DaemonOpt, Format, OutputOpt, parse_since, run, state
 
 SUMMARY_HEADERS = ["FIELD", "MIN", "AVG", "MAX", "LAST", "TREND"]
@@ -31,10 +32,17 @@ def summary_row(label: str, values: Sequence[float], *, is_size: bool, unicode: 
 
 def agent_metrics(
     ctx: typer.Context,
-    agent: Annotated[str, typer.Argument(metavar="AGENT", help="Agent id.")],
+    agent: Annotated[
+        str, typer.Argument(metavar="AGENT", help="Agent id.", autocompletion=complete_agent)
+    ],
     node: Annotated[
         str | None,
-        typer.Option("--node", "-n", help="Node of the agent (needed when the id is not unique)."),
+        typer.Option(
+            "--node",
+            "-n",
+            help="Node of the agent (needed when the id is not unique).",
+            autocompletion=complete_node,
+        ),
     ] = None,
     since: Annotated[
         str, typer.Option(help="Window back from now: 30s, 5m, 1h, 2d.", metavar="DURATION")

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from ..errors import usage
-from ._shared import Format, OutputOpt, parse_labels, parse_since, run, state
+from ._shared import Format, NodeArg, OutputOpt, parse_labels, parse_since, run, state
 
 app = typer.Typer(help="Nodes: list, inspect, host metrics.", no_args_is_help=True)
 
@@ -64,7 +64,7 @@ def list_nodes(
 @app.command("show", no_args_is_help=True)
 def show_node(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(metavar="NODE", help="Node id.")],
+    node: NodeArg,
     events: Annotated[int, typer.Option(help="How many recent events to show.", min=0)] = 20,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -139,7 +139,7 @@ def show_node(
 @app.command("metrics", no_args_is_help=True)
 def node_metrics(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(metavar="NODE", help="Node id.")],
+    node: NodeArg,
     type_: Annotated[
         str | None,
         typer.Option("--type", "-t", help="cpu, memory, disk or network (default: all)."),

@@ -1,0 +1,86 @@
+"""Shell completion of node and agent ids, asked from the Manager.
+
+Completion runs without the root callback (Click parses in resilient mode), so the
+connection settings are rebuilt here from the parsed global options and the environment.
+Any failure — no settings, Manager down, slow — completes nothing rather than printing an
+error into the user's shell; the call is capped at two seconds.
+"""
+
+import os
+from typing import Any
+
+import typer
+
+COMPLETION_TIMEOUT = "2s"
+
+
+def _state(ctx: typer.Context) -> Any:
+    from ._shared import State
+
+    params = ctx.find_root().params
+    flags = {name: params.get(name) for name in ("manager", "ca", "cert", "key", "insecure")}
+    flags["timeout"] = COMPLETION_TIMEOUT
+    return State(
+        flags=flags,
+        config_flag=params.get("config_file"),
+        debug=False,
+        environ=dict(os.environ),
+        _settings=None,
+    )
+
+
+def _ask(ctx: typer.Context, *, node: str = "") -> tuple[list[Any], list[Any]]:
+    from schema import admin_pb
+
+    from ._shared import run
+
+    st = _state(ctx)
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        async with st.connect() as conn:
+            stub = conn.admin()
+            nodes = (await conn.call(stub.list_nodes(admin_pb.ListNodesRequest()))).nodes
+            agents = (
+                await conn.call(stub.list_agents(admin_pb.ListAgentsRequest(node_id=node)))
+            ).agents
+            return list(nodes), list(agents)
+
+    return run(go())
+
+
+def complete_node(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Node ids, with their status as the help text."""
+    try:
+        nodes, _ = _ask(ctx)
+    except Exception:
+        return []
+    return [(n.node_id, n.status) for n in nodes if n.node_id.startswith(incomplete)]
+
+
+def complete_node_or_agent(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Node ids, and agent ids that are unique in the fleet (usable without NODE)."""
+    try:
+        nodes, agents = _ask(ctx)
+    except Exception:
+        return []
+    out = [(n.node_id, f"node, {n.status}") for n in nodes]
+    count: dict[str, list[str]] = {}
+    for a in agents:
+        count.setdefault(a.id, []).append(a.node_id)
+    out += [(aid, f"agent on {where[0]}") for aid, where in count.items() if len(where) == 1]
+    if ctx.params.get("all_nodes"):
+        out = [(aid, f"agent on {len(w)} node(s)") for aid, w in count.items()]
+    return sorted(c for c in out if c[0].startswith(incomplete))
+
+
+def complete_agent(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Agent ids on the node given before (or anywhere)."""
+    node = ctx.params.get("first") or ctx.params.get("node") or ""
+    try:
+        _, agents = _ask(ctx, node=node)
+    except Exception:
+        return []
+    seen: dict[str, str] = {}
+    for a in agents:
+        seen.setdefault(a.id, a.status)
+    return sorted((aid, st) for aid, st in seen.items() if aid.startswith(incomplete))
