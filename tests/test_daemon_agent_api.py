@@ -258,7 +258,9 @@ def test_push_update_rolled_back_when_restart_fails(tmp_path: Path, certs: Path)
                 str(out),
                 config={"level": 1},
                 version="1.0",
-                start_seconds=1.0,
+                # Long enough for the agent to start Python, fetch its config and refuse
+                # it, even on a loaded machine.
+                start_seconds=4.0,
                 backoff_initial=0.2,
             )
         ],
