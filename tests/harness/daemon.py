@@ -122,7 +122,7 @@ class DaemonProc(Proc):
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (the Daemon stops its agents), wait, SIGKILL if needed; exit code."""
         code = super().stop(timeout)
-        shutil.rmtree(self.agent_socket.parent, ignore_errors=True)
+        cleanup_socket_dir(self)
         return code
 
     def restart(self, *, timeout: float = 30.0) -> DaemonProc:
@@ -248,8 +248,10 @@ def daemon_channel(
 
 
 def cleanup_socket_dir(proc: DaemonProc) -> None:
-    """Remove the temporary socket directory (after the Daemon stopped)."""
-    shutil.rmtree(proc.agent_socket.parent.parent, ignore_errors=True)
+    """Remove the temporary socket directory made by ``start_daemon`` (after a stop)."""
+    tmp_dir = proc.agent_socket.parent.parent
+    if tmp_dir.name.startswith("fleet-sock-"):
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 __all__ = [
