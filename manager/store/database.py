@@ -15,6 +15,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from tortoise import Tortoise
@@ -132,6 +133,8 @@ class Database:
             if event == "apply_done":
                 applied.append(name)
 
+        if self.backend == "sqlite":
+            self._check_sqlite_file()
         try:
             await migrate(config=config, progress=progress)
         except _DB_ERRORS as exc:
@@ -145,6 +148,21 @@ class Database:
             await self.connection().execute_script(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
             )
+
+    def _check_sqlite_file(self) -> None:
+        """Create the SQLite file's directory and prove the file opens.
+
+        Tortoise 1.1 deadlocks (a connection lock is never released) when its first
+        SQLite connection fails, so a bad path would hang start-up instead of failing.
+        """
+        path = self.url.split("://", 1)[1].split("?", 1)[0]
+        if not path or path == ":memory:":
+            return
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(path).close()
+        except (OSError, sqlite3.Error) as exc:
+            raise Unavailable(f"cannot open database {self.url}: {exc}") from exc
 
     def connection(self) -> BaseDBAsyncClient:
         assert self._ctx is not None
