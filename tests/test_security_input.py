@@ -489,6 +489,7 @@ async def _open_streams(port: int, ctx: Any, count: int, partial: bytes) -> tupl
             manager_pb.HeartbeatRequest,
             manager_pb.HeartbeatResponse,
         )
+        await stream.__aenter__()  # no deadline, never exited: abandoned
         await stream.send_request()
         if partial:
             await stream._stream.send_data(partial, end_stream=False)
@@ -562,7 +563,8 @@ def test_10000_abandoned_streams_keep_memory_bounded_and_others_served(
     growth = max(rss) - result["baseline"]
     assert not failures, failures[:5]
     assert len(latencies) >= 10
-    assert max(latencies) < 2.0, (max(latencies), statistics.median(latencies))
+    # A heartbeat is answered once durable (flush every 1 s): bound = flush + 2 s.
+    assert max(latencies) < 3.0, (max(latencies), statistics.median(latencies))
     assert growth < 150 * 1024 * 1024, growth / 2**20
     assert mgr.alive()
     print(
