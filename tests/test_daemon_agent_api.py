@@ -179,7 +179,15 @@ def test_push_update_applied_live_and_with_restart(tmp_path: Path, certs: Path) 
         node_id="node-a",
         manager_port=free_port(),
         agents=[
-            agent("a", "sdk_agent", str(out), config={"level": 1}, version="1.0", start_seconds=0.5)
+            agent(
+                "a",
+                "sdk_agent",
+                str(out),
+                config={"level": 1},
+                version="1.0",
+                start_seconds=0.5,
+                heartbeat_interval=1,
+            )
         ],
     )
     try:
