@@ -31,13 +31,13 @@ async def _skeleton_database(url: str) -> None:
     from tortoise.context import TortoiseContext
     from tortoise.migrations.api import migrate
 
-    from manager.store.database import tortoise_config
+    from manager.store.database import connection_name, tortoise_config
 
     ctx = TortoiseContext()
     ctx.__enter__()
     try:
         await migrate(config=tortoise_config(url), target="manager.0001_initial")
-        conn = ctx.db("default")
+        conn = ctx.db(connection_name(url))
         pg = url.startswith("postgres")
         marks = ", ".join(f"${i}" if pg else "?" for i in range(1, 16))
         await conn.execute_query(

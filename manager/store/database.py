@@ -31,17 +31,28 @@ log = logging.getLogger(__name__)
 APP = "manager"
 
 
+def connection_name(url: str) -> str:
+    """One connection name per backend.
+
+    Tortoise caches prepared INSERT/DELETE SQL per *connection name* (process-wide), so a
+    process that opens SQLite and later PostgreSQL (the test suite) must not reuse a name
+    across dialects.
+    """
+    return "postgres" if url.startswith(("postgres", "asyncpg")) else "sqlite"
+
+
 def tortoise_config(url: str) -> dict[str, Any]:
     """The Tortoise config for the Manager's single app on ``url``."""
     if url.startswith("postgresql://"):
         url = "postgres://" + url[len("postgresql://") :]
+    name = connection_name(url)
     return {
-        "connections": {"default": url},
+        "connections": {name: url},
         "apps": {
             APP: {
                 "models": ["manager.store.models"],
                 "migrations": "manager.store.migrations",
-                "default_connection": "default",
+                "default_connection": name,
             }
         },
         "use_tz": False,
@@ -118,7 +129,7 @@ class Database:
 
     @property
     def backend(self) -> str:
-        return "postgres" if self.url.startswith(("postgres", "asyncpg")) else "sqlite"
+        return connection_name(self.url)
 
     async def start(self) -> None:
         if self._started:
@@ -166,7 +177,7 @@ class Database:
 
     def connection(self) -> BaseDBAsyncClient:
         assert self._ctx is not None
-        return self._ctx.db("default")
+        return self._ctx.db(connection_name(self.url))
 
     async def ping(self) -> bool:
         """True when a trivial query succeeds (for /readyz)."""

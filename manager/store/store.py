@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tortoise.exceptions import IntegrityError
+from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
 from .database import Database, db_errors_unavailable
@@ -287,20 +288,31 @@ class Store:
     async def agent_counts(self, node_ids: Sequence[str]) -> dict[str, int]:
         counts: dict[str, int] = {}
         for chunk in _chunks(list(node_ids)):
-            for (node_id,) in await Agent.filter(node_id__in=list(chunk)).values_list("node_id"):
-                counts[node_id] = counts.get(node_id, 0) + 1
+            rows = (
+                await Agent.filter(node_id__in=list(chunk))
+                .annotate(n=Count("id"))
+                .group_by("node_id")
+                .values_list("node_id", "n")
+            )
+            counts.update({node_id: int(n) for node_id, n in rows})
         return counts
 
     @db_errors_unavailable
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(nodes by status, agents by status) for /metrics."""
-        nodes: dict[str, int] = {}
-        for (status,) in await Node.all().values_list("status"):
-            nodes[status] = nodes.get(status, 0) + 1
-        agents: dict[str, int] = {}
-        for (status,) in await Agent.all().values_list("status"):
-            agents[status] = agents.get(status, 0) + 1
-        return nodes, agents
+        node_rows = (
+            await Node.all()
+            .annotate(n=Count("node_id"))
+            .group_by("status")
+            .values_list("status", "n")
+        )
+        agent_rows = (
+            await Agent.all().annotate(n=Count("id")).group_by("status").values_list("status", "n")
+        )
+        return (
+            {status: int(n) for status, n in node_rows},
+            {status: int(n) for status, n in agent_rows},
+        )
 
     # ---- agents ----
 
