@@ -181,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
         procs.append((name, proc))
-        if not wait_for_line(log, ready, proc, 30):
+        if not wait_for_line(log, ready, proc, 120):
             print(
                 f"{name} did not start; its log ({log}):\n{log.read_text()[-3000:]}",
                 file=sys.stderr,
