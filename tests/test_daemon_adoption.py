@@ -4,7 +4,9 @@ graceful shutdown stops agents unless configured to leave them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -274,4 +276,41 @@ def test_agent_stopped_by_request_stays_stopped_across_daemon_restart(
         )
         assert reply.success and reply.agent.status == "RUNNING"
     finally:
+        daemon.stop()
+
+
+def test_second_signal_forces_exit_and_agents_survive_it(tmp_path: Path, certs: Path) -> None:
+    pids = tmp_path / "pids.txt"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent(
+                "stubborn",
+                "stubborn",
+                str(pids),
+                stop_timeout=60,
+                start_seconds=0.2,
+                autorestart="never",
+            )
+        ],
+    )
+    leader = 0
+    try:
+        wait_until(pids.exists)
+        leader = int(pids.read_text().split()[0])
+        wait_until(lambda: list_agents(certs, daemon)["stubborn"].status == "RUNNING")
+        daemon.signal(signal.SIGTERM)  # graceful: waits up to stop_timeout for the agent
+        wait_until(lambda: "shutting down" in daemon.output())
+        daemon.signal(signal.SIGTERM)  # forced
+        assert daemon.popen.wait(10) == 1
+        assert _alive(leader)
+        daemon = daemon.restart()
+        assert list_agents(certs, daemon)["stubborn"].pid == leader  # re-adopted
+    finally:
+        if leader:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader, signal.SIGKILL)  # faster than its 60 s stop_timeout
         daemon.stop()

@@ -134,3 +134,17 @@ def test_cli_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     missing = run_cli([console_script("fleet-daemon"), "--config", str(tmp_path / "nope.toml")])
     assert missing.returncode == 2 and "cannot read config file" in missing.stderr
+
+
+def test_agent_socket_path_defaults_and_long_state_dirs(tmp_path: Path) -> None:
+    from daemon.app import agent_socket_path
+
+    short = from_mapping(_cfg(state_dir=str(tmp_path / "s")))
+    assert agent_socket_path(short) == tmp_path / "s" / "run" / "agent.sock"
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    long_cfg = from_mapping(_cfg(state_dir=str(deep)))
+    path = agent_socket_path(long_cfg)
+    assert len(str(path)) < 100 and str(path).startswith("/tmp/fleet-daemon-")
+    assert agent_socket_path(from_mapping(_cfg(state_dir=str(deep)))) == path  # stable
+    explicit = from_mapping(_cfg(agent_api={"socket": "/run/fleet/a.sock"}))
+    assert agent_socket_path(explicit) == Path("/run/fleet/a.sock")
