@@ -198,9 +198,12 @@ class ManagerClient:
             raise RefusedError(f"RegisterNode refused: {reply.message or 'no reason given'}")
         self.registrations += 1
 
-    async def _link_loop(self) -> None:
+    def _new_backoff(self) -> Backoff:
         reconnect = self._settings.reconnect_interval
-        backoff = Backoff(initial=min(1.0, reconnect), maximum=reconnect)
+        return Backoff(initial=min(1.0, reconnect), maximum=reconnect)
+
+    async def _link_loop(self) -> None:
+        backoff = self._new_backoff()
         must_register = True
         while True:
             try:
@@ -274,6 +277,9 @@ class ManagerClient:
 
     async def _sender_loop(self) -> None:
         assert self._stub is not None
+        # Its own backoff: a Manager that answers heartbeats but fails reports (say, its
+        # database is down) must not be hammered in a tight lost/up loop.
+        retry = self._new_backoff()
         while True:
             await self._connected.wait()
             self._outbox_ready.clear()
@@ -295,12 +301,14 @@ class ManagerClient:
                     self._outbox.remove(seq)
                 elif _transient(exc):
                     self._lost(f"ReportMetrics: {_describe(exc)}")
+                    await asyncio.sleep(retry.next_delay())
                 else:
                     log.warning(
                         "ReportMetrics failed (%s); keeping the report queued", _describe(exc)
                     )
                     await asyncio.sleep(self._settings.reconnect_interval)
                 continue
+            retry.reset()
             self._outbox.remove(seq)
             self.reports_sent += 1
             log.debug("sent metrics report %d (%d still queued)", seq, len(self._outbox))
