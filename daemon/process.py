@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,34 @@ def group_members(pgid: int) -> list[int]:
             continue
         members.append(pid)
     return members
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def wait_for_exits(pids: list[int], timeout: float) -> None:
+    """Wait (through pidfds, no polling) until all ``pids`` exited or ``timeout`` passed."""
+    loop = asyncio.get_running_loop()
+    waiters: list[asyncio.Future[None]] = []
+    fds: list[int] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        future: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, future)
+        waiters.append(future)
+        fds.append(fd)
+    try:
+        if waiters:
+            await asyncio.wait(waiters, timeout=timeout)
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
 
 
 class ManagedProcess:
@@ -224,7 +253,9 @@ class ManagedProcess:
         return len(members)
 
     async def stop(self, sig: int, timeout: float) -> int | None:
-        """``sig`` to the group, wait ``timeout``, then SIGKILL the group; reap; exit code."""
+        """``sig`` to the group; within ``timeout`` the leader and the rest of the group
+        may exit on their own, then whatever is left is SIGKILLed. Returns the exit code."""
+        deadline = time.monotonic() + timeout
         if not self.exited:
             self.signal_group(sig)
             try:
@@ -237,6 +268,11 @@ class ManagedProcess:
                 code = await self.wait()
         else:
             code = await self.wait()
+        # Give the rest of the group what is left of the timeout to finish its own shutdown.
+        members = await asyncio.to_thread(group_members, self.pgid)
+        remaining = deadline - time.monotonic()
+        if members and remaining > 0:
+            await wait_for_exits(members, remaining)
         await asyncio.to_thread(self.kill_leftovers)
         return code
 
