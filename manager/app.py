@@ -26,6 +26,7 @@ from .config import ManagerConfig, split_host_port
 from .daemon_pool import DaemonClientPool
 from .heartbeats import HeartbeatBuffer
 from .http import HttpServer
+from .known_nodes import KnownNodes
 from .liveness import LivenessMonitor, log_transitions
 from .metrics import ManagerMetrics
 from .reflection import with_reflection
@@ -49,6 +50,7 @@ ADMIN_POLICY = {
         "QueryNodeMetrics",
         "PushUpdate",
         "GetAgentConfig",
+        "RemoveNode",
     )
 }
 
@@ -62,6 +64,7 @@ class ManagerApp:
         self.database = Database(url=config.db_url)
         self.store = Store(database=self.database)
         self.started_at = time.time()
+        self.known_nodes = KnownNodes()
         self.heartbeats = HeartbeatBuffer(
             store=self.store,
             flush_interval=config.heartbeat_flush_interval,
@@ -69,6 +72,7 @@ class ManagerApp:
             grace_for=config.grace_for,
             metrics=self.metrics,
             on_transitions=lambda ts: log_transitions(ts, self.metrics),
+            on_missing=self.known_nodes.discard_all,
         )
         self.liveness = LivenessMonitor(
             store=self.store,
@@ -133,9 +137,10 @@ class ManagerApp:
             store=self.store,
             heartbeats=self.heartbeats,
             pool=self.pool,
+            known=self.known_nodes,
             metrics=self.metrics,
         )
-        admin_service = AdminService(store=self.store, pool=self.pool)
+        admin_service = AdminService(store=self.store, pool=self.pool, known=self.known_nodes)
         guarded_manager = GuardedService(manager_service, policy=MANAGER_POLICY, **guard)
         guarded_admin = GuardedService(admin_service, policy=ADMIN_POLICY, **guard)
         # grpc.health.v1: both services (and the overall "") are SERVING while the

@@ -43,6 +43,7 @@ class HeartbeatBuffer:
         grace_for: Callable[[float], float],
         metrics: ManagerMetrics,
         on_transitions: Callable[[list[Transition]], None] | None = None,
+        on_missing: Callable[[set[str]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -51,6 +52,7 @@ class HeartbeatBuffer:
         self._grace_for = grace_for
         self._metrics = metrics
         self._on_transitions = on_transitions
+        self._on_missing = on_missing
         self._clock = clock
         self._pending: dict[str, PendingHeartbeat] = {}
         self._flushed: asyncio.Future[None] | None = None
@@ -101,7 +103,7 @@ class HeartbeatBuffer:
             return
         started = time.perf_counter()
         try:
-            transitions = await self._store.flush_heartbeats(
+            transitions, missing = await self._store.flush_heartbeats(
                 batch, now=self._clock(), grace_for=self._grace_for
             )
         except asyncio.CancelledError:
@@ -122,6 +124,9 @@ class HeartbeatBuffer:
         done.set_result(None)
         if transitions and self._on_transitions is not None:
             self._on_transitions(transitions)
+        if missing and self._on_missing is not None:
+            # Removed meanwhile: their next heartbeat gets NOT_FOUND and they register.
+            self._on_missing(missing)
 
     def close(self) -> None:
         """Stop taking heartbeats; ``wait_closed`` writes what is pending."""

@@ -280,3 +280,37 @@ def test_cancelled_calls_do_not_wedge_the_manager(manager, certs: Path) -> None:
         manager_pb.HeartbeatRequest(node_id="node-a", timestamp=int(time.time())),
     )
     assert time.monotonic() - started < 5
+
+
+def test_remove_node(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+    port = manager.grpc_port
+    register(certs, port, "node-a")
+    register(certs, port, "node-b")
+    sync(certs, port, "node-a", {"web": "RUNNING"})
+    status, message = manager_rpc_error(
+        certs, port, "admin", "remove_node", admin_pb.RemoveNodeRequest(node_id="node-a")
+    )
+    assert status == Status.FAILED_PRECONDITION and "online" in message
+    reply = admin(
+        certs, port, "remove_node", admin_pb.RemoveNodeRequest(node_id="node-a", force=True)
+    )
+    assert reply.removed  # type: ignore[attr-defined]
+    nodes = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest()).nodes  # type: ignore[attr-defined]
+    assert [n.node_id for n in nodes] == ["node-b"]
+    assert agents_of(certs, port) == {}
+    # Its Daemon, still alive, is told it is unknown and registers again.
+    status, _ = manager_rpc_error(
+        certs,
+        port,
+        "node-a",
+        "heartbeat",
+        manager_pb.HeartbeatRequest(node_id="node-a", timestamp=int(time.time())),
+    )
+    assert status == Status.NOT_FOUND
+    register(certs, port, "node-a")
+    got = admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a"))
+    assert [e.reason for e in got.events] == ["registered"]  # type: ignore[attr-defined]
+    status, _ = manager_rpc_error(
+        certs, port, "admin", "remove_node", admin_pb.RemoveNodeRequest(node_id="node-z")
+    )
+    assert status == Status.NOT_FOUND

@@ -42,7 +42,10 @@ def test_flush_10000_nodes_in_one_transaction(db_url: str) -> None:
                 for i in range(N)
             }
             started = time.perf_counter()
-            transitions = await store.flush_heartbeats(batch, now=now + 1, grace_for=lambda s: 30)
+            transitions, missing = await store.flush_heartbeats(
+                batch, now=now + 1, grace_for=lambda s: 30
+            )
+            assert missing == set()
             flush = time.perf_counter() - started
             assert transitions == []
             rows = await Node.filter(last_heartbeat=now + 1).count()

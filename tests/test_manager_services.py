@@ -218,6 +218,7 @@ def test_roles_are_enforced(manager, certs: Path) -> None:  # type: ignore[no-un
         ("query_node_metrics", admin_pb.QueryNodeMetricsRequest(node_id="node-a")),
         ("push_update", admin_pb.PushUpdateRequest(agent_id="a")),
         ("get_agent_config", admin_pb.GetAgentConfigRequest(agent_id="a")),
+        ("remove_node", admin_pb.RemoveNodeRequest(node_id="node-a")),
     ):
 
         async def call(method: str = method, request: object = request) -> object:

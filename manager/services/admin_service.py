@@ -21,7 +21,8 @@ from common.errors import FailedPrecondition, FleetError, InvalidArgument, NotFo
 from schema import admin_pb, daemon_pb, manager_pb
 
 from ..daemon_pool import DaemonClientPool
-from ..store import NODE_STATUSES, OFFLINE, Store
+from ..known_nodes import KnownNodes
+from ..store import NODE_STATUSES, OFFLINE, ONLINE, Store
 from ..store.models import Agent, Node, NodeEvent
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,12 @@ class AdminService(admin_pb.AdminServiceBase):
         *,
         store: Store,
         pool: DaemonClientPool,
+        known: KnownNodes,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._pool = pool
+        self._known = known
         self._clock = clock
 
     # ---- stored views ----
@@ -209,6 +212,21 @@ class AdminService(admin_pb.AdminServiceBase):
                 manager_pb.MetricData(type=s.type, timestamp=s.timestamp, values=dict(s.values))
                 for s in samples
             ],
+        )
+
+    async def remove_node(self, request: admin_pb.RemoveNodeRequest) -> admin_pb.RemoveNodeResponse:
+        node = await self._node(request.node_id)
+        if node.status == ONLINE and not request.force:
+            raise FailedPrecondition(
+                f"node {node.node_id} is online: stop its Daemon first, or force "
+                "(a live Daemon registers again at its next heartbeat)"
+            )
+        removed = await self._store.remove_node(node.node_id)
+        self._known.discard(node.node_id)
+        self._pool.forget(node.node_id)
+        log.info("node %s removed (was %s)", node.node_id, node.status)
+        return admin_pb.RemoveNodeResponse(
+            removed=removed, message=f"node {node.node_id} removed" if removed else "gone"
         )
 
     # ---- proxied to Daemons ----

@@ -29,6 +29,7 @@ from schema import manager_pb
 from ..config import ManagerConfig, split_host_port
 from ..daemon_pool import DaemonClientPool
 from ..heartbeats import HeartbeatBuffer
+from ..known_nodes import KnownNodes
 from ..liveness import log_transitions
 from ..metrics import ManagerMetrics
 from ..store import ONLINE, AgentRecord, Store, Transition
@@ -74,6 +75,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         store: Store,
         heartbeats: HeartbeatBuffer,
         pool: DaemonClientPool,
+        known: KnownNodes,
         metrics: ManagerMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -83,9 +85,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self._pool = pool
         self._metrics = metrics
         self._clock = clock
-        # node_id -> instance_id of its current Daemon: a cache rebuilt from the database
-        # on a miss, so several Managers can share one database.
-        self._instances: dict[str, str] = {}
+        self._known = known
         # (node_id, instance_id) pairs replaced by a newer Daemon instance.
         self._superseded: set[tuple[str, str]] = set()
         self._duplicates_reported: set[tuple[str, str]] = set()
@@ -116,7 +116,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
             await self._refuse_superseded_register(node_id, request.instance_id, now)
         grace = self._config.grace_for(interval)
         result = await self._store.register_node(node_id=node_id, facts=facts, now=now, grace=grace)
-        self._instances[node_id] = request.instance_id
+        self._known.remember(node_id, request.instance_id)
         if result.previous_instance and result.previous_instance != request.instance_id:
             if len(self._superseded) > _MAX_TRACKED:
                 self._superseded.clear()
@@ -176,13 +176,14 @@ class ManagerService(manager_pb.ManagerServiceBase):
         await self._store.record_event(Transition(node_id, "", "", reason), now)
 
     async def _check_instance(self, node_id: str, instance_id: str, now: float) -> None:
-        known = self._instances.get(node_id)
+        known = self._known.get(node_id)
         if known is None or (instance_id and known != instance_id):
             row = await self._store.node_identity(node_id)
             if row is None:
-                self._instances.pop(node_id, None)
+                self._known.discard(node_id)
                 raise NotFound(f"node {node_id} is not registered: call RegisterNode first")
-            known = self._instances[node_id] = row[0]
+            known = row[0]
+            self._known.remember(node_id, known)
         if instance_id and known and instance_id != known:
             await self._report_duplicate(node_id, instance_id, known, now)
             raise AlreadyExists(
@@ -191,12 +192,12 @@ class ManagerService(manager_pb.ManagerServiceBase):
             )
 
     async def _require_registered(self, node_id: str) -> None:
-        if node_id in self._instances:
+        if node_id in self._known:
             return
         row = await self._store.node_identity(node_id)
         if row is None:
             raise NotFound(f"node {node_id} is not registered: call RegisterNode first")
-        self._instances[node_id] = row[0]
+        self._known.remember(node_id, row[0])
 
     async def report_metrics(
         self, request: manager_pb.ReportMetricsRequest

@@ -171,11 +171,16 @@ class Store:
         *,
         now: float,
         grace_for: Callable[[float], float],
-    ) -> list[Transition]:
-        """Write a batch of coalesced heartbeats in one transaction."""
+    ) -> tuple[list[Transition], set[str]]:
+        """Write a batch of coalesced heartbeats in one transaction.
+
+        Returns the transitions recorded and the node ids whose rows no longer exist
+        (removed meanwhile, e.g. by another Manager).
+        """
         transitions: list[Transition] = []
+        missing: set[str] = set()
         if not batch:
-            return transitions
+            return transitions, missing
         pg = self._db.backend == "postgres"
         if pg:
             sql = (
@@ -196,6 +201,7 @@ class Store:
                     "node_id", "status", "status_since", "heartbeat_interval"
                 )
                 params = []
+                missing.update(set(chunk) - {row[0] for row in rows})
                 for node_id, status, since, interval in rows:
                     hb = batch[node_id]
                     grace = grace_for(interval)
@@ -225,7 +231,7 @@ class Store:
                     reason=t.reason,
                     using_db=tx,
                 )
-        return transitions
+        return transitions, missing
 
     @db_errors_unavailable
     async def mark_overdue_offline(
@@ -261,6 +267,14 @@ class Store:
                 await self._event(t, now)
                 transitions.append(t)
         return transitions, held
+
+    @db_errors_unavailable
+    async def remove_node(self, node_id: str) -> bool:
+        """Delete a node with its agents and events; False when it did not exist."""
+        async with in_transaction():
+            await Agent.filter(node_id=node_id).delete()
+            await NodeEvent.filter(node_id=node_id).delete()
+            return bool(await Node.filter(node_id=node_id).delete())
 
     @db_errors_unavailable
     async def list_nodes(

@@ -215,6 +215,21 @@ class GetAgentConfigResponse(betterproto.Message):
     config: "__daemon_v1__.ConfigResponse" = betterproto.message_field(2)
 
 
+@dataclass(eq=False, repr=False)
+class RemoveNodeRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    force: bool = betterproto.bool_field(2)
+    """
+    Remove it even while it is online (a live Daemon re-registers at its next heartbeat).
+    """
+
+
+@dataclass(eq=False, repr=False)
+class RemoveNodeResponse(betterproto.Message):
+    removed: bool = betterproto.bool_field(1)
+    message: str = betterproto.string_field(2)
+
+
 class AdminServiceStub(betterproto.ServiceStub):
     async def list_nodes(
         self,
@@ -352,6 +367,23 @@ class AdminServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def remove_node(
+        self,
+        remove_node_request: "RemoveNodeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RemoveNodeResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/RemoveNode",
+            remove_node_request,
+            RemoveNodeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class AdminServiceBase(ServiceBase):
 
@@ -391,6 +423,11 @@ class AdminServiceBase(ServiceBase):
     async def get_agent_config(
         self, get_agent_config_request: "GetAgentConfigRequest"
     ) -> "GetAgentConfigResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def remove_node(
+        self, remove_node_request: "RemoveNodeRequest"
+    ) -> "RemoveNodeResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_list_nodes(
@@ -452,6 +489,13 @@ class AdminServiceBase(ServiceBase):
         response = await self.get_agent_config(request)
         await stream.send_message(response)
 
+    async def __rpc_remove_node(
+        self, stream: "grpclib.server.Stream[RemoveNodeRequest, RemoveNodeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.remove_node(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.admin.v1.AdminService/ListNodes": grpclib.const.Handler(
@@ -501,5 +545,11 @@ class AdminServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetAgentConfigRequest,
                 GetAgentConfigResponse,
+            ),
+            "/fleet.admin.v1.AdminService/RemoveNode": grpclib.const.Handler(
+                self.__rpc_remove_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RemoveNodeRequest,
+                RemoveNodeResponse,
             ),
         }
