@@ -22,7 +22,7 @@ from schema import admin_pb, daemon_pb, manager_pb
 
 from ..daemon_pool import DaemonClientPool
 from ..known_nodes import KnownNodes
-from ..store import NODE_STATUSES, OFFLINE, ONLINE, Store
+from ..store import NODE_STATUSES, OFFLINE, ONLINE, AgentRecord, Store
 from ..store.models import Agent, Node, NodeEvent
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ MAX_EVENT_LIMIT = 1000
 DEFAULT_METRICS_LIMIT = 1000
 MAX_METRICS_LIMIT = 10_000
 DEFAULT_WINDOW = 3600
+# At most this many Daemons asked at once by a fleet-wide live ListAgents.
+LIVE_FANOUT = 64
 MAX_WINDOW = 366 * 86400
 
 
@@ -88,6 +90,22 @@ def live_agent_message(node_id: str, info: daemon_pb.AgentInfo, now: float) -> a
         status_reason=info.status_reason,
         config_hash=info.config_hash,
         updated_at=int(now),
+    )
+
+
+def agent_record(info: daemon_pb.AgentInfo) -> AgentRecord:
+    """A Daemon's AgentInfo as a store record (for refreshing the synced view)."""
+    return AgentRecord(
+        agent_id=info.id,
+        status=info.status,
+        pid=info.pid,
+        last_heartbeat=info.last_heartbeat,
+        type=info.type,
+        version=info.version,
+        start_time=info.start_time,
+        restart_count=info.restart_count,
+        status_reason=info.status_reason,
+        config_hash=info.config_hash,
     )
 
 
@@ -165,18 +183,28 @@ class AdminService(admin_pb.AdminServiceBase):
             agents = await self._store.list_agents(node_id=request.node_id, status=status)
             return admin_pb.ListAgentsResponse(agents=[agent_message(a) for a in agents])
 
+        limit = asyncio.Semaphore(LIVE_FANOUT)
+
         async def ask(node: Node) -> list[admin_pb.Agent] | admin_pb.NodeError:
             if node.status == OFFLINE and not request.node_id:
                 return admin_pb.NodeError(
                     node_id=node.node_id, code="UNAVAILABLE", message="node is offline"
                 )
             try:
-                reply = await self._pool.list_agents(node.node_id, node.daemon_address)
+                async with limit:
+                    reply = await self._pool.list_agents(node.node_id, node.daemon_address)
             except FleetError as exc:
                 return admin_pb.NodeError(
                     node_id=node.node_id, code=exc.status.name, message=str(exc)
                 )
             now = self._clock()
+            # The Daemon's answer is authoritative: refresh the synced view with it.
+            await self._store.sync_agents(
+                node_id=node.node_id,
+                states=[agent_record(a) for a in reply.agents],
+                full=True,
+                now=now,
+            )
             return [live_agent_message(node.node_id, a, now) for a in reply.agents]
 
         results = await asyncio.gather(*(ask(n) for n in nodes))
@@ -253,7 +281,12 @@ class AdminService(admin_pb.AdminServiceBase):
             success=reply.success, error_message=reply.error_message, node_id=node.node_id
         )
         if reply.agent is not None and reply.agent.id:
-            response.agent = live_agent_message(node.node_id, reply.agent, self._clock())
+            now = self._clock()
+            response.agent = live_agent_message(node.node_id, reply.agent, now)
+            # Show the new state at once instead of at the Daemon's next sync.
+            await self._store.sync_agents(
+                node_id=node.node_id, states=[agent_record(reply.agent)], full=False, now=now
+            )
         return response
 
     async def get_agent_metrics(
