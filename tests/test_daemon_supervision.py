@@ -39,7 +39,7 @@ def test_crash_restarts_with_growing_backoff_then_fatal(tmp_path: Path, certs: P
                 "3",
                 "0",
                 str(starts),
-                start_seconds=0.5,
+                start_seconds=3,  # generous: each run must count as a fast failure
                 start_retries=3,
                 backoff_initial=0.3,
                 backoff_multiplier=2.0,
