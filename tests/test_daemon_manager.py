@@ -144,3 +144,49 @@ def test_forgotten_node_registers_again(tmp_path: Path, certs: Path) -> None:
     finally:
         daemon.stop()
         mgr.stop()
+
+
+def test_insecure_mode_end_to_end(tmp_path: Path) -> None:
+    """--insecure on both sides (development only): plaintext, and a warning in the log."""
+    from grpclib.client import Channel
+
+    from schema import daemon_pb
+
+    mgr = start_manager(tmp_path, None, insecure=True)
+    daemon = start_daemon(
+        tmp_path,
+        None,
+        node_id="dev-node",
+        manager_port=mgr.grpc_port,
+        insecure=True,
+        agents=[agent("s", "sleeper", start_seconds=0.1)],
+    )
+    try:
+        assert "WITHOUT TLS" in daemon.output()
+
+        async def nodes() -> list[str]:
+            channel = Channel("127.0.0.1", mgr.grpc_port)
+            try:
+                reply = await admin_pb.AdminServiceStub(channel).list_nodes(
+                    admin_pb.ListNodesRequest(), timeout=5
+                )
+                return [n.node_id for n in reply.nodes]
+            finally:
+                channel.close()
+
+        wait_until(lambda: "dev-node" in asyncio.run(nodes()), what="registered in plaintext")
+
+        async def agents() -> list[str]:
+            channel = Channel("127.0.0.1", daemon.grpc_port)
+            try:
+                reply = await daemon_pb.DaemonServiceStub(channel).list_agents(
+                    daemon_pb.ListAgentsRequest(), timeout=5
+                )
+                return [a.id for a in reply.agents]
+            finally:
+                channel.close()
+
+        assert asyncio.run(agents()) == ["s"]
+    finally:
+        daemon.stop()
+        mgr.stop()
