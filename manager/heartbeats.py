@@ -55,6 +55,7 @@ class HeartbeatBuffer:
         self._on_missing = on_missing
         self._clock = clock
         self._pending: dict[str, PendingHeartbeat] = {}
+        self._writing: set[str] = set()
         self._flushed: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,8 +68,8 @@ class HeartbeatBuffer:
         self._task = asyncio.create_task(self._run(), name="heartbeat-flusher")
 
     def pending_ids(self) -> set[str]:
-        """Nodes with a heartbeat received but not yet written (they are alive)."""
-        return set(self._pending)
+        """Nodes with a heartbeat received but not yet committed (they are alive)."""
+        return set(self._pending) | self._writing
 
     async def submit(self, node_id: str, reported: int) -> None:
         """Record a heartbeat and return once it is durable (raises ``Unavailable``)."""
@@ -102,6 +103,7 @@ class HeartbeatBuffer:
             done.set_result(None)
             return
         started = time.perf_counter()
+        self._writing = set(batch)
         try:
             transitions, missing = await self._store.flush_heartbeats(
                 batch, now=self._clock(), grace_for=self._grace_for
@@ -119,6 +121,8 @@ class HeartbeatBuffer:
             done.set_exception(Unavailable(f"heartbeat flush failed: {type(exc).__name__}"))
             done.exception()
             return
+        finally:
+            self._writing = set()
         self._metrics.heartbeat_flush_size.observe(len(batch))
         self._metrics.heartbeat_flush_seconds.observe(time.perf_counter() - started)
         done.set_result(None)
