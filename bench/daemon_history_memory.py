@@ -5,8 +5,9 @@ Fills the real ``daemon.history.History`` with 50 agents × 24 h of 10 s samples
 
 * the RSS growth of this process caused by the history (everything else imported first,
   as in a Daemon);
-* the RSS of a real idle ``fleet-daemon`` (no agents, Manager absent);
-* their sum: what a Daemon supervising 50 agents for a day would use.
+* the RSS of a real idle ``fleet-daemon`` (no agents, Manager absent), and of one
+  supervising 50 ``/bin/sleep`` agents sampled every second (with its CPU use);
+* the sum: what a Daemon supervising 50 agents for a day would use.
 
     python bench/daemon_history_memory.py [--agents 50] [--hours 24] [--interval 10]
 
@@ -64,11 +65,25 @@ def fill(agents: int, hours: float, interval: float) -> tuple[History, int]:
     return history, per_agent * agents
 
 
-def idle_daemon_rss() -> int:
+def daemon_rss(agents: int = 0, run_seconds: float = 2.0) -> tuple[int, float]:
+    """RSS of a real fleet-daemon (Manager absent) supervising ``agents`` ``/bin/sleep``
+    agents sampled every second, after ``run_seconds``; and its CPU % over that time."""
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        config = Path(tmp) / "daemon.toml"
+        lines = ["[history]", "interval = 1"]
+        for i in range(agents):
+            lines += [
+                "[[agents]]",
+                f'id = "sleep-{i:02d}"',
+                'command = ["/bin/sleep", "3600"]',
+                "start_seconds = 0",
+            ]
+        config.write_text("\n".join(lines) + "\n")
         log = Path(tmp) / "daemon.log"
         argv = [
             str(Path(sys.executable).with_name("fleet-daemon")),
+            "--config",
+            str(config),
             "--insecure",
             "--node-id",
             "bench",
@@ -88,11 +103,15 @@ def idle_daemon_rss() -> int:
             deadline = time.monotonic() + 30
             while not sock.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            time.sleep(2)  # let start-up settle
-            return psutil.Process(proc.pid).memory_info().rss
+            time.sleep(1)  # let start-up settle
+            p = psutil.Process(proc.pid)
+            cpu_before = sum(p.cpu_times()[:2])
+            time.sleep(run_seconds)
+            cpu = (sum(p.cpu_times()[:2]) - cpu_before) / run_seconds * 100
+            return p.memory_info().rss, cpu
         finally:
             proc.terminate()
-            proc.wait(10)
+            proc.wait(30)
 
 
 def main() -> None:
@@ -110,7 +129,8 @@ def main() -> None:
     started = time.perf_counter()
     window = history.window("agent-000", 3600, time.time())
     query_ms = (time.perf_counter() - started) * 1000
-    idle = idle_daemon_rss()
+    idle, _ = daemon_rss()
+    busy, busy_cpu = daemon_rss(args.agents, run_seconds=20)
     growth = after - before
     print(
         f"history: {args.agents} agents x {args.hours:g} h at {args.interval:g} s "
@@ -122,7 +142,14 @@ def main() -> None:
     )
     print(f"  GetAgentMetrics 1 h window ({len(window)} points) scan: {query_ms:.1f} ms")
     print(f"idle fleet-daemon RSS: {idle / MB:.1f} MB")
-    print(f"projected Daemon RSS with full history: {(idle + growth) / MB:.1f} MB (bound ~60 MB)")
+    print(
+        f"fleet-daemon supervising {args.agents} agents, sampled every 1 s, after 20 s: "
+        f"RSS {busy / MB:.1f} MB, CPU {busy_cpu:.1f} % of one core"
+    )
+    print(
+        f"projected RSS of that Daemon with a full {args.hours:g} h history: "
+        f"{(busy + growth) / MB:.1f} MB (bound ~60 MB)"
+    )
     os._exit(0)
 
 
