@@ -372,10 +372,10 @@ ENV_KEYS = {
     "FLEET_DAEMON_LISTEN": ("grpc", "listen"),
     "FLEET_DAEMON_ADVERTISE": ("grpc", "advertise"),
     "FLEET_DAEMON_STATE_DIR": ("state_dir",),
-    "FLEET_CERT": ("manager", "tls", "cert_file"),
-    "FLEET_KEY": ("manager", "tls", "key_file"),
-    "FLEET_CA": ("manager", "tls", "ca_file"),
-    "FLEET_LOG_LEVEL": ("log", "level"),
+    "FLEET_DAEMON_CERT": ("manager", "tls", "cert_file"),
+    "FLEET_DAEMON_KEY": ("manager", "tls", "key_file"),
+    "FLEET_DAEMON_CA": ("manager", "tls", "ca_file"),
+    "FLEET_DAEMON_LOG_LEVEL": ("log", "level"),
 }
 
 

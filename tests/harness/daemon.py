@@ -231,7 +231,17 @@ def start_daemon(
         data["agents"] = [dict(a) for a in agents]
     config_path = base / "daemon.toml"
     config_path.write_text(to_toml(data))
-    argv = [console_script("fleet-daemon"), "--config", str(config_path), *extra_args]
+    argv = [
+        console_script("fleet-daemon"),
+        "--config",
+        str(config_path),
+        # Flags beat FLEET_* variables a developer may have exported for fleetctl.
+        "--node-id",
+        node_id,
+        "--manager",
+        data["manager"]["address"],
+        *extra_args,
+    ]
     return _launch(
         argv, base / "daemon.log", node_id, grpc_port, state_dir, config_path, agent_socket, timeout
     )
