@@ -87,11 +87,14 @@ class Agents:
         for stale in set(records) - set(self.runners):
             self._stop_orphan(stale, records[stale])
         starting = []
+        changed = []
         for runner in self.runners.values():
             proc = ManagedProcess.adopt(runner.record.pid, runner.record.create_time)
             if proc is not None:
                 log.info("agent %s: re-adopting pid %d", runner.id, proc.pid)
                 runner.adopt(proc)
+                if runner.record.spec_hash and runner.record.spec_hash != runner.spec_hash:
+                    changed.append(runner)
             else:
                 if runner.record.pid:
                     log.info(
@@ -108,6 +111,9 @@ class Agents:
         self._save()
         self._tasks = [
             asyncio.create_task(self._autostart(r), name=f"autostart-{r.id}") for r in starting
+        ]
+        self._tasks += [
+            asyncio.create_task(self._apply_changed(r), name=f"respawn-{r.id}") for r in changed
         ]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="agents-housekeeping"))
         self._tasks.append(asyncio.create_task(self._sampling(), name="agents-sampling"))
@@ -131,6 +137,13 @@ class Agents:
             error = await runner.start()
         if error:
             log.warning("agent %s did not start: %s", runner.id, error)
+
+    async def _apply_changed(self, runner: AgentRunner) -> None:
+        log.info("agent %s: its command, env, cwd or user changed: restarting it", runner.id)
+        async with runner.lock:
+            error = await runner.restart()
+        if error:
+            log.warning("agent %s did not restart with its new definition: %s", runner.id, error)
 
     def close(self) -> None:
         for task in self._tasks:

@@ -32,6 +32,9 @@ class AgentRecord:
     pushed_version: str | None = None
     # Stopped by an operator: stays stopped across Daemon restarts (autostart skipped).
     held_stopped: bool = False
+    # Hash of how the running process was spawned (command, env, cwd, user): a process
+    # re-adopted under a changed definition is restarted to apply it.
+    spec_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -119,6 +119,14 @@ class AgentRunner:
         return self.pid
 
     @property
+    def spec_hash(self) -> str:
+        """Hash of what a spawn runs: command, env, cwd, user (not config or version)."""
+        s = self.spec
+        return config_hash(
+            {"command": list(s.command), "env": dict(s.env), "cwd": s.cwd, "user": s.user}
+        )
+
+    @property
     def config(self) -> dict[str, Any]:
         pushed = self.record.pushed_config
         return dict(pushed) if pushed is not None else dict(self.spec.config)
@@ -310,6 +318,7 @@ class AgentRunner:
                 self.record.pid = proc.pid
                 self.record.create_time = proc.create_time
                 self.record.start_time = int(time.time())
+                self.record.spec_hash = self.spec_hash
                 self.watched_since = time.time()
                 self._on_change(self)
                 try:

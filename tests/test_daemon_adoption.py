@@ -314,3 +314,44 @@ def test_second_signal_forces_exit_and_agents_survive_it(tmp_path: Path, certs: 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(leader, signal.SIGKILL)  # faster than its 60 s stop_timeout
         daemon.stop()
+
+
+def test_readopted_agent_with_changed_command_is_restarted(tmp_path: Path, certs: Path) -> None:
+    old_log, new_log = tmp_path / "old.pids", tmp_path / "new.pids"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent("a", "sleeper", str(old_log), start_seconds=0.2),
+            agent("b", "sleeper", start_seconds=0.2),
+        ],
+    )
+    try:
+        before = wait_until(
+            lambda: (
+                (x := list_agents(certs, daemon))
+                and all(a.status == "RUNNING" for a in x.values())
+                and x
+            )
+        )
+        daemon.kill()
+        text = daemon.config_path.read_text()
+        daemon.config_path.write_text(text.replace(str(old_log), str(new_log)))
+        daemon = daemon.restart()
+        info = wait_until(
+            lambda: (
+                (a := list_agents(certs, daemon)["a"]).status == "RUNNING"
+                and a.pid != before["a"].pid
+                and a
+            ),
+            what="agent restarted with its new command",
+        )
+        assert _pids(new_log) == [info.pid]
+        assert not _alive(before["a"].pid)
+        assert info.restart_count == 1
+        # The unchanged agent was simply re-adopted.
+        assert list_agents(certs, daemon)["b"].pid == before["b"].pid
+    finally:
+        daemon.stop()
