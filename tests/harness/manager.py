@@ -73,6 +73,7 @@ def manager_argv(
     http_port: int | None = 0,
     extra_args: Sequence[str] = (),
     insecure: bool = False,
+    log_level: str = "info",
 ) -> list[str]:
     """The command line ``start_manager`` runs (handy for restarts with changes)."""
     data_dir = tmp_path / "manager-data"
@@ -87,7 +88,7 @@ def manager_argv(
         "--db",
         db_url or f"sqlite://{data_dir / 'manager.sqlite3'}",
         "--log-level",
-        "debug",
+        log_level,
     ]
     if insecure:
         argv.append("--insecure")
