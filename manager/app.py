@@ -1,8 +1,8 @@
 """ManagerApp: owns and wires every part of a running Manager.
 
-Start order: database (migrations) → heartbeat flusher → liveness and retention loops
-→ gRPC server (ManagerService, AdminService, grpc.health.v1, reflection) → HTTP side,
-then one ``manager ready`` log line. ``close()`` stops intake; ``wait_closed()`` writes
+Start order: database (migrations) → heartbeat flusher → retention loop → gRPC server
+(ManagerService, AdminService, grpc.health.v1, reflection) → liveness loop (its restart
+guard counts from here) → HTTP side, then one ``manager ready`` log line. ``close()`` stops intake; ``wait_closed()`` writes
 the pending heartbeats, answers the calls waiting on them, then stops the rest in
 reverse order.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from typing import Any
 
 from grpclib.health.check import ServiceCheck
@@ -63,7 +62,6 @@ class ManagerApp:
         self.metrics = ManagerMetrics()
         self.database = Database(url=config.db_url)
         self.store = Store(database=self.database)
-        self.started_at = time.time()
         self.known_nodes = KnownNodes()
         self.heartbeats = HeartbeatBuffer(
             store=self.store,
@@ -79,7 +77,6 @@ class ManagerApp:
             heartbeats=self.heartbeats,
             metrics=self.metrics,
             sweep_interval=config.sweep_interval,
-            started_at=self.started_at,
         )
         self.retention = MetricRetention(
             store=self.store,
@@ -124,7 +121,6 @@ class ManagerApp:
             transport = Transport.INSECURE
         await self.database.start()
         await self.heartbeats.start()
-        await self.liveness.start()
         await self.retention.start()
 
         guard: dict[str, Any] = {
@@ -155,6 +151,8 @@ class ManagerApp:
         except OSError as exc:
             raise OSError(f"cannot serve gRPC on {host}:{port}: {exc.strerror or exc}") from None
         self.grpc = grpc
+        # The restart guard counts from when heartbeats can arrive again.
+        await self.liveness.start()
         # Port 0 asks the OS for a free port: report the one actually bound.
         sockets = getattr(grpc._server, "sockets", None) or ()
         bound_port = sockets[0].getsockname()[1] if sockets else port

@@ -41,13 +41,12 @@ class LivenessMonitor:
         heartbeats: HeartbeatBuffer,
         metrics: ManagerMetrics,
         sweep_interval: float,
-        started_at: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._heartbeats = heartbeats
         self._metrics = metrics
-        self._started_at = started_at
+        self._started_at = 0.0
         self._clock = clock
         self._held_logged = False
         self._loop = Periodic(name="liveness", interval=sweep_interval, step=self.sweep)
@@ -68,6 +67,8 @@ class LivenessMonitor:
             )
 
     async def start(self) -> None:
+        """Start sweeping; the restart guard counts from now (start it once serving)."""
+        self._started_at = self._clock()
         await self._loop.start()
 
     def close(self) -> None:
