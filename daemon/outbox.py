@@ -32,6 +32,10 @@ class Outbox:
         self._seqs = sorted(int(p.stem) for p in self._dir.glob(f"*{_SUFFIX}") if p.stem.isdigit())
         self._next = (self._seqs[-1] + 1) if self._seqs else 1
         self._dropped = self._read_dropped()
+        # The report handed out by peek() (being sent), and whether a trim dropped it
+        # meanwhile: if its send then succeeds, it was delivered, not dropped.
+        self._sending = 0
+        self._sending_dropped = False
         self._trim()
 
     @property
@@ -74,6 +78,8 @@ class Outbox:
             return
         for seq in self._seqs[:over]:
             self._path(seq).unlink(missing_ok=True)
+            if seq == self._sending:
+                self._sending_dropped = True
         del self._seqs[:over]
         self._dropped += over
         self._write_dropped()
@@ -89,13 +95,21 @@ class Outbox:
         while self._seqs:
             seq = self._seqs[0]
             try:
-                return seq, self._path(seq).read_bytes()
+                payload = self._path(seq).read_bytes()
+                self._sending, self._sending_dropped = seq, False
+                return seq, payload
             except FileNotFoundError:
                 self._seqs.pop(0)
         return None
 
     def remove(self, seq: int) -> None:
         """Forget a report once the Manager has accepted it."""
+        if seq == self._sending and self._sending_dropped:
+            # Dropped for room while in flight, yet delivered: not a drop after all.
+            self._dropped -= 1
+            self._write_dropped()
+        if seq == self._sending:
+            self._sending, self._sending_dropped = 0, False
         if self._seqs and self._seqs[0] == seq:
             self._seqs.pop(0)
         elif seq in self._seqs:
