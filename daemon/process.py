@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -67,6 +69,15 @@ class LogFile:
         shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.1"))
         os.truncate(self.path, 0)
         return True
+
+
+def user_env(user: str) -> dict[str, str]:
+    """USER, LOGNAME and HOME for an agent run as ``user`` (empty if unknown)."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return {}
+    return {"USER": user, "LOGNAME": user, "HOME": pw.pw_dir}
 
 
 def process_create_time(pid: int) -> float:
@@ -152,6 +163,19 @@ class ManagedProcess:
         stderr: LogFile,
     ) -> ManagedProcess:
         """Start ``argv`` as a new session/process-group leader with output to the log files."""
+        identity: dict[str, Any] = {}
+        if user:
+            # Switch uid *and* gid and supplementary groups: Popen(user=...) alone would
+            # leave the agent in the Daemon's (root's) groups.
+            try:
+                pw = pwd.getpwnam(user)
+            except KeyError:
+                raise SpawnError(f"unknown user {user!r}") from None
+            identity = {
+                "user": pw.pw_uid,
+                "group": pw.pw_gid,
+                "extra_groups": os.getgrouplist(user, pw.pw_gid),
+            }
         out_fd = stdout.open_fd()
         err_fd = stderr.open_fd()
         try:
@@ -165,8 +189,8 @@ class ManagedProcess:
                 env=dict(env),
                 cwd=cwd or None,
                 start_new_session=True,
-                user=user or None,
                 close_fds=True,
+                **identity,
             )
         except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
             raise SpawnError(_spawn_reason(argv, cwd, user, exc)) from None

@@ -37,7 +37,7 @@ from typing import Any
 from schema import daemon_pb, manager_pb
 
 from .config import AgentSpec
-from .process import LogFile, ManagedProcess, SpawnError
+from .process import LogFile, ManagedProcess, SpawnError, user_env
 from .state import AgentRecord
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,8 @@ class AgentRunner:
 
     def _env(self) -> dict[str, str]:
         env = dict(self._base_env)
+        if self.spec.user:
+            env.update(user_env(self.spec.user))
         env.update(self.spec.env)
         env["FLEET_AGENT_ID"] = self.id
         env["FLEET_AGENT_TOKEN"] = self.record.token

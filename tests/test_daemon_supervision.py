@@ -305,7 +305,13 @@ def test_agent_runs_as_configured_user(tmp_path: Path, certs: Path) -> None:
         info = wait_until(
             lambda: (a := list_agents(certs, daemon)["nob"]).status == "RUNNING" and a
         )
-        assert psutil.Process(info.pid).uids().real == 65534
+        proc = psutil.Process(info.pid)
+        assert proc.uids().real == proc.uids().effective == 65534
+        assert proc.gids().real == proc.gids().effective == 65534  # not root's group
+        assert proc.environ()["HOME"] != "/root" and proc.environ()["USER"] == "nobody"
+        status = Path(f"/proc/{info.pid}/status").read_text()
+        groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+        assert set(groups.split()[1:]) <= {"65534"}  # no supplementary group of root
         ghost = wait_until(
             lambda: (a := list_agents(certs, daemon)["ghost"]).status == "FATAL" and a
         )
