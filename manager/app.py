@@ -2,9 +2,9 @@
 
 Start order: database (migrations) → heartbeat flusher → retention loop → gRPC server
 (ManagerService, AdminService, grpc.health.v1, reflection) → liveness loop (its restart
-guard counts from here) → HTTP side, then one ``manager ready`` log line. ``close()`` stops intake; ``wait_closed()`` writes
-the pending heartbeats, answers the calls waiting on them, then stops the rest in
-reverse order.
+guard counts from here) → HTTP side, then one ``manager ready`` log line.
+``close()`` stops intake; ``wait_closed()`` writes the pending heartbeats, answers the
+calls waiting on them, then stops the rest in reverse order.
 """
 
 from __future__ import annotations

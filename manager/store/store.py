@@ -336,11 +336,13 @@ class Store:
     ) -> tuple[int, int]:
         """Apply a Daemon's agent states; ``full`` removes agents it no longer lists.
 
-        Returns (upserted, removed).
+        Returns (upserted, removed). Daemons resend their full list periodically and it
+        is mostly unchanged: unchanged agents cost one shared ``updated_at`` update.
         """
         removed = 0
         async with in_transaction():
             existing = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
+            unchanged: list[int] = []
             for state in states:
                 values = {f: getattr(state, f) for f in _AGENT_FIELDS}
                 agent = existing.get(state.agent_id)
@@ -348,8 +350,12 @@ class Store:
                     await Agent.create(
                         node_id=node_id, agent_id=state.agent_id, updated_at=now, **values
                     )
+                elif all(getattr(agent, f) == v for f, v in values.items()):
+                    unchanged.append(agent.id)
                 else:
                     await Agent.filter(id=agent.id).update(updated_at=now, **values)
+            if unchanged:
+                await Agent.filter(id__in=unchanged).update(updated_at=now)
             if full:
                 gone = set(existing) - {s.agent_id for s in states}
                 if gone:
