@@ -113,6 +113,17 @@ def test_report_metrics_and_query(manager, certs: Path) -> None:  # type: ignore
         )
     )
     assert reply.success and reply.accepted == 6
+    # At-least-once delivery: a resent report is not stored twice.
+    again = asyncio.run(
+        as_node(
+            certs,
+            port,
+            "node-a",
+            "report_metrics",
+            manager_pb.ReportMetricsRequest(node_id="node-a", metrics=metrics),
+        )
+    )
+    assert again.success and again.accepted == 0 and "already stored" in again.message
     got = asyncio.run(
         as_admin(
             certs,

@@ -63,11 +63,13 @@ async def _skeleton_database(url: str) -> None:
             ],
         )
         marks = ", ".join(f"${i}" if pg else "?" for i in range(1, 5))
-        await conn.execute_query(
-            'INSERT INTO fleet_metric_sample (node_id, type, timestamp, "values") '
-            f"VALUES ({marks})",
-            ["old-node", "cpu", int(time.time()) - 50, json.dumps({"usage": 12.5})],
-        )
+        stamp = int(time.time()) - 50
+        for usage in (12.5, 99.0):  # a resent report stored twice by the skeleton
+            await conn.execute_query(
+                'INSERT INTO fleet_metric_sample (node_id, type, timestamp, "values") '
+                f"VALUES ({marks})",
+                ["old-node", "cpu", stamp, json.dumps({"usage": usage})],
+            )
     finally:
         await ctx.close_connections()
         ctx.__exit__(None, None, None)
@@ -77,7 +79,7 @@ def test_upgrade_from_skeleton_schema(tmp_path: Path, certs: Path, db_url: str) 
     asyncio.run(_skeleton_database(db_url))
     mgr = start_manager(tmp_path, certs, db_url=db_url)
     try:
-        assert "applied 0002_liveness_agents_events" in mgr.output()
+        assert "applied 0002_liveness_agents_events, 0003_metric_sample_identity" in mgr.output()
         assert "0001_initial" not in mgr.output().split("database migrated")[1].splitlines()[0]
         nodes = manager_rpc(
             certs, mgr.grpc_port, "admin", "list_nodes", admin_pb.ListNodesRequest()
@@ -92,7 +94,7 @@ def test_upgrade_from_skeleton_schema(tmp_path: Path, certs: Path, db_url: str) 
             "query_node_metrics",
             admin_pb.QueryNodeMetricsRequest(node_id="old-node"),
         ).metrics
-        assert [s.values for s in samples] == [{"usage": 12.5}]
+        assert [s.values for s in samples] == [{"usage": 12.5}]  # the duplicate is gone
     finally:
         assert mgr.stop() == 0
     # A second start applies nothing.

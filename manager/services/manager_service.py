@@ -231,9 +231,10 @@ class ManagerService(manager_pb.ManagerServiceBase):
         await self._require_registered(node_id)
         written = await self._store.save_metrics(node_id, samples)
         self._metrics.metric_rows.inc(written)
-        return manager_pb.ReportMetricsResponse(
-            success=True, message=f"stored {written} samples", accepted=written
-        )
+        message = f"stored {written} samples"
+        if written < len(samples):
+            message += f" ({len(samples) - written} already stored)"
+        return manager_pb.ReportMetricsResponse(success=True, message=message, accepted=written)
 
     async def sync_agent_states(
         self, request: manager_pb.SyncAgentStatesRequest

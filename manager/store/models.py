@@ -73,7 +73,11 @@ class Agent(Model):
 
 
 class MetricSample(Model):
-    """One host metric sample (ReportMetrics)."""
+    """One host metric sample (ReportMetrics).
+
+    A sample is identified by (node, type, timestamp): a Daemon that resends a report
+    whose answer it lost (at-least-once delivery) does not store it twice.
+    """
 
     id = fields.BigIntField(primary_key=True)
     node_id = fields.CharField(max_length=128)
@@ -84,6 +88,7 @@ class MetricSample(Model):
     class Meta:
         table = "fleet_metric_sample"
         indexes = (("node_id", "timestamp"),)
+        unique_together = (("node_id", "type", "timestamp"),)
 
 
 class NodeEvent(Model):

@@ -384,14 +384,31 @@ class Store:
 
     @db_errors_unavailable
     async def save_metrics(self, node_id: str, samples: Sequence[tuple[str, int, dict]]) -> int:
-        """Store (type, timestamp, values) samples in bulk; returns the number written."""
-        if not samples:
+        """Store (type, timestamp, values) samples in bulk; returns how many were new.
+
+        A sample already stored for (node, type, timestamp) — a resent report — is
+        skipped; the unique constraint settles a race between two identical reports.
+        """
+        unique: dict[tuple[str, int], dict] = {}
+        for kind, ts, values in samples:
+            unique.setdefault((kind, ts), values)
+        if not unique:
             return 0
-        await MetricSample.bulk_create(
-            [MetricSample(node_id=node_id, type=t, timestamp=ts, values=v) for t, ts, v in samples],
-            batch_size=_CHUNK,
-        )
-        return len(samples)
+        stamps = sorted({ts for _, ts in unique})
+        existing: set[tuple[str, int]] = set()
+        for chunk in _chunks(stamps):
+            rows = await MetricSample.filter(
+                node_id=node_id, timestamp__in=list(chunk)
+            ).values_list("type", "timestamp")
+            existing.update((kind, ts) for kind, ts in rows)
+        new = [
+            MetricSample(node_id=node_id, type=kind, timestamp=ts, values=values)
+            for (kind, ts), values in unique.items()
+            if (kind, ts) not in existing
+        ]
+        if new:
+            await MetricSample.bulk_create(new, batch_size=_CHUNK, ignore_conflicts=True)
+        return len(new)
 
     @db_errors_unavailable
     async def query_metrics(
