@@ -16,13 +16,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 from .config import AgentSpec
 from .history import GroupSampler, History
-from .process import LogFile, ManagedProcess
+from .process import LogFile, ManagedProcess, same_process
 from .state import AgentRecord, StateStore
 from .supervisor import ACTIVE, RUNNING, AgentRunner
 
@@ -63,7 +61,6 @@ class Agents:
         self.runners: dict[str, AgentRunner] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
-        self._dirty = False
 
     # ---- lifecycle ----
 
@@ -123,14 +120,12 @@ class Agents:
         # unsupervised. It is killed right away (its stop settings are gone with it).
         if not record.pid:
             return
-        try:
-            if abs(psutil.Process(record.pid).create_time() - record.create_time) < 0.05:
-                log.warning(
-                    "agent %s is no longer configured: killing its group %d", agent_id, record.pid
-                )
+        if same_process(record.pid, record.create_time):
+            log.warning(
+                "agent %s is no longer configured: killing its group %d", agent_id, record.pid
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(record.pid, signal.SIGKILL)
-        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            pass
 
     async def _autostart(self, runner: AgentRunner) -> None:
         async with runner.lock:

@@ -88,6 +88,16 @@ def process_create_time(pid: int) -> float:
         return 0.0
 
 
+def same_process(pid: int, create_time: float) -> bool:
+    """True if ``pid`` is alive and is the process that was created at ``create_time``."""
+    if pid <= 0 or create_time <= 0:
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) <= _CREATE_TIME_SLACK
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     members = []
@@ -209,12 +219,10 @@ class ManagedProcess:
         A pid the kernel reused for another process has another create time, and is
         never adopted; neither is a zombie or a process that is not its group's leader.
         """
-        if pid <= 0 or create_time <= 0:
+        if not same_process(pid, create_time):
             return None
         try:
             proc = psutil.Process(pid)
-            if abs(proc.create_time() - create_time) > _CREATE_TIME_SLACK:
-                return None
             if proc.status() == psutil.STATUS_ZOMBIE or os.getpgid(pid) != pid:
                 return None
             pidfd = os.pidfd_open(pid)

@@ -355,3 +355,40 @@ def test_readopted_agent_with_changed_command_is_restarted(tmp_path: Path, certs
         assert list_agents(certs, daemon)["b"].pid == before["b"].pid
     finally:
         daemon.stop()
+
+
+def test_agent_removed_from_config_while_daemon_was_down_is_killed(
+    tmp_path: Path, certs: Path
+) -> None:
+    from harness.daemon import to_toml
+
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent("keep", "sleeper", start_seconds=0.2),
+            agent("gone", "sleeper", start_seconds=0.2),
+        ],
+    )
+    try:
+        before = wait_until(
+            lambda: (
+                (x := list_agents(certs, daemon))
+                and all(a.status == "RUNNING" for a in x.values())
+                and x
+            )
+        )
+        daemon.kill()
+        import tomllib
+
+        data = tomllib.loads(daemon.config_path.read_text())
+        data["agents"] = [a for a in data["agents"] if a["id"] == "keep"]
+        daemon.config_path.write_text(to_toml(data))
+        daemon = daemon.restart()
+        after = list_agents(certs, daemon)
+        assert list(after) == ["keep"] and after["keep"].pid == before["keep"].pid
+        wait_until(lambda: not _alive(before["gone"].pid), what="unconfigured agent killed")
+    finally:
+        daemon.stop()
