@@ -4,6 +4,7 @@ agent-state sync, host metrics, and surviving a Manager that is down."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from pathlib import Path
 
@@ -85,7 +86,20 @@ def test_manager_down_at_start_then_up(tmp_path: Path, certs: Path) -> None:
     port = free_port()
     daemon = start_daemon(tmp_path, certs, node_id="node-b", manager_port=port)
     try:
-        wait_until(lambda: "unreachable" in daemon.output(), what="a failed attempt")
+        # gRPC's reconnect schedule: 1 s, x1.6, +-20 % jitter, capped by reconnect_interval
+        # (2 s in the harness config).
+        delays = wait_until(
+            lambda: (
+                (d := [float(x) for x in re.findall(r"retrying in ([\d.]+)s", daemon.output())])
+                and len(d) >= 4
+                and d
+            ),
+            timeout=30,
+            what="several reconnect attempts",
+        )
+        assert 0.8 <= delays[0] <= 1.2, delays
+        assert all(0.8 <= d <= 2.4 for d in delays), delays
+        assert max(delays) > 1.2, delays  # it grew
         assert daemon.alive()
         mgr = start_manager(tmp_path, certs, grpc_port=port)
         try:
