@@ -80,11 +80,15 @@ class RetryLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.records: list[tuple[float, str, float]] = []
+        self.report_timeouts: dict[str, int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        match = re.search(r"retrying in ([\d.]+)s", record.getMessage())
+        message = record.getMessage()
+        match = re.search(r"retrying in ([\d.]+)s", message)
         if match and NODE.get():
             self.records.append((record.created, NODE.get(), float(match.group(1))))
+        if "ReportMetrics: DEADLINE_EXCEEDED" in message and NODE.get():
+            self.report_timeouts[NODE.get()] = self.report_timeouts.get(NODE.get(), 0) + 1
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +108,9 @@ def _sims(tmp_path: Path, certs: Path, port: int) -> Iterator[Sim]:
         files = TLSFiles(certs / f"{node_id}.crt", certs / f"{node_id}.key", certs / "ca.crt")
         settings = ManagerSettings(
             address=f"127.0.0.1:{port}",
-            timeout=3.0,
+            # A report stored but answered after this is the one drop a Daemon cannot
+            # count exactly (see the assertion on drops).
+            timeout=5.0,
             heartbeat_interval=1.0,
             reconnect_interval=RECONNECT_CAP,
             metrics_interval=METRICS_INTERVAL,
@@ -244,6 +250,7 @@ def test_manager_down_with_100_daemons(tmp_path: Path, fleet_certs: Path) -> Non
         # ---- queued metrics: no gaps up to the bound, drops counted exactly ----
         total_dropped = 0
         duplicates = 0
+        timed_out = 0
         for sim in sims:
             stored = _stored_seqs(fleet_certs, port, sim.node_id)
             duplicates += len(stored) - len(set(stored))
@@ -254,7 +261,11 @@ def test_manager_down_with_100_daemons(tmp_path: Path, fleet_certs: Path) -> Non
                 queued.update(int(m.values["n"]) for m in report.metrics)
             produced = set(range(1, sim.metrics.produced + 1))
             missing = produced - set(stored) - queued
-            assert len(missing) == sim.outbox.dropped, (
+            # Exact, except for a report the Manager stored but answered after the
+            # Daemon's timeout (it cannot know): allowed only when that happened.
+            slack = retries.report_timeouts.get(sim.node_id, 0)
+            timed_out += slack
+            assert len(missing) <= sim.outbox.dropped <= len(missing) + slack, (
                 sim.node_id,
                 sim.outbox.dropped,
                 sorted(missing),
@@ -276,7 +287,8 @@ def test_manager_down_with_100_daemons(tmp_path: Path, fleet_certs: Path) -> Non
             f"{busiest}, jitter sd {statistics.pstdev(ratios):.3f}, round spreads "
             f"{[round(x, 2) for x in spreads]} s, drained "
             f"{timeline['drained'] - timeline['up']:.1f}s after the Manager returned, "
-            f"{total_dropped} reports dropped (all counted), {duplicates} duplicates"
+            f"{total_dropped} reports dropped (all counted), {duplicates} duplicates, "
+            f"{timed_out} report sends timed out"
         )
     finally:
         link_log.removeHandler(retries)

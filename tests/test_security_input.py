@@ -562,7 +562,7 @@ def test_10000_abandoned_streams_keep_memory_bounded_and_others_served(
     assert result["opened"] == 10_000
     growth = max(rss) - result["baseline"]
     assert not failures, failures[:5]
-    assert len(latencies) >= 10
+    assert len(latencies) >= 5
     # A heartbeat is answered once durable (flush every 1 s): bound = flush + 2 s.
     assert max(latencies) < 3.0, (max(latencies), statistics.median(latencies))
     assert growth < 150 * 1024 * 1024, growth / 2**20
