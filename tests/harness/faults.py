@@ -174,8 +174,8 @@ class TcpProxy:
             _reset(writer)
             return
         self.accepted += 1
-        key = (writer, None)
-        self._conns.add(key)  # type: ignore[arg-type]
+        key: tuple[asyncio.StreamWriter, asyncio.StreamWriter | None] = (writer, None)
+        self._conns.add(key)
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -187,7 +187,7 @@ class TcpProxy:
             except OSError:
                 _reset(writer)
                 return
-            self._conns.discard(key)  # type: ignore[arg-type]
+            self._conns.discard(key)
             key = (writer, up_writer)
             self._conns.add(key)
             await asyncio.gather(
@@ -196,7 +196,7 @@ class TcpProxy:
             for w in (writer, up_writer):
                 w.close()
         finally:
-            self._conns.discard(key)  # type: ignore[arg-type]
+            self._conns.discard(key)
             self._tasks.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -306,6 +306,7 @@ async def raw_call(
     ``(REFUSED, error)`` when TLS/the connection failed before any status came back."""
     channel = Channel("127.0.0.1", port, ssl=ssl_context)
     try:
+        stream: Any
         async with channel.request(
             path, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=timeout
         ) as stream:
