@@ -42,6 +42,9 @@ from .tls import INSECURE, LOCAL, Identity, identity_from_cert
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A caller that opens a call and never finishes its request must not hold the handler
+# forever (grpclib applies a deadline only when the client sends one).
+DEFAULT_REQUEST_TIMEOUT = 30.0
 
 Observer = Callable[[str, str, float], None]
 
@@ -89,12 +92,14 @@ class GuardedService:
         policy: Mapping[str, Collection[str]],
         transport: str = Transport.TLS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         observer: Observer | None = None,
     ) -> None:
         self._service = service
         self._policy = {name: frozenset(roles) for name, roles in policy.items()}
         self._transport = transport
         self._max = max_message_bytes
+        self._request_timeout = request_timeout
         self._observer = observer
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -133,7 +138,15 @@ class GuardedService:
                     who = str(identity) if identity else "a peer without a Fleet identity"
                     log.warning("refused %s from %s (%s)", name, who, _peer_addr(stream))
                     raise GRPCError(Status.PERMISSION_DENIED, f"{who} may not call {name}")
-                request = await _recv_bounded(stream, request_type, self._max)
+                try:
+                    request = await asyncio.wait_for(
+                        _recv_bounded(stream, request_type, self._max), self._request_timeout
+                    )
+                except TimeoutError:
+                    raise GRPCError(
+                        Status.DEADLINE_EXCEEDED,
+                        f"request not received within {self._request_timeout:g} s",
+                    ) from None
                 peer_pid = _peer_pid(stream) if self._transport == Transport.LOCAL else 0
                 token = _current.set(
                     CallContext(identity, name, request_id, _peer_addr(stream), peer_pid)
