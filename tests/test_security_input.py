@@ -25,14 +25,16 @@ from typing import Any
 import psutil
 import pytest
 from grpclib.client import Channel
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.server import Server
 from harness.manager import ManagerProc, manager_rpc, start_manager, stored_nodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import validate
-from common.tls import TLSFiles, client_context
+from common.rpc import DEFAULT_REQUEST_TIMEOUT, GuardedService
+from common.tls import TLSFiles, client_context, server_context
 from schema import admin_pb, manager_pb
 
 MANAGER_SVC = "/fleet.manager.v1.ManagerService/"
@@ -497,6 +499,56 @@ async def _open_streams(port: int, ctx: Any, count: int, partial: bytes) -> tupl
     return channel, streams
 
 
+async def _final_status(stream: Any) -> str:
+    """How the server ended a stream we never finished: the grpc-status it sent. (The
+    server answers, then resets the half we left open, so grpclib's client may report
+    the reset first; the status is in the headers it received.)"""
+    try:
+        await stream.recv_initial_metadata()
+        await stream.recv_trailing_metadata()
+    except GRPCError as exc:
+        return exc.status.name
+    except StreamTerminatedError:
+        pass
+    raw = stream._stream
+    for headers in (raw.headers, raw.trailers):
+        for key, value in headers or ():
+            if key == "grpc-status":
+                return Status(int(value)).name
+    return "NO STATUS"
+
+
+def test_a_request_never_finished_is_closed_by_the_server(certs: Path) -> None:
+    """The guard's request timeout, shortened: a caller that sends headers and half a
+    frame, then nothing, gets DEADLINE_EXCEEDED instead of holding a handler forever."""
+
+    class Echo(manager_pb.ManagerServiceBase):
+        async def heartbeat(self, req: manager_pb.HeartbeatRequest) -> manager_pb.HeartbeatResponse:
+            return manager_pb.HeartbeatResponse(success=True)
+
+    async def scenario() -> tuple[str, float]:
+        server = Server(
+            [GuardedService(Echo(), policy={"Heartbeat": {"node"}}, request_timeout=0.5)]
+        )
+        files = TLSFiles(certs / "manager.crt", certs / "manager.key", certs / "ca.crt")
+        await server.start("127.0.0.1", 0, ssl=server_context(files))
+        port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            channel, streams = await _open_streams(port, _ctx(certs, "node-a"), 3, b"\x00\x00")
+            started = time.monotonic()
+            codes = await asyncio.wait_for(asyncio.gather(*map(_final_status, streams)), 10)
+            took = time.monotonic() - started
+            channel.close()
+            assert set(codes) == {"DEADLINE_EXCEEDED"}, codes
+            return codes[0], took
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    code, took = asyncio.run(scenario())
+    assert code == "DEADLINE_EXCEEDED" and took < 5
+
+
 @pytest.mark.slow
 def test_10000_abandoned_streams_keep_memory_bounded_and_others_served(
     mgr: ManagerProc, certs: Path
@@ -545,12 +597,21 @@ def test_10000_abandoned_streams_keep_memory_bounded_and_others_served(
             channel.close()
         # 3) 2,000 streams left hanging on 20 open connections, mid-message.
         hanging = []
+        hanging_streams = []
         for _ in range(20):
             channel, streams = await _open_streams(mgr.grpc_port, ctx, 100, b"\x00\x00\x00\x00")
             opened += len(streams)
             hanging.append(channel)
+            hanging_streams.append(streams)
         peak = proc.memory_info().rss
-        await asyncio.sleep(2)  # node-b keeps beating while they hang
+        # The server gives up on each hanging request after its request timeout and
+        # closes the stream with DEADLINE_EXCEEDED (node-b keeps beating meanwhile).
+        left = [streams[0] for streams in hanging_streams]
+        closed = await asyncio.wait_for(
+            asyncio.gather(*(_final_status(s) for s in left)),
+            DEFAULT_REQUEST_TIMEOUT + 20,
+        )
+        assert set(closed) == {"DEADLINE_EXCEEDED"}, closed
         for channel in hanging:
             channel.close()
         await asyncio.sleep(1)
