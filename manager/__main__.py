@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heartbeat-flush-interval", help="heartbeat flush interval (heartbeats.flush_interval)"
     )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        help="event loop (manager.event_loop, default auto: uvloop when installed)",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error (log.level)")
     return p
 
@@ -62,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> ManagerConfig:
         ("ca", "grpc.tls.ca_file"),
         ("grace", "liveness.grace"),
         ("heartbeat_flush_interval", "heartbeats.flush_interval"),
+        ("event_loop", "manager.event_loop"),
         ("log_level", "log.level"),
     ):
         value = getattr(args, flag)
@@ -116,6 +123,22 @@ def _tune_asyncio_tls() -> None:
     asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
 
 
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for, or when installed and ``auto``; else asyncio's own loop.
+
+    uvloop (the ``fast`` extra) roughly halves the CPU per TLS/HTTP-2 request.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise OSError("manager.event_loop is uvloop but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -131,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not config.database_url:
             Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-        code = asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            code = runner.run(serve(config))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)

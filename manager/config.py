@@ -67,7 +67,8 @@ class ManagerConfig:
     daemon_connect_attempts: int = 3
     daemon_backoff_initial: float = 1.0
     daemon_backoff_max: float = 120.0
-    # Logging.
+    # Process.
+    event_loop: str = "auto"
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -105,6 +106,10 @@ class ManagerConfig:
                 raise ValueError(f"{_key_of(name)} must be >= 1, got {getattr(self, name)}")
         if self.daemon_backoff_max < self.daemon_backoff_initial:
             raise ValueError("daemons.backoff_max must be >= daemons.backoff_initial")
+        if self.event_loop not in {"auto", "asyncio", "uvloop"}:
+            raise ValueError(
+                f"manager.event_loop must be auto, asyncio or uvloop: {self.event_loop!r}"
+            )
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError(f"log.level must be debug, info, warning or error: {self.log_level!r}")
         if self.tls_enabled:
@@ -141,6 +146,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "server.read_timeout": ("http_read_timeout", "duration"),
     "server.write_timeout": ("http_write_timeout", "duration"),
     "manager.data_dir": ("data_dir", "str"),
+    "manager.event_loop": ("event_loop", "str"),
     "database.url": ("database_url", "str"),
     "liveness.grace": ("grace", "duration?"),
     "liveness.grace_factor": ("grace_factor", "float"),

@@ -191,3 +191,18 @@ def test_startup_failures_are_one_line_exit_1(tmp_path: Path, certs: Path, what:
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_event_loop_choice(tmp_path: Path, certs: Path) -> None:
+    mgr = start_manager(tmp_path, certs, http_port=None, extra_args=["--event-loop", "asyncio"])
+    try:
+        assert "loop=asyncio" in mgr.output()
+        # Serving normally on the plain asyncio loop too.
+        nodes = manager_rpc(
+            certs, mgr.grpc_port, "admin", "list_nodes", admin_pb.ListNodesRequest()
+        )
+        assert nodes.nodes == []
+    finally:
+        assert mgr.stop() == 0
+    with pytest.raises(ValueError, match="manager.event_loop"):
+        ManagerConfig(event_loop="twisted")
