@@ -204,5 +204,5 @@ def test_event_loop_choice(tmp_path: Path, certs: Path) -> None:
         assert nodes.nodes == []
     finally:
         assert mgr.stop() == 0
-    with pytest.raises(ValueError, match="manager.event_loop"):
+    with pytest.raises(ValueError, match=r"manager\.event_loop"):
         ManagerConfig(event_loop="twisted")
