@@ -85,6 +85,19 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[i : i + size]
 
 
+def _nothing_changed(
+    current: Mapping[str, Agent], states: Sequence[AgentRecord], full: bool
+) -> bool:
+    """True when applying ``states`` would change no agent (only ``updated_at``)."""
+    if full and set(current) - {s.agent_id for s in states}:
+        return False  # agents to remove
+    return all(
+        s.agent_id in current
+        and all(getattr(current[s.agent_id], f) == getattr(s, f) for f in _AGENT_FIELDS)
+        for s in states
+    )
+
+
 class Store:
     """Queries and updates over the Manager's models."""
 
@@ -337,8 +350,15 @@ class Store:
         """Apply a Daemon's agent states; ``full`` removes agents it no longer lists.
 
         Returns (upserted, removed). Daemons resend their full list periodically and it
-        is mostly unchanged: unchanged agents cost one shared ``updated_at`` update.
+        is mostly unchanged: then the whole sync is one read and one ``updated_at``
+        update, without a transaction.
         """
+        current = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
+        if _nothing_changed(current, states, full):
+            if states:
+                ids = [current[s.agent_id].id for s in states]
+                await Agent.filter(id__in=ids).update(updated_at=now)
+            return len(states), 0
         removed = 0
         async with in_transaction():
             existing = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
