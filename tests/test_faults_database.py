@@ -62,6 +62,7 @@ class Load:
         channel = node_channel(certs, port, node_id)
         stub = manager_pb.ManagerServiceStub(channel, timeout=15)
         ts = int(time.time()) - 20_000
+        metric_base = int(time.time()) - 1800  # inside QueryNodeMetrics' window below
         seq = 0
         try:
             while not stop.is_set():
@@ -81,7 +82,9 @@ class Load:
                                     metrics=[
                                         manager_pb.MetricData(
                                             type="load",
-                                            timestamp=int(time.time()),
+                                            # One sample per second of "time": the
+                                            # Manager keeps one per (type, timestamp).
+                                            timestamp=metric_base + seq,
                                             values={"seq": float(seq)},
                                         )
                                     ],
