@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from harness import wait_until
 from harness.faults import TcpProxy
 from harness.manager import (
     manager_rpc,
@@ -170,10 +171,15 @@ def _run_fault(
         assert load.fault_codes["UNAVAILABLE"] > 0, load.fault_codes
         assert set(load.codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, load.codes
         assert "INTERNAL" not in load.codes
-        # Nothing acknowledged is lost.
-        rows = stored_nodes(db_url)
+
+        # Nothing acknowledged is lost: heartbeats acknowledged from the buffer are
+        # written by the next flush (one flush interval), metric batches before the ack.
+        def heartbeats_durable() -> bool:
+            rows = stored_nodes(db_url)
+            return all(rows[n]["last_heartbeat_reported"] >= load.acked_heartbeat[n] for n in NODES)
+
+        wait_until(heartbeats_durable, timeout=5, what="acknowledged heartbeats stored")
         for node_id in NODES:
-            assert rows[node_id]["last_heartbeat_reported"] >= load.acked_heartbeat[node_id]
             stored = _stored_seqs(certs, port, node_id)
             missing = set(load.acked_batches[node_id]) - stored
             assert not missing, (node_id, sorted(missing)[:20])
