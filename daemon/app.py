@@ -155,7 +155,7 @@ class DaemonApp:
         control = control_service.ControlService(
             node_id=cfg.node_id, agents=self.agents, request_sync=self._request_sync
         )
-        self._control = Server(
+        control_server = Server(
             [
                 GuardedService(
                     control,
@@ -166,11 +166,14 @@ class DaemonApp:
             ]
         )
         host, port = split_hostport(cfg.listen)
-        await self._control.start(host, port, ssl=server_context(tls) if tls else None)
+        # Kept only once started: close() on a grpclib Server that never started raises,
+        # which turned "address already in use" into a traceback.
+        await control_server.start(host, port, ssl=server_context(tls) if tls else None)
+        self._control = control_server
         self.grpc_port = _bound_port(self._control)
 
         prepare_socket_dir(self.socket_path)
-        self._local = Server(
+        local_server = Server(
             [
                 GuardedService(
                     agent_service.AgentService(agents=self.agents),
@@ -180,7 +183,8 @@ class DaemonApp:
                 )
             ]
         )
-        await self._local.start(path=str(self.socket_path))
+        await local_server.start(path=str(self.socket_path))
+        self._local = local_server
         os.chmod(self.socket_path, 0o600)
 
         self.advertise = cfg.advertise or _advertise(host, self.grpc_port, facts.ip)
