@@ -99,7 +99,7 @@ def _supervisord_trials(handle: Any, name: str, trials: int, timeout: float) -> 
     return samples
 
 
-SETTINGS = {
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # name: (Daemon agent settings, supervisord program settings)
     "defaults": ({}, {"autorestart": "true"}),
     "immediate": ({"start_seconds": 0}, {"autorestart": "true", "startsecs": 0}),
