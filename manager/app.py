@@ -67,6 +67,7 @@ class ManagerApp:
             store=self.store,
             flush_interval=config.heartbeat_flush_interval,
             max_batch=config.heartbeat_max_batch,
+            ack=config.heartbeat_ack,
             grace_for=config.grace_for,
             metrics=self.metrics,
             on_transitions=lambda ts: log_transitions(ts, self.metrics),

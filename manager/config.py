@@ -55,6 +55,9 @@ class ManagerConfig:
     # Heartbeat coalescing.
     heartbeat_flush_interval: float = 1.0
     heartbeat_max_batch: int = 5000
+    # "buffered": answer once the heartbeat is in the flush buffer (SIGKILL loses at most
+    # one flush interval); "flushed": answer once the flush carrying it has committed.
+    heartbeat_ack: str = "buffered"
     # Host metrics.
     metrics_retention: float = 7 * 86400.0
     retention_interval: float = 600.0
@@ -106,6 +109,8 @@ class ManagerConfig:
                 raise ValueError(f"{_key_of(name)} must be >= 1, got {getattr(self, name)}")
         if self.daemon_backoff_max < self.daemon_backoff_initial:
             raise ValueError("daemons.backoff_max must be >= daemons.backoff_initial")
+        if self.heartbeat_ack not in {"buffered", "flushed"}:
+            raise ValueError(f"heartbeats.ack must be buffered or flushed: {self.heartbeat_ack!r}")
         if self.event_loop not in {"auto", "asyncio", "uvloop"}:
             raise ValueError(
                 f"manager.event_loop must be auto, asyncio or uvloop: {self.event_loop!r}"
@@ -154,6 +159,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "liveness.sweep_interval": ("sweep_interval", "duration"),
     "heartbeats.flush_interval": ("heartbeat_flush_interval", "duration"),
     "heartbeats.max_batch": ("heartbeat_max_batch", "int"),
+    "heartbeats.ack": ("heartbeat_ack", "str"),
     "metrics.retention": ("metrics_retention", "duration"),
     "metrics.retention_interval": ("retention_interval", "duration"),
     "metrics.retention_batch": ("retention_batch", "int"),

@@ -5,14 +5,21 @@ overwrite earlier ones of the same node, keeping the largest reported timestamp)
 single flusher task writes the whole map in one transaction every ``flush_interval``
 seconds (sooner when ``max_batch`` nodes are waiting).
 
-**Why an acknowledgement is safe:** a heartbeat RPC does not return until the flush that
-carries it has *committed*. Each flush has a future; ``submit`` waits on the future of
-the flush its entry will be part of, and the RPC answers OK only when that future is
-resolved successfully. So an acknowledged heartbeat is durable; a Manager killed with
-SIGKILL loses only heartbeats that were never acknowledged (at most one flush interval's
-worth, which their Daemons will resend). If the flush fails the waiting heartbeats get
-``UNAVAILABLE`` and are not retried by the Manager. The price is latency: a heartbeat
-answers within about one flush interval (1 s by default).
+**When a heartbeat is acknowledged** (``heartbeats.ack``):
+
+* ``buffered`` (default): the RPC answers as soon as the heartbeat is in the buffer,
+  *while the last flush succeeded*. The Manager is then certain to flush it: the flusher
+  runs every ``flush_interval``, and a failed flush puts its entries back (merged, newest
+  wins) so they are written once the database returns. A Manager killed with SIGKILL
+  loses at most the heartbeats of one flush interval (plus the flush in progress), which
+  their Daemons resend on their next beat. This keeps heartbeat latency in milliseconds.
+* ``flushed``: the RPC answers only once the flush carrying it has committed, so an
+  acknowledged heartbeat is always durable; the price is up to one flush interval of
+  latency per heartbeat.
+
+Once a flush has failed (database down or read-only), both modes wait for the next flush
+and answer ``UNAVAILABLE`` if it fails too: nothing is acknowledged that the Manager could
+not yet write, and the Manager recovers on its own when a flush succeeds again.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class HeartbeatBuffer:
         store: Store,
         flush_interval: float,
         max_batch: int,
+        ack: str = "buffered",
         grace_for: Callable[[float], float],
         metrics: ManagerMetrics,
         on_transitions: Callable[[list[Transition]], None] | None = None,
@@ -49,6 +57,10 @@ class HeartbeatBuffer:
         self._store = store
         self._interval = flush_interval
         self._max_batch = max_batch
+        if ack not in {"buffered", "flushed"}:
+            raise ValueError(f"heartbeat ack mode must be buffered or flushed: {ack!r}")
+        self._ack_buffered = ack == "buffered"
+        self._healthy = True  # the last flush committed
         self._grace_for = grace_for
         self._metrics = metrics
         self._on_transitions = on_transitions
@@ -72,7 +84,10 @@ class HeartbeatBuffer:
         return set(self._pending) | self._writing
 
     async def submit(self, node_id: str, reported: int) -> None:
-        """Record a heartbeat and return once it is durable (raises ``Unavailable``)."""
+        """Record a heartbeat; return once it is safe to acknowledge (see module doc).
+
+        Raises ``Unavailable`` when the flush it waited for failed.
+        """
         if self._closing or self._flushed is None:
             raise Unavailable("manager is shutting down")
         now = self._clock()
@@ -83,6 +98,8 @@ class HeartbeatBuffer:
         self._metrics.heartbeats.inc()
         if len(self._pending) >= self._max_batch:
             self._wake.set()
+        if self._ack_buffered and self._healthy:
+            return
         # shield: one cancelled caller must not cancel the flush everyone waits on.
         await asyncio.shield(self._flushed)
 
@@ -113,16 +130,19 @@ class HeartbeatBuffer:
             raise
         except FleetError as exc:
             log.warning("heartbeat flush of %d nodes failed: %s", len(batch), exc)
+            self._requeue(batch)
             done.set_exception(exc)
             done.exception()  # retrieved: callers may all be gone
             return
         except Exception as exc:
             log.exception("heartbeat flush of %d nodes failed", len(batch))
+            self._requeue(batch)
             done.set_exception(Unavailable(f"heartbeat flush failed: {type(exc).__name__}"))
             done.exception()
             return
         finally:
             self._writing = set()
+        self._healthy = True
         self._metrics.heartbeat_flush_size.observe(len(batch))
         self._metrics.heartbeat_flush_seconds.observe(time.perf_counter() - started)
         done.set_result(None)
@@ -131,6 +151,19 @@ class HeartbeatBuffer:
         if missing and self._on_missing is not None:
             # Removed meanwhile: their next heartbeat gets NOT_FOUND and they register.
             self._on_missing(missing)
+
+    def _requeue(self, batch: dict[str, PendingHeartbeat]) -> None:
+        """Put a failed flush's entries back (newest wins) and stop buffered acks."""
+        self._healthy = False
+        for node_id, entry in batch.items():
+            newer = self._pending.get(node_id)
+            if newer is None:
+                self._pending[node_id] = entry
+            else:
+                self._pending[node_id] = PendingHeartbeat(
+                    received_at=max(entry.received_at, newer.received_at),
+                    reported=max(entry.reported, newer.reported),
+                )
 
     def close(self) -> None:
         """Stop taking heartbeats; ``wait_closed`` writes what is pending."""

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from grpclib.client import Channel
 from harness import async_wait_until, run_cli, wait_until
-from harness.manager import manager_rpc, node_channel, start_manager, stored_nodes
+from harness.manager import (
+    manager_rpc,
+    node_channel,
+    start_manager,
+    stored_nodes,
+    write_manager_config,
+)
 
 from manager.config import KEYS, ManagerConfig, defaults_table, env_name, load_config
 from schema import admin_pb, manager_pb
@@ -117,8 +123,14 @@ def received_heartbeats(base: str) -> bool:
 
 
 def test_sigterm_answers_waiting_heartbeats_then_exits_0(tmp_path: Path, certs: Path) -> None:
-    # A long flush interval: the heartbeat is still waiting when SIGTERM arrives.
-    mgr = start_manager(tmp_path, certs, extra_args=["--heartbeat-flush-interval", "30"])
+    # ack=flushed and a long flush interval: the heartbeat is still waiting when SIGTERM
+    # arrives, and the shutdown's final flush must answer it.
+    cfg = write_manager_config(tmp_path / "m.toml", {"heartbeats": {"ack": "flushed"}})
+    mgr = start_manager(
+        tmp_path,
+        certs,
+        extra_args=["--config", str(cfg), "--heartbeat-flush-interval", "30"],
+    )
     manager_rpc(
         certs,
         mgr.grpc_port,

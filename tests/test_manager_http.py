@@ -14,6 +14,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
+from harness import wait_until
 from harness.manager import admin_channel, manager_rpc, start_manager
 
 from schema import manager_pb
@@ -82,6 +83,14 @@ def test_health_ready_and_metrics(tmp_path: Path, certs: Path, db_url: str) -> N
             manager_pb.SyncAgentStatesRequest(
                 node_id="node-a", states=[manager_pb.AgentState(agent_id="w", status="RUNNING")]
             ),
+        )
+        # The heartbeat was acknowledged from the buffer: wait for its flush.
+        wait_until(
+            lambda: (
+                sample(get(f"{base}/metrics")[2], "fleet_manager_heartbeat_flush_size_count") == 1
+            ),
+            timeout=5,
+            what="heartbeat flush",
         )
         status, ctype, text = get(f"{base}/metrics")
         assert status == 200 and ctype.startswith("text/plain")

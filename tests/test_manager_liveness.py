@@ -68,9 +68,11 @@ def test_online_offline_resumed_with_events(tmp_path: Path, certs: Path, db_url:
         silent_from = time.time()
         wait_until(lambda: statuses(certs, port)["node-a"] == "offline", timeout=10, what="offline")
         assert time.time() - silent_from >= 1.0
-        heartbeat(certs, port, "node-a")  # answered once durable: visible right away
+        heartbeat(certs, port, "node-a")  # visible once flushed (one flush interval)
+        wait_until(
+            lambda: node(certs, port, "node-a").node.status == "online", timeout=5, what="online"
+        )
         got = node(certs, port, "node-a")
-        assert got.node.status == "online"
         reasons = [e.reason for e in got.events]
         assert reasons[0] == "heartbeat resumed"
         assert reasons[1].startswith("no heartbeat for ")

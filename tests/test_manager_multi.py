@@ -55,11 +55,18 @@ def test_two_managers_share_one_database(tmp_path: Path, certs: Path, db_url: st
 
         wait_until(lambda: status(one.grpc_port) == "offline", timeout=10, what="offline")
         assert beat(two.grpc_port).success  # type: ignore[attr-defined]
-        events = manager_rpc(
-            certs, one.grpc_port, "admin", "get_node", admin_pb.GetNodeRequest(node_id="node-a")
-        ).events
-        reasons = [e.reason for e in events]
-        assert reasons[0] == "heartbeat resumed"
+
+        def reasons_seen_by_one() -> list[str]:
+            events = manager_rpc(
+                certs, one.grpc_port, "admin", "get_node", admin_pb.GetNodeRequest(node_id="node-a")
+            ).events
+            return [e.reason for e in events]
+
+        # Buffered acknowledgement: the resumption is written by two's next flush.
+        wait_until(
+            lambda: reasons_seen_by_one()[0] == "heartbeat resumed", timeout=5, what="resumed"
+        )
+        reasons = reasons_seen_by_one()
         assert sum(r.startswith("no heartbeat for") for r in reasons) == 1, reasons
 
         # Removed through one: two's cache learns it at its next flush, then NOT_FOUND.

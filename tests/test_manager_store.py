@@ -193,14 +193,20 @@ def test_database_outage_is_unavailable(tmp_path: Path, certs: Path, db_url: str
         )
         assert status == Status.UNAVAILABLE, message
         assert "database unavailable" in message
-        status, _ = manager_rpc_error(
-            certs,
-            port,
-            "node-a",
-            "heartbeat",
-            manager_pb.HeartbeatRequest(node_id="node-a", timestamp=int(time.time())),
-        )
-        assert status == Status.UNAVAILABLE
+
+        # A buffered heartbeat may be acknowledged until the first flush fails; from
+        # then on heartbeats wait for a flush and are refused while it cannot commit.
+        def heartbeat_refused() -> bool:
+            status, _ = manager_rpc_error(
+                certs,
+                port,
+                "node-a",
+                "heartbeat",
+                manager_pb.HeartbeatRequest(node_id="node-a", timestamp=int(time.time())),
+            )
+            return status == Status.UNAVAILABLE
+
+        wait_until(heartbeat_refused, timeout=10, what="heartbeat UNAVAILABLE")
 
         def not_ready() -> bool:
             try:
