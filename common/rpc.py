@@ -229,3 +229,20 @@ async def _recv_bounded(
         raise GRPCError(
             Status.INVALID_ARGUMENT, "request is not a valid protobuf message"
         ) from None
+
+
+async def wait_server_closed(server: grpclib.server.Server, *, timeout: float = 1.0) -> None:
+    """``server.wait_closed()`` after ``server.close()``, waiting at most ``timeout`` seconds.
+
+    grpclib's ``close()`` cancels the running handlers but leaves connections open, and
+    from Python 3.12 ``asyncio.Server.wait_closed()`` also waits for every connection to
+    drop. A peer holding an idle channel (a Daemon's link to its Manager, the Manager's
+    pooled channel to a Daemon, an agent's SDK connection) would then block shutdown for
+    as long as that peer stays up — forever when both sides shut down at once. The
+    handlers were cancelled by ``close()``, so past this bound only idle connections are
+    left, and they go with the process.
+    """
+    try:
+        await asyncio.wait_for(server.wait_closed(), timeout)
+    except TimeoutError:
+        log.debug("server still had open connections after %.1fs; not waiting for them", timeout)

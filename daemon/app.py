@@ -21,7 +21,7 @@ from pathlib import Path
 from grpclib.server import Server
 from prometheus_client.core import Metric
 
-from common.rpc import GuardedService, Transport
+from common.rpc import GuardedService, Transport, wait_server_closed
 from common.tls import TLSFiles, client_context, server_context, warn_insecure
 
 from .agents import Agents
@@ -245,9 +245,11 @@ class DaemonApp:
             self._http.close()
 
     async def wait_closed(self) -> None:
-        for server in (self._control, self._local):
-            if server is not None:
-                await server.wait_closed()
+        # Both at once, each bounded: their peers (the Manager, agents) may hold idle
+        # connections open, and from Python 3.12 wait_closed() would wait for them.
+        await asyncio.gather(
+            *(wait_server_closed(s) for s in (self._control, self._local) if s is not None)
+        )
         if self.agents is not None:
             self.agents.close()
             await self.agents.wait_closed()

@@ -3,10 +3,20 @@ commands, and shutdowns that must be prompt. Real processes, real sockets, real 
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
-from harness import console_script, free_port, run_cli
+from harness import console_script, free_port, run_cli, wait_until
+from harness.daemon import DaemonProc, agent, start_daemon
+from harness.manager import ManagerProc, start_manager
+
+# "Promptly": the Daemon's final state report to a hung Manager is bounded by 2 s; the
+# rest is stopping a sleeping agent and closing sockets.
+PROMPT_EXIT_SECONDS = 5.0
 
 
 def _daemon_argv(tmp_path: Path, certs: Path, *extra: str) -> list[str]:
@@ -70,3 +80,79 @@ def test_daemon_cert_and_key_mismatch_is_one_line_not_a_traceback(
     assert result.returncode == 1, output
     assert "cannot start" in output and "key values mismatch" in output, output
     assert "Traceback" not in output, output
+
+
+def _admin_env(certs: Path, manager: ManagerProc) -> dict[str, str]:
+    return {
+        "FLEET_MANAGER": manager.address,
+        "FLEET_CA": str(certs / "ca.crt"),
+        "FLEET_CERT": str(certs / "admin.crt"),
+        "FLEET_KEY": str(certs / "admin.key"),
+    }
+
+
+def _seconds_to_exit(procs: list[DaemonProc | ManagerProc], t0: float) -> dict[int, float]:
+    exits: dict[int, float] = {}
+    for proc in procs:
+        try:
+            proc.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            exits[proc.pid] = float("inf")
+        else:
+            exits[proc.pid] = time.monotonic() - t0
+    return exits
+
+
+def _manager_with_daemon_connected(tmp_path: Path, certs: Path) -> tuple[ManagerProc, DaemonProc]:
+    """A Manager and a Daemon, each holding a connection to the other: the Daemon's link,
+    and the Manager's pooled channel opened by an admin operation routed to the Daemon."""
+    manager = start_manager(tmp_path, certs)
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=manager.grpc_port,
+        agents=[agent("web", "sleeper")],
+    )
+    fleetctl = [console_script("fleetctl"), "agents", "list", "--live", "-o", "json"]
+    env = _admin_env(certs, manager)
+
+    def listed() -> bool:
+        result = run_cli(fleetctl, env=env, timeout=30)
+        return result.returncode == 0 and '"web"' in result.stdout
+
+    wait_until(listed, timeout=30, what="the Manager reaching the Daemon")
+    return manager, daemon
+
+
+def test_daemon_stops_promptly_while_a_hung_manager_holds_a_connection(
+    tmp_path: Path, certs: Path
+) -> None:
+    manager, daemon = _manager_with_daemon_connected(tmp_path, certs)
+    try:
+        manager.signal(signal.SIGSTOP)  # alive, connected both ways, answering nothing
+        t0 = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        took = _seconds_to_exit([daemon], t0)[daemon.pid]
+        assert took < PROMPT_EXIT_SECONDS, f"Daemon took {took:.1f}s:\n{daemon.output()}"
+        assert daemon.popen.returncode == 0, daemon.output()
+    finally:
+        manager.signal(signal.SIGCONT)
+        daemon.stop()
+        manager.stop()
+
+
+def test_manager_and_daemon_sigterm_at_once_both_stop_promptly(tmp_path: Path, certs: Path) -> None:
+    manager, daemon = _manager_with_daemon_connected(tmp_path, certs)
+    try:
+        t0 = time.monotonic()
+        for proc in (manager, daemon):
+            os.kill(proc.pid, signal.SIGTERM)
+        took = _seconds_to_exit([daemon, manager], t0)
+        assert took[daemon.pid] < PROMPT_EXIT_SECONDS, daemon.output()
+        assert took[manager.pid] < PROMPT_EXIT_SECONDS, manager.output()
+        assert (daemon.popen.returncode, manager.popen.returncode) == (0, 0)
+    finally:
+        daemon.stop()
+        manager.stop()
