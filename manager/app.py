@@ -18,7 +18,7 @@ from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
 from grpclib.server import Server
 
-from common.rpc import GuardedService, Transport
+from common.rpc import GuardedService, Transport, wait_server_closed
 from common.tls import client_context, server_context, warn_insecure
 
 from .config import ManagerConfig, split_host_port
@@ -208,7 +208,9 @@ class ManagerApp:
                 # Let the handlers whose heartbeats were just flushed send their answers.
                 await asyncio.sleep(0.1)
                 self.grpc.close()
-                await self.grpc.wait_closed()
+                # Bounded: Daemons keep idle channels open, and from Python 3.12
+                # wait_closed() would wait for every one of them to hang up.
+                await wait_server_closed(self.grpc)
             await self.liveness.wait_closed()
             await self.retention.wait_closed()
             if self.http is not None:

@@ -156,3 +156,17 @@ def test_manager_and_daemon_sigterm_at_once_both_stop_promptly(tmp_path: Path, c
     finally:
         daemon.stop()
         manager.stop()
+
+
+def test_manager_stops_promptly_while_daemons_stay_connected(tmp_path: Path, certs: Path) -> None:
+    manager, daemon = _manager_with_daemon_connected(tmp_path, certs)
+    try:
+        t0 = time.monotonic()
+        manager.signal(signal.SIGTERM)
+        took = _seconds_to_exit([manager], t0)[manager.pid]
+        assert took < PROMPT_EXIT_SECONDS, f"Manager took {took:.1f}s:\n{manager.output()}"
+        assert manager.popen.returncode == 0, manager.output()
+        assert daemon.alive()
+    finally:
+        daemon.stop()
+        manager.stop()
