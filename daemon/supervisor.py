@@ -13,7 +13,9 @@ States (the wire's ``status``)::
 * After an exit, ``autorestart`` decides: ``always``; ``on-failure`` (exit code not in
   ``exit_codes``, or killed by a signal); ``never`` (→ ``EXITED``).
 * Restart delays grow exponentially (``backoff_initial`` × ``backoff_multiplier``ⁿ, capped
-  at ``backoff_max``) and start over after a run that lasted ``backoff_reset``.
+  at ``backoff_max``) and start over after a run that lasted ``backoff_reset``. When an
+  agent that had started properly crashes, the first restart is immediate (then
+  ``backoff_initial``, ×``backoff_multiplier`` …); failures to start back off from the first.
 * Flapping: more than ``max_restarts`` automatic restarts within ``restart_window`` →
   ``FATAL``. A manual ``start`` clears ``FATAL`` and the counters.
 * Operations (start, stop, restart, update) on one agent are serialised by its ``lock``;
@@ -103,6 +105,7 @@ class AgentRunner:
         self._start_outcome: asyncio.Future[str | None] | None = None
         self._stopping = False
         self._restarts: deque[float] = deque()
+        self._prompt_first = False  # the current backoff sequence began with a prompt restart
 
     # ---- views ----
 
@@ -381,9 +384,20 @@ class AgentRunner:
             return -1
         if ran >= spec.backoff_reset:
             step = 0
-        delay = min(spec.backoff_initial * spec.backoff_multiplier**step, spec.backoff_max)
+        if step == 0:
+            # A new sequence. An agent that had started properly and then crashed is
+            # restarted at once (the crash is news, not a loop yet); one that failed to
+            # start backs off from the first retry, as supervisord does.
+            self._prompt_first = ran >= spec.start_seconds
+        if self._prompt_first:
+            exponent = step - 1
+            delay = 0.0 if step == 0 else spec.backoff_initial * spec.backoff_multiplier**exponent
+        else:
+            delay = spec.backoff_initial * spec.backoff_multiplier**step
+        delay = min(delay, spec.backoff_max)
         self._set(BACKOFF, f"{reason}; restarting in {delay:.1f}s")
-        await asyncio.sleep(delay)
+        if delay:
+            await asyncio.sleep(delay)
         self.record.restart_count += 1
         return step + 1
 

@@ -341,3 +341,42 @@ def test_missing_executable_is_reported(tmp_path: Path, certs: Path) -> None:
         assert daemon.alive()
     finally:
         daemon.stop()
+
+
+def test_crash_after_a_good_start_restarts_at_once_then_backs_off(
+    tmp_path: Path, certs: Path
+) -> None:
+    """Crash of a RUNNING agent: the first restart is immediate, the next ones back off."""
+    starts = tmp_path / "starts.txt"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent(
+                "flaky",
+                "crasher",
+                "3",
+                "0.6",  # up longer than start_seconds: each run counts as started
+                str(starts),
+                start_seconds=0.3,
+                backoff_initial=1.5,
+                backoff_multiplier=2.0,
+            )
+        ],
+    )
+    try:
+        wait_until(
+            lambda: starts.exists() and len(starts.read_text().split()) >= 3,
+            timeout=30,
+            what="three runs",
+        )
+        times = [float(x) for x in starts.read_text().split()]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # Run time 0.6 s + interpreter start-up; the first restart adds no delay, the
+        # second waits backoff_initial (1.5 s).
+        assert gaps[0] < 0.6 + 1.0, gaps
+        assert gaps[1] >= 0.6 + 1.5, gaps
+    finally:
+        daemon.stop()
