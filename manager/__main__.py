@@ -126,7 +126,7 @@ def _tune_asyncio_tls() -> None:
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when asked for, or when installed and ``auto``; else asyncio's own loop.
 
-    uvloop (the ``fast`` extra) roughly halves the CPU per TLS/HTTP-2 request.
+    uvloop (a dependency on Linux and macOS) roughly halves the CPU per TLS/HTTP-2 request.
     """
     if choice == "asyncio":
         return None
