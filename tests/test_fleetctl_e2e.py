@@ -218,6 +218,10 @@ def test_nodes_show(fleet: Fleet) -> None:
     assert "Agents (3)" in out and "Recent events" in out
     agent_rows = {r[0] for r in table(out.split("Agents (3)")[1].split("Recent events")[0])}
     assert {"hog", "solo", "web"} <= agent_rows
+    # A failing agent's reason is on the node's page, not only in `agents list -o wide`.
+    failing = table(cli(fleet, "nodes", "show", "node-c").stdout.split("Agents (1)")[1])
+    assert failing[0][-1] == "REASON" and failing[1][0] == "web"
+    assert "exit code 3" in failing[1][-1], failing
     data = ok_json(fleet, "nodes", "show", "node-a")
     assert list(data) == ["node", "agents", "events"]
     assert list(data["node"]) == NODE_KEYS

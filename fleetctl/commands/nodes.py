@@ -117,9 +117,13 @@ def show_node(
     )
     out.line()
     if resp.agents:
+        # The drill-down page: say why an agent is not running (FATAL, BACKOFF...).
         out.table(
-            AGENT_HEADERS[1:],
-            [agent_row(a)[1:] for a in sorted(resp.agents, key=lambda a: a.id)],
+            [*AGENT_HEADERS[1:], "REASON"],
+            [
+                [*agent_row(a)[1:], a.status_reason or "-"]
+                for a in sorted(resp.agents, key=lambda a: a.id)
+            ],
             title=f"Agents ({len(resp.agents)})",
             right=("PID", "RESTARTS"),
         )
