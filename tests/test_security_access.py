@@ -155,7 +155,25 @@ def _manager_calls() -> list[tuple[str, Any, type, str]]:
             a.GetAgentConfigResponse,
             "admin",
         ),
+        # Last: it forgets node-c, which the ManagerService rows above registered.
+        (
+            ADMIN_SVC + "RemoveNode",
+            a.RemoveNodeRequest(node_id="node-c", force=True),
+            a.RemoveNodeResponse,
+            "admin",
+        ),
     ]
+
+
+def test_the_matrices_cover_every_rpc() -> None:
+    """A new RPC cannot slip past the allow-list tests: both lists name every method."""
+    served = {
+        *manager_pb.ManagerServiceBase().__mapping__(),
+        *admin_pb.AdminServiceBase().__mapping__(),
+    }
+    assert {path for path, *_ in _manager_calls()} == served
+    daemon_served = set(daemon_pb.DaemonServiceBase().__mapping__())
+    assert {path for path, *_ in _daemon_calls()} == daemon_served
 
 
 def _daemon_calls() -> list[tuple[str, Any, type, frozenset[str]]]:
@@ -317,8 +335,9 @@ def test_every_manager_rpc_with_every_caller(fleet: Fleet) -> None:
         return out
 
     results = asyncio.run(matrix())
-    assert len(results) == 12 * 4
-    assert sum(code == "OK" for code in results.values()) == 12  # exactly one role each
+    calls = len(_manager_calls())
+    assert len(results) == calls * 4
+    assert sum(code == "OK" for code in results.values()) == calls  # exactly one role each
 
 
 def test_every_daemon_rpc_with_every_caller(fleet: Fleet) -> None:
