@@ -1,4 +1,4 @@
-"""``fleetctl nodes list|show|metrics``."""
+"""``fleetctl nodes list|show|metrics|remove``."""
 
 from typing import Annotated
 
@@ -7,7 +7,7 @@ import typer
 from ..errors import usage
 from ._shared import Format, NodeArg, OutputOpt, parse_labels, parse_since, run, state
 
-app = typer.Typer(help="Nodes: list, inspect, host metrics.", no_args_is_help=True)
+app = typer.Typer(help="Nodes: list, inspect, host metrics, remove.", no_args_is_help=True)
 
 STATUSES = ("online", "offline", "registering")
 
@@ -186,3 +186,35 @@ def node_metrics(
         raw=raw,
         as_json=output is Format.json,
     )
+
+
+@app.command("remove", no_args_is_help=True)
+def remove_node(
+    ctx: typer.Context,
+    node: NodeArg,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Remove it even while online (a live Daemon registers again at its next beat).",
+        ),
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Forget a decommissioned node: its record, agents, events and Daemon connection."""
+    from schema import admin_pb
+
+    st = state(ctx)
+
+    async def go() -> admin_pb.RemoveNodeResponse:
+        async with st.connect() as conn:
+            return await conn.call(
+                conn.admin().remove_node(admin_pb.RemoveNodeRequest(node_id=node, force=force))
+            )
+
+    resp = run(go())
+    out = st.output()
+    if output is Format.json:
+        out.json({"node_id": node, "removed": resp.removed, "message": resp.message})
+        return
+    out.line(resp.message or f"node {node} removed")
