@@ -29,6 +29,9 @@ def split_host_port(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+_DB_SCHEMES = ("sqlite://", "postgres://", "postgresql://", "asyncpg://")
+
+
 @dataclass(frozen=True)
 class ManagerConfig:
     """Everything the Manager needs to know, validated once."""
@@ -117,6 +120,13 @@ class ManagerConfig:
             )
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError(f"log.level must be debug, info, warning or error: {self.log_level!r}")
+        if self.database_url and not self.database_url.startswith(_DB_SCHEMES):
+            # Tortoise would fail deep in start-up with a traceback; name the key instead.
+            scheme = self.database_url.split("://", 1)[0] if "://" in self.database_url else ""
+            raise ValueError(
+                f"database.url must be sqlite://PATH or postgres://USER@HOST:PORT/DB, "
+                f"got scheme {scheme!r}"
+            )
         if self.tls_enabled:
             TLSFiles(Path(self.cert_file), Path(self.key_file), Path(self.ca_file))
 

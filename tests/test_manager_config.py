@@ -60,6 +60,8 @@ def test_defaults_and_derived_values() -> None:
         ("[liveness]\ngrace = 'soon'\n", "liveness.grace"),
         ("[heartbeats]\nflush_interval = 0\n", "heartbeats.flush_interval"),
         ("[daemons]\nconnect_attempts = 0\n", "daemons.connect_attempts"),
+        ("[database]\nurl = 'postgress://u@h:5432/db'\n", "database.url"),
+        ("[database]\nurl = '/var/lib/fleet/fleet.db'\n", "database.url"),
     ],
 )
 def test_invalid_config_is_refused_by_name(tmp_path: Path, content: str, needle: str) -> None:
