@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections import deque
@@ -58,6 +59,25 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces), hex."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def last_stderr_line(log: LogFile, since: int) -> str:
+    """The last non-empty line written to ``log`` from byte ``since`` on ("" if none).
+
+    Blocking (reads at most 4 KiB): call from a thread. Put in a failed agent's reason so
+    ``fleetctl nodes show`` says *why* it died, not only its exit code."""
+    try:
+        with open(log.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < since:  # rotated (truncated) since the spawn
+                since = 0
+            f.seek(max(since, size - 4096))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1][:200] if lines else ""
 
 
 def describe_exit(code: int | None) -> str:
@@ -288,7 +308,9 @@ class AgentRunner:
         fast_failures = 0
         backoff_step = 0
         proc = adopted
+        stdout, stderr = self.log_files
         while True:
+            stderr_since = -1  # an adopted process: its output predates us
             started_at = time.monotonic()
             exited_early = False
             code: int | None = None
@@ -299,6 +321,7 @@ class AgentRunner:
                 self._hung_reason = ""
                 self._set(STARTING, "")
                 stdout, stderr = self.log_files
+                stderr_since = await asyncio.to_thread(_size, stderr.path)
                 try:
                     proc = await ManagedProcess.spawn(
                         spec.command,
@@ -352,6 +375,10 @@ class AgentRunner:
             if code is not None:
                 self.last_exit_code = code
             reason = self._hung_reason or describe_exit(code)
+            if stderr_since >= 0 and (exited_early or code not in spec.exit_codes):
+                said = await asyncio.to_thread(last_stderr_line, stderr, stderr_since)
+                if said:
+                    reason = f"{reason}; stderr: {said}"
             if exited_early:
                 fast_failures += 1
                 reason = f"exited within start_seconds: {reason}"
@@ -408,3 +435,10 @@ class AgentRunner:
 
     def heard_from(self) -> None:
         self.last_heartbeat = int(time.time())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

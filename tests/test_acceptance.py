@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from harness import console_script, free_port, run_cli, wait_until
-from harness.daemon import DaemonProc, agent, start_daemon
+from harness.daemon import DaemonProc, agent, list_agents, start_daemon
 from harness.manager import ManagerProc, start_manager
 
 # "Promptly": the Daemon's final state report to a hung Manager is bounded by 2 s; the
@@ -170,3 +170,30 @@ def test_manager_stops_promptly_while_daemons_stay_connected(tmp_path: Path, cer
     finally:
         daemon.stop()
         manager.stop()
+
+
+def test_a_failing_agents_reason_carries_its_last_stderr_line(tmp_path: Path, certs: Path) -> None:
+    """An exit code alone sends the operator to the host to read logs: the agent's last
+    words on stderr come with the reason (and nothing when it said nothing)."""
+    fails = "echo starting; echo 'cannot open /etc/app.yaml: No such file' >&2; exit 3"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            {"id": "app", "command": ["/bin/sh", "-c", fails], "start_retries": 0},
+            {"id": "quiet", "command": ["/bin/sh", "-c", "exit 4"], "start_retries": 0},
+        ],
+    )
+    try:
+        wait_until(lambda: list_agents(certs, daemon)["app"].status == "FATAL", what="app FATAL")
+        agents = list_agents(certs, daemon)
+        reason = agents["app"].status_reason
+        assert "exit code 3" in reason, reason
+        assert "stderr: cannot open /etc/app.yaml: No such file" in reason, reason
+        wait_until(lambda: list_agents(certs, daemon)["quiet"].status == "FATAL", what="quiet")
+        quiet = list_agents(certs, daemon)["quiet"].status_reason
+        assert "exit code 4" in quiet and "stderr" not in quiet, quiet
+    finally:
+        daemon.stop()
