@@ -84,6 +84,11 @@ class Connection:
                     files, expect_role=role, expect_name=self.target.expect_name
                 )
             except ssl.SSLError as exc:
+                if not _loads_as_ca(files.ca_file):
+                    raise usage(
+                        f"cannot load the CA certificate {files.ca_file}: {_ssl_reason(exc)} "
+                        "— is it the Fleet CA certificate (ca.crt, PEM)? check --ca"
+                    ) from None
                 raise usage(
                     f"cannot load the client certificate {files.cert_file} / key "
                     f"{files.key_file} / CA {files.ca_file}: {_ssl_reason(exc)} "
@@ -195,6 +200,15 @@ def probe_tls(address: Address, ctx: ssl.SSLContext, timeout: float) -> str | No
 
 # HTTP/2 client preface and an empty SETTINGS frame.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _loads_as_ca(path: object) -> bool:
+    """Whether ``path`` holds a CA certificate (to tell a wrong --ca from a wrong --key)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError):
+        return False
+    return True
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:

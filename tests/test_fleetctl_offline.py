@@ -360,6 +360,19 @@ def test_mismatched_key_is_a_usage_error(certs: Path) -> None:
     assert "do the certificate and key belong together?" in one_line(result.stderr)
 
 
+def test_a_ca_file_that_is_not_a_certificate_names_ca_not_the_key(
+    certs: Path, tmp_path: Path
+) -> None:
+    not_a_ca = tmp_path / "passwd"
+    not_a_ca.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    env = admin_env(certs, FLEET_CA=str(not_a_ca))
+    result = runner.invoke(app, ["nodes", "list", "--manager", "127.0.0.1:1"], env=env)
+    assert result.exit_code == ExitCode.USAGE
+    line = one_line(result.stderr)
+    assert f"cannot load the CA certificate {not_a_ca}" in line and "check --ca" in line, line
+    assert "belong together" not in line, line
+
+
 def test_unimplemented_rpc_says_so(certs: Path) -> None:
     with tls_listener(certs, "manager") as port:
         result = runner.invoke(
