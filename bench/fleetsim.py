@@ -57,6 +57,7 @@ from bench._common import (
     raise_fd_limit,
     spawn_manager,
 )
+from bench._rawh2 import RawConnection, RawStub
 from common.backoff import Backoff
 from common.tls import TLSFiles, client_context
 from schema import manager_pb
@@ -93,6 +94,7 @@ class SimConfig:
     timeout: float = 10.0
     prefix: str = "sim"
     first_index: int = 0
+    client: str = "grpclib"  # or "raw": bench/_rawh2.py, the lean HTTP/2 client
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -101,6 +103,8 @@ class SimConfig:
             raise ValueError("--duration must be > 0 and --ramp >= 0")
         if self.ramp >= self.duration:
             raise ValueError("--ramp must be shorter than --duration")
+        if self.client not in ("grpclib", "raw"):
+            raise ValueError("--client must be grpclib or raw")
         if not 0 <= self.jitter < 1:
             raise ValueError("--jitter must be in [0, 1)")
         for name in ("heartbeat_interval", "metrics_interval", "agents_interval", "timeout"):
@@ -187,8 +191,8 @@ class SimNode:
         self.instance_id = uuid.uuid4().hex
         self.rng = random.Random(index)
         self.registered = False
-        self.channel: Channel | None = None
-        self.stub: manager_pb.ManagerServiceStub | None = None
+        self.channel: Channel | RawConnection | None = None
+        self.stub: Any = None
 
     def _connect(self) -> None:
         d = self.config.cert_dir
@@ -197,8 +201,12 @@ class SimNode:
             expect_role="manager",
         )
         host, _, port = self.config.address.rpartition(":")
-        self.channel = Channel(host, int(port), ssl=ctx)
-        self.stub = manager_pb.ManagerServiceStub(self.channel, timeout=self.config.timeout)
+        if self.config.client == "raw":
+            self.channel = RawConnection(host, int(port), ssl_context=ctx)
+            self.stub = RawStub(self.channel, timeout=self.config.timeout)
+        else:
+            self.channel = Channel(host, int(port), ssl=ctx)
+            self.stub = manager_pb.ManagerServiceStub(self.channel, timeout=self.config.timeout)
 
     async def _call(self, rpc: str, coro_factory: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -659,6 +667,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="per-RPC deadline, seconds")
     parser.add_argument("--procs", type=int, default=1, help="simulator processes")
     parser.add_argument("--prefix", default="sim", help="node id prefix")
+    parser.add_argument(
+        "--client",
+        choices=("grpclib", "raw"),
+        default="grpclib",
+        help="grpclib Channel per node, or the lean hand-written HTTP/2 client (bench/_rawh2.py)",
+    )
     parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     parser.add_argument(
         "--profile-manager",
@@ -682,6 +696,7 @@ def config_from(args: argparse.Namespace, address: str, cert_dir: Path) -> SimCo
         jitter=args.jitter,
         timeout=args.timeout,
         prefix=args.prefix,
+        client=args.client,
     )
 
 
