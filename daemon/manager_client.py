@@ -243,21 +243,32 @@ class ManagerClient:
                     )
                     must_register = True
                     continue
-                await self._fail(backoff, _describe(exc))
+                await self._fail(backoff, _describe(exc), refused=exc.status in _REFUSALS)
                 must_register = True
             except Exception as exc:
                 await self._fail(backoff, _describe(exc))
                 must_register = True
 
-    async def _fail(self, backoff: Backoff, reason: str) -> None:
+    async def _fail(self, backoff: Backoff, reason: str, *, refused: bool = False) -> None:
         self._lost(reason)
         delay = backoff.next_delay()
-        log.warning(
-            "Manager at %s unreachable (%s); retrying in %.1fs",
-            self._settings.address,
-            reason,
-            delay,
-        )
+        if refused:
+            # Reached, but it said no: retrying will not help until the config is fixed.
+            log.error(
+                "the Manager at %s refuses node %s (%s) — check node_id and the node "
+                "certificate (manager.tls.cert_file); retrying in %.1fs",
+                self._settings.address,
+                self._node.node_id,
+                reason,
+                delay,
+            )
+        else:
+            log.warning(
+                "Manager at %s unreachable (%s); retrying in %.1fs",
+                self._settings.address,
+                reason,
+                delay,
+            )
         await asyncio.sleep(delay)
 
     async def _metrics_loop(self) -> None:
@@ -341,6 +352,7 @@ class ManagerClient:
 
 
 _POISON = frozenset({Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED})
+_REFUSALS = frozenset({Status.PERMISSION_DENIED, Status.UNAUTHENTICATED})
 _TRANSIENT = frozenset(
     {
         Status.UNAVAILABLE,

@@ -197,3 +197,26 @@ def test_a_failing_agents_reason_carries_its_last_stderr_line(tmp_path: Path, ce
         assert "exit code 4" in quiet and "stderr" not in quiet, quiet
     finally:
         daemon.stop()
+
+
+def test_daemon_with_another_nodes_certificate_logs_a_refusal_not_unreachable(
+    tmp_path: Path, certs: Path
+) -> None:
+    """node_id and certificate disagree: the Manager is reachable and refuses; the log
+    must say so and point at the fix, not claim the Manager is unreachable."""
+    manager = start_manager(tmp_path, certs)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
+    (mixed / "node-b.crt").write_bytes((certs / "node-a.crt").read_bytes())
+    (mixed / "node-b.key").write_bytes((certs / "node-a.key").read_bytes())
+    (mixed / "node-b.key").chmod(0o600)
+    daemon = start_daemon(tmp_path, mixed, node_id="node-b", manager_port=manager.grpc_port)
+    try:
+        wait_until(lambda: "refuses node node-b" in daemon.output(), what="the refusal logged")
+        line = next(ln for ln in daemon.output().splitlines() if "refuses node node-b" in ln)
+        assert "PERMISSION_DENIED" in line and "check node_id" in line, line
+        assert "unreachable (PERMISSION_DENIED" not in daemon.output()
+    finally:
+        daemon.stop()
+        manager.stop()
