@@ -11,7 +11,9 @@ Every failure — gRPC status, refused connection, TLS problem, timeout — beco
 from __future__ import annotations
 
 import asyncio
+import difflib
 import errno
+import re
 import socket
 import ssl
 from collections.abc import Awaitable
@@ -168,7 +170,40 @@ class Connection:
             )
             if reason:
                 return refused_certificate(self.target, self.settings, reason)
-        return translate(exc, self.target, self.settings, what=what)
+        err = translate(exc, self.target, self.settings, what=what)
+        if isinstance(exc, GRPCError) and exc.status is Status.NOT_FOUND:
+            unknown = _UNKNOWN_NODE.match(exc.message or "")
+            if unknown and self.target.kind == "manager":
+                similar = await self._similar_nodes(unknown.group(1))
+                if similar:
+                    err = CliError(f"{err.message} — did you mean {similar}?", err.code)
+        return err
+
+    async def _similar_nodes(self, node_id: str) -> str:
+        """Registered node ids close to a mistyped one ("" if none, or on any error)."""
+        try:
+            reply = await asyncio.wait_for(
+                self.admin().list_nodes(admin_pb.ListNodesRequest()),
+                min(self.settings.timeout, 5.0),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return ""
+        ids = {n.node_id.lower(): n.node_id for n in reply.nodes}
+        if node_id.lower() in ids:
+            return ids[node_id.lower()]
+        scored = sorted(
+            ((difflib.SequenceMatcher(None, node_id.lower(), low).ratio(), low) for low in ids),
+            reverse=True,
+        )
+        best = scored[0][0] if scored else 0.0
+        # Only the best few: with thousands of "web-NN" nodes every one is "close".
+        close = [low for score, low in scored[:3] if score >= max(0.75, best - 0.05)]
+        return " or ".join(ids[low] for low in close)
+
+
+_UNKNOWN_NODE = re.compile(r"node (\S+) is not registered")
 
 
 def probe_tls(address: Address, ctx: ssl.SSLContext, timeout: float) -> str | None:

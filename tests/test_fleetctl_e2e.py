@@ -342,6 +342,24 @@ def test_unknown_node_or_agent_exits_3(fleet: Fleet, argv: list[str], needle: st
 
 
 @pytest.mark.parametrize(
+    ("argv", "suggestion"),
+    [
+        (["nodes", "show", "nod-a"], "node nod-a is not registered — did you mean node-a?"),
+        (["nodes", "show", "NODE-B"], "did you mean node-b?"),
+        (["agent", "restart", "node-cc", "web"], "did you mean node-c?"),
+        (["nodes", "show", "web-01"], "node web-01 is not registered"),
+    ],
+)
+def test_a_mistyped_node_gets_a_suggestion(fleet: Fleet, argv: list[str], suggestion: str) -> None:
+    result = cli(fleet, *argv)
+    assert result.exit_code == ExitCode.NOT_FOUND, result.output
+    line = one_line(result.stderr)
+    assert suggestion in line, line
+    if argv[-1] == "web-01":
+        assert "did you mean" not in line, line
+
+
+@pytest.mark.parametrize(
     ("argv", "hint"),
     [
         (["agent", "restart", "web"], "(as NODE AGENT)"),
