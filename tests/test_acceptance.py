@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from harness import console_script, free_port, run_cli, wait_until
-from harness.daemon import DaemonProc, agent, list_agents, start_daemon
+from harness.daemon import DaemonProc, agent, list_agents, lone_daemon, start_daemon
 from harness.manager import ManagerProc, start_manager
 
 # "Promptly": the Daemon's final state report to a hung Manager is bounded by 2 s; the
@@ -176,17 +176,14 @@ def test_a_failing_agents_reason_carries_its_last_stderr_line(tmp_path: Path, ce
     """An exit code alone sends the operator to the host to read logs: the agent's last
     words on stderr come with the reason (and nothing when it said nothing)."""
     fails = "echo starting; echo 'cannot open /etc/app.yaml: No such file' >&2; exit 3"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             {"id": "app", "command": ["/bin/sh", "-c", fails], "start_retries": 0},
             {"id": "quiet", "command": ["/bin/sh", "-c", "exit 4"], "start_retries": 0},
         ],
-    )
-    try:
+    ) as daemon:
         wait_until(lambda: list_agents(certs, daemon)["app"].status == "FATAL", what="app FATAL")
         agents = list_agents(certs, daemon)
         reason = agents["app"].status_reason
@@ -195,8 +192,6 @@ def test_a_failing_agents_reason_carries_its_last_stderr_line(tmp_path: Path, ce
         wait_until(lambda: list_agents(certs, daemon)["quiet"].status == "FATAL", what="quiet")
         quiet = list_agents(certs, daemon)["quiet"].status_reason
         assert "exit code 4" in quiet and "stderr" not in quiet, quiet
-    finally:
-        daemon.stop()
 
 
 def test_daemon_with_another_nodes_certificate_logs_a_refusal_not_unreachable(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 from harness import free_port, wait_until
-from harness.daemon import agent, call_daemon, list_agents, start_daemon
+from harness.daemon import agent, call_daemon, list_agents, lone_daemon, start_daemon
 
 from schema import daemon_pb
 
@@ -172,14 +172,11 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path, certs: P
     from harness import console_script, run_cli
 
     log_a = tmp_path / "a.pids"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[agent("a", "sleeper", str(log_a), start_seconds=0.2)],
-    )
-    try:
+    ) as daemon:
         pid = wait_until(lambda: list_agents(certs, daemon)["a"].pid)
         result = run_cli(
             [
@@ -199,8 +196,6 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path, certs: P
         assert _pids(log_a) == [pid]
         state = json.loads((daemon.state_dir / "agents.json").read_text())
         assert state["agents"]["a"]["pid"] == pid
-    finally:
-        daemon.stop()
 
 
 def test_readopted_sdk_agent_keeps_talking_to_the_new_daemon(tmp_path: Path, certs: Path) -> None:

@@ -12,7 +12,14 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from harness import free_port, wait_until
-from harness.daemon import agent, call_agent_api, call_daemon, list_agents, start_daemon
+from harness.daemon import (
+    agent,
+    call_agent_api,
+    call_daemon,
+    list_agents,
+    lone_daemon,
+    start_daemon,
+)
 
 from schema import daemon_pb
 
@@ -48,11 +55,9 @@ def test_socket_is_private_even_under_umask_000(tmp_path: Path, certs: Path) -> 
 
 def test_agent_secrets_and_transport_separation(tmp_path: Path, certs: Path) -> None:
     out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent("a", "sdk_agent", str(out_a), config={"name": "alpha"}),
             agent("b", "sdk_agent", str(out_b), config={"name": "beta"}),
@@ -60,8 +65,7 @@ def test_agent_secrets_and_transport_separation(tmp_path: Path, certs: Path) -> 
         # This test calls the socket itself with the agents' tokens, from outside their
         # process groups: test the token check alone (the group check is tested below).
         config={"agent_api": {"check_peer": False}},
-    )
-    try:
+    ) as daemon:
         wait_until(lambda: out_a.exists() and out_b.exists(), what="both SDK agents configured")
         assert _read_json(out_a)["config"] == {"name": "alpha"}
         assert _read_json(out_b)["config"] == {"name": "beta"}
@@ -129,19 +133,15 @@ def test_agent_secrets_and_transport_separation(tmp_path: Path, certs: Path) -> 
                 sock, "get_config", daemon_pb.ConfigRequest(agent_id="a", token=tokens["a"])
             )
         assert exc.value.status is Status.PERMISSION_DENIED
-    finally:
-        daemon.stop()
 
 
 def test_stolen_token_is_useless_outside_the_agents_process_group(
     tmp_path: Path, certs: Path
 ) -> None:
     out = tmp_path / "a.json"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "a",
@@ -152,8 +152,7 @@ def test_stolen_token_is_useless_outside_the_agents_process_group(
                 heartbeat_interval=1,
             )
         ],
-    )
-    try:
+    ) as daemon:
         wait_until(out.exists, what="the agent itself got its config")
         token = _tokens(daemon.state_dir)["a"]  # as if read from /proc/<pid>/environ
         with pytest.raises(GRPCError) as exc:
@@ -167,17 +166,13 @@ def test_stolen_token_is_useless_outside_the_agents_process_group(
         # The agent (in its group) keeps working.
         before = list_agents(certs, daemon)["a"].last_heartbeat
         wait_until(lambda: list_agents(certs, daemon)["a"].last_heartbeat > before, timeout=20)
-    finally:
-        daemon.stop()
 
 
 def test_push_update_applied_live_and_with_restart(tmp_path: Path, certs: Path) -> None:
     out = tmp_path / "a.json"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "a",
@@ -189,8 +184,7 @@ def test_push_update_applied_live_and_with_restart(tmp_path: Path, certs: Path) 
                 heartbeat_interval=1,
             )
         ],
-    )
-    try:
+    ) as daemon:
         first = wait_until(lambda: _read_json(out), what="agent configured")
         old_hash = list_agents(certs, daemon)["a"].config_hash
 
@@ -248,17 +242,13 @@ def test_push_update_applied_live_and_with_restart(tmp_path: Path, certs: Path) 
                 daemon_pb.UpdateRequest(agent_id="ghost", config_json="{}"),
             )
         assert exc.value.status is Status.NOT_FOUND
-    finally:
-        daemon.stop()
 
 
 def test_push_update_rolled_back_when_restart_fails(tmp_path: Path, certs: Path) -> None:
     out = tmp_path / "a.json"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "a",
@@ -272,8 +262,7 @@ def test_push_update_rolled_back_when_restart_fails(tmp_path: Path, certs: Path)
                 backoff_initial=0.2,
             )
         ],
-    )
-    try:
+    ) as daemon:
         wait_until(lambda: _read_json(out), what="agent configured")
         good = list_agents(certs, daemon)["a"]
         reply = call_daemon(
@@ -296,16 +285,12 @@ def test_push_update_rolled_back_when_restart_fails(tmp_path: Path, certs: Path)
         )
         assert json.loads(cfg.config_json) == {"level": 1}
         wait_until(lambda: _read_json(out)["pid"] == after.pid, what="rolled-back agent up")
-    finally:
-        daemon.stop()
 
 
 def test_silent_agent_is_restarted_as_hung(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "mute",
@@ -316,8 +301,7 @@ def test_silent_agent_is_restarted_as_hung(tmp_path: Path, certs: Path) -> None:
                 backoff_initial=0.1,
             )
         ],
-    )
-    try:
+    ) as daemon:
         first = wait_until(lambda: list_agents(certs, daemon)["mute"].pid)
         info = wait_until(
             lambda: (a := list_agents(certs, daemon)["mute"]).restart_count >= 1 and a,
@@ -326,5 +310,3 @@ def test_silent_agent_is_restarted_as_hung(tmp_path: Path, certs: Path) -> None:
         )
         assert info.pid != first
         assert "no heartbeat" in daemon.output()
-    finally:
-        daemon.stop()

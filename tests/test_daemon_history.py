@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from harness import free_port, wait_until
-from harness.daemon import agent, call_daemon, start_daemon
+from harness import wait_until
+from harness.daemon import agent, call_daemon, lone_daemon
 
 from daemon.history import History, Point, ResourceRing
 from schema import daemon_pb
@@ -28,15 +28,12 @@ def _points(certs: Path, daemon, seconds: int) -> list[daemon_pb.ResourceDataPoi
 
 
 def test_metric_history_window_and_retention(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[agent("hog", "hog", "30", start_seconds=0.2)],
         config={"history": {"interval": 0.5, "retention": 4}},
-    )
-    try:
+    ) as daemon:
         points = wait_until(
             lambda: (p := _points(certs, daemon, 3600)) and len(p) >= 6 and p,
             timeout=20,
@@ -80,8 +77,6 @@ def test_metric_history_window_and_retention(tmp_path: Path, certs: Path) -> Non
                 daemon_pb.AgentMetricsRequest(agent_id="ghost", duration_seconds=60),
             )
         assert exc.value.status is Status.NOT_FOUND
-    finally:
-        daemon.stop()
 
 
 def test_ring_keeps_newest_points_in_order() -> None:

@@ -8,22 +8,19 @@ import urllib.request
 from pathlib import Path
 
 from harness import free_port, wait_until
-from harness.daemon import agent, list_agents, start_daemon
+from harness.daemon import agent, list_agents, lone_daemon, start_daemon
 
 
 def test_agent_output_goes_to_rotating_log_files(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "chatty", "chatty", "200", log_max_bytes=64 * 1024, log_backups=2, start_seconds=0.2
             )
         ],
-    )
-    try:
+    ) as daemon:
         logs = daemon.state_dir / "logs"
         out = logs / "chatty.stdout.log"
         wait_until(
@@ -36,8 +33,6 @@ def test_agent_output_goes_to_rotating_log_files(tmp_path: Path, certs: Path) ->
         wait_until(lambda: "tick" in (logs / "chatty.stderr.log").read_text())
         assert "x" * 100 not in daemon.output()  # nothing went through the Daemon
         assert list_agents(certs, daemon)["chatty"].status == "RUNNING"
-    finally:
-        daemon.stop()
 
 
 def test_prometheus_endpoint(tmp_path: Path, certs: Path) -> None:

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from harness import free_port, wait_until
-from harness.daemon import agent, call_daemon, list_agents, start_daemon
+from harness import wait_until
+from harness.daemon import agent, call_daemon, list_agents, lone_daemon
 
 from schema import daemon_pb
 
@@ -27,11 +27,9 @@ def _alive(pid: int) -> bool:
 
 def test_crash_restarts_with_growing_backoff_then_fatal(tmp_path: Path, certs: Path) -> None:
     starts = tmp_path / "starts.txt"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "crashy",
@@ -45,8 +43,7 @@ def test_crash_restarts_with_growing_backoff_then_fatal(tmp_path: Path, certs: P
                 backoff_multiplier=2.0,
             )
         ],
-    )
-    try:
+    ) as daemon:
         info = wait_until(
             lambda: (a := list_agents(certs, daemon)["crashy"]).status == "FATAL" and a,
             timeout=30,
@@ -76,16 +73,12 @@ def test_crash_restarts_with_growing_backoff_then_fatal(tmp_path: Path, certs: P
             daemon_pb.AgentOperationRequest(agent_id="crashy", operation="start"),
         )
         assert not reply.success and "exit code 3" in reply.error_message
-    finally:
-        daemon.stop()
 
 
 def test_flapping_agent_becomes_fatal(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "flappy",
@@ -99,8 +92,7 @@ def test_flapping_agent_becomes_fatal(tmp_path: Path, certs: Path) -> None:
                 restart_window=60,
             )
         ],
-    )
-    try:
+    ) as daemon:
         info = wait_until(
             lambda: (a := list_agents(certs, daemon)["flappy"]).status == "FATAL" and a,
             timeout=30,
@@ -108,16 +100,12 @@ def test_flapping_agent_becomes_fatal(tmp_path: Path, certs: Path) -> None:
         )
         assert "flapping" in info.status_reason
         assert info.restart_count == 3
-    finally:
-        daemon.stop()
 
 
 def test_on_failure_policy_leaves_clean_exit_exited(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent("oneshot", "crasher", "0", "0.5", start_seconds=0.1),
             agent(
@@ -130,8 +118,7 @@ def test_on_failure_policy_leaves_clean_exit_exited(tmp_path: Path, certs: Path)
                 backoff_initial=0.1,
             ),
         ],
-    )
-    try:
+    ) as daemon:
         info = wait_until(
             lambda: (a := list_agents(certs, daemon)["oneshot"]).status == "EXITED" and a,
             what="EXITED with an expected code",
@@ -141,20 +128,15 @@ def test_on_failure_policy_leaves_clean_exit_exited(tmp_path: Path, certs: Path)
             lambda: list_agents(certs, daemon)["always"].restart_count >= 2,
             what="autorestart=always restarts clean exits",
         )
-    finally:
-        daemon.stop()
 
 
 def test_sigterm_ignoring_agent_and_children_are_killed(tmp_path: Path, certs: Path) -> None:
     pids_file = tmp_path / "pids.txt"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[agent("stubborn", "stubborn", str(pids_file), stop_timeout=1.5, start_seconds=0.2)],
-    )
-    try:
+    ) as daemon:
         wait_until(pids_file.exists, what="stubborn agent running")
         leader, child = (int(x) for x in pids_file.read_text().split())
         wait_until(lambda: list_agents(certs, daemon)["stubborn"].status == "RUNNING")
@@ -172,22 +154,17 @@ def test_sigterm_ignoring_agent_and_children_are_killed(tmp_path: Path, certs: P
         assert elapsed >= 1.5
         # The reply came when the stop had finished: nothing of the group is left.
         assert not _alive(leader) and not _alive(child)
-    finally:
-        daemon.stop()
 
 
 def test_operate_start_stop_restart_and_authorisation(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent("svc", "sleeper", start_seconds=0.3),
             agent("manual", "sleeper", autostart=False, start_seconds=0.3),
         ],
-    )
-    try:
+    ) as daemon:
         wait_until(lambda: list_agents(certs, daemon)["svc"].status == "RUNNING")
         assert list_agents(certs, daemon)["manual"].status == "STOPPED"
 
@@ -227,8 +204,6 @@ def test_operate_start_stop_restart_and_authorisation(tmp_path: Path, certs: Pat
                 op("svc", "stop", cert=node_cert)
             assert exc.value.status is Status.PERMISSION_DENIED
         assert list_agents(certs, daemon)["svc"].status == "RUNNING"
-    finally:
-        daemon.stop()
 
 
 def test_operations_on_one_agent_are_serialised(tmp_path: Path, certs: Path) -> None:
@@ -236,14 +211,11 @@ def test_operations_on_one_agent_are_serialised(tmp_path: Path, certs: Path) -> 
 
     from harness.daemon import daemon_channel
 
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[agent("svc", "sleeper", start_seconds=0.5)],
-    )
-    try:
+    ) as daemon:
         wait_until(lambda: list_agents(certs, daemon)["svc"].status == "RUNNING")
 
         async def go() -> list[daemon_pb.AgentOperationResponse]:
@@ -274,17 +246,13 @@ def test_operations_on_one_agent_are_serialised(tmp_path: Path, certs: Path) -> 
         ]
         children = psutil.Process(daemon.pid).children(recursive=True)
         assert [p.pid for p in children if _alive(p.pid)] == []
-    finally:
-        daemon.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_agent_runs_as_configured_user(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             {
                 "id": "nob",
@@ -300,8 +268,7 @@ def test_agent_runs_as_configured_user(tmp_path: Path, certs: Path) -> None:
                 "start_retries": 0,
             },
         ],
-    )
-    try:
+    ) as daemon:
         info = wait_until(
             lambda: (a := list_agents(certs, daemon)["nob"]).status == "RUNNING" and a
         )
@@ -316,16 +283,12 @@ def test_agent_runs_as_configured_user(tmp_path: Path, certs: Path) -> None:
             lambda: (a := list_agents(certs, daemon)["ghost"]).status == "FATAL" and a
         )
         assert "unknown user 'no-such-user-x'" in ghost.status_reason
-    finally:
-        daemon.stop()
 
 
 def test_missing_executable_is_reported(tmp_path: Path, certs: Path) -> None:
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             {
                 "id": "typo",
@@ -334,13 +297,10 @@ def test_missing_executable_is_reported(tmp_path: Path, certs: Path) -> None:
                 "backoff_initial": 0.1,
             }
         ],
-    )
-    try:
+    ) as daemon:
         info = wait_until(lambda: (a := list_agents(certs, daemon)["typo"]).status == "FATAL" and a)
         assert "spawn failed: no such executable: /nonexistent/bin/app" in info.status_reason
         assert daemon.alive()
-    finally:
-        daemon.stop()
 
 
 def test_crash_after_a_good_start_restarts_at_once_then_backs_off(
@@ -348,11 +308,9 @@ def test_crash_after_a_good_start_restarts_at_once_then_backs_off(
 ) -> None:
     """Crash of a RUNNING agent: the first restart is immediate, the next ones back off."""
     starts = tmp_path / "starts.txt"
-    daemon = start_daemon(
+    with lone_daemon(
         tmp_path,
         certs,
-        node_id="node-a",
-        manager_port=free_port(),
         agents=[
             agent(
                 "flaky",
@@ -365,8 +323,7 @@ def test_crash_after_a_good_start_restarts_at_once_then_backs_off(
                 backoff_multiplier=2.0,
             )
         ],
-    )
-    try:
+    ):
         wait_until(
             lambda: starts.exists() and len(starts.read_text().split()) >= 3,
             timeout=30,
@@ -378,5 +335,3 @@ def test_crash_after_a_good_start_restarts_at_once_then_backs_off(
         # second waits backoff_initial (1.5 s).
         assert gaps[0] < 0.6 + 1.0, gaps
         assert gaps[1] >= 0.6 + 1.5, gaps
-    finally:
-        daemon.stop()

@@ -13,12 +13,13 @@ line. The Manager does not need to be up (the Daemon keeps retrying).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,23 @@ def list_agents(certs: Path, daemon: DaemonProc) -> dict[str, Any]:
 
     reply = call_daemon(certs, daemon, "list_agents", daemon_pb.ListAgentsRequest())
     return {a.id: a for a in reply.agents}
+
+
+@contextlib.contextmanager
+def lone_daemon(
+    tmp_path: Path,
+    certs: Path | None,
+    *,
+    node_id: str = "node-a",
+    **settings: Any,
+) -> Iterator[DaemonProc]:
+    """``start_daemon`` for a Daemon tested on its own — its Manager address is a free
+    port nobody listens on (it keeps retrying) — stopped when the block ends.
+
+        with lone_daemon(tmp_path, certs, agents=[agent("a", "sleeper")]) as daemon: ...
+    """
+    daemon = start_daemon(tmp_path, certs, node_id=node_id, manager_port=free_port(), **settings)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
