@@ -61,7 +61,10 @@ class MetricsServer:
 
     async def wait_closed(self) -> None:
         if self._server is not None:
-            await self._server.wait_closed()
+            # From Python 3.12 this waits for open connections too; a scraper that
+            # connected and sent nothing would hold shutdown for the 10 s read timeout.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -215,3 +215,17 @@ def test_daemon_with_another_nodes_certificate_logs_a_refusal_not_unreachable(
     finally:
         daemon.stop()
         manager.stop()
+
+
+def test_daemon_stops_promptly_with_an_idle_metrics_connection(tmp_path: Path, certs: Path) -> None:
+    """A /metrics client that connected and sent nothing must not hold shutdown."""
+    http_port = free_port()
+    with lone_daemon(
+        tmp_path, certs, extra_args=["--http-listen", f"127.0.0.1:{http_port}"]
+    ) as daemon:
+        with socket.create_connection(("127.0.0.1", http_port)):
+            t0 = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            took = _seconds_to_exit([daemon], t0)[daemon.pid]
+        assert took < PROMPT_EXIT_SECONDS, f"Daemon took {took:.1f}s:\n{daemon.output()}"
+        assert daemon.popen.returncode == 0
