@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 from harness import free_port, wait_until
-from harness.daemon import agent, call_daemon, list_agents, lone_daemon, start_daemon
+from harness.daemon import agent, all_running, call_daemon, list_agents, lone_daemon, start_daemon
 
 from schema import daemon_pb
 
@@ -40,14 +40,7 @@ def test_readopts_agents_after_kill_9(tmp_path: Path, certs: Path) -> None:
         tmp_path, certs, node_id="node-a", manager_port=free_port(), agents=agents
     )
     try:
-        before = wait_until(
-            lambda: (
-                (x := list_agents(certs, daemon))
-                and all(a.status == "RUNNING" for a in x.values())
-                and x
-            ),
-            what="both agents running",
-        )
+        before = all_running(certs, daemon, what="both agents running")
         pid_a, pid_b = before["a"].pid, before["b"].pid
         daemon.signal(signal.SIGKILL)
         daemon.kill()
@@ -324,13 +317,7 @@ def test_readopted_agent_with_changed_command_is_restarted(tmp_path: Path, certs
         ],
     )
     try:
-        before = wait_until(
-            lambda: (
-                (x := list_agents(certs, daemon))
-                and all(a.status == "RUNNING" for a in x.values())
-                and x
-            )
-        )
+        before = all_running(certs, daemon)
         daemon.kill()
         text = daemon.config_path.read_text()
         daemon.config_path.write_text(text.replace(str(old_log), str(new_log)))
@@ -368,13 +355,7 @@ def test_agent_removed_from_config_while_daemon_was_down_is_killed(
         ],
     )
     try:
-        before = wait_until(
-            lambda: (
-                (x := list_agents(certs, daemon))
-                and all(a.status == "RUNNING" for a in x.values())
-                and x
-            )
-        )
+        before = all_running(certs, daemon)
         daemon.kill()
         import tomllib
 

@@ -347,3 +347,15 @@ def lone_daemon(
         yield daemon
     finally:
         daemon.stop()
+
+
+def all_running(certs: Path, daemon: DaemonProc, *, what: str = "") -> dict[str, Any]:
+    """Wait until every agent of ``daemon`` is RUNNING; then its ListAgents, by agent id."""
+    return wait_until(
+        lambda: (
+            (x := list_agents(certs, daemon))
+            and all(a.status == "RUNNING" for a in x.values())
+            and x
+        ),
+        what=what or "every agent RUNNING",
+    )
