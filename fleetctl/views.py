@@ -82,6 +82,7 @@ def agent_json(a: Any, *, node_id: str | None = None) -> dict[str, Any]:
         "config_hash": a.config_hash or None,
         "last_exit_code": getattr(a, "last_exit_code", None),
         "updated_at": iso(getattr(a, "updated_at", 0)),
+        "node_status": getattr(a, "node_status", "") or None,
     }
 
 
@@ -92,11 +93,16 @@ AGENT_RIGHT = ("PID", "RESTARTS")
 
 def agent_row(a: Any, *, node_id: str = "", wide: bool = False) -> list[Cell]:
     running = a.status in ("RUNNING", "STARTING", "STOPPING")
+    status = status_cell(a.status)
+    if getattr(a, "node_status", "") == "offline":
+        # The Manager has not heard from this node within its grace: the agent's state
+        # is the last one reported, not a live one.
+        status = (f"{a.status} (node offline)", "dim")
     row: list[Cell] = [
         getattr(a, "node_id", "") or node_id or "-",
         a.id,
         a.type or "-",
-        status_cell(a.status),
+        status,
         str(a.pid) if a.pid else "-",
         str(a.restart_count),
         age(a.start_time) if running else "-",

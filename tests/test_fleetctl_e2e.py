@@ -60,6 +60,7 @@ AGENT_KEYS = [
     "config_hash",
     "last_exit_code",
     "updated_at",
+    "node_status",
 ]
 
 
@@ -604,6 +605,11 @@ def test_daemon_that_went_away(tmp_path: Path, certs: Path) -> None:
         assert re.search(r"^Status:\s+offline for \d+s$", shown, re.M), shown
         events = ok_json(f, "nodes", "show", "node-a")["events"]
         assert events[0]["old_status"] == "online" and events[0]["new_status"] == "offline"
+        # Its agents are marked: what is shown is their last reported state.
+        (web,) = ok_json(f, "agents", "list")
+        assert web["node_status"] == "offline"
+        status_col = table(cli(f, "agents", "list").stdout)[1][3]
+        assert status_col.endswith("(node offline)"), status_col
     finally:
         daemon.stop()
         cleanup_socket_dir(daemon)

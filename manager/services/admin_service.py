@@ -59,7 +59,7 @@ def node_message(node: Node, agent_count: int = 0) -> admin_pb.Node:
     )
 
 
-def agent_message(agent: Agent) -> admin_pb.Agent:
+def agent_message(agent: Agent, node_status: str = "") -> admin_pb.Agent:
     return admin_pb.Agent(
         node_id=agent.node_id,
         id=agent.agent_id,
@@ -73,6 +73,7 @@ def agent_message(agent: Agent) -> admin_pb.Agent:
         status_reason=agent.status_reason,
         config_hash=agent.config_hash,
         updated_at=int(agent.updated_at),
+        node_status=node_status,
     )
 
 
@@ -90,6 +91,7 @@ def live_agent_message(node_id: str, info: daemon_pb.AgentInfo, now: float) -> a
         status_reason=info.status_reason,
         config_hash=info.config_hash,
         updated_at=int(now),
+        node_status=ONLINE,  # the Daemon just answered
     )
 
 
@@ -166,7 +168,7 @@ class AdminService(admin_pb.AdminServiceBase):
         events = await self._store.node_events(node.node_id, limit)
         return admin_pb.GetNodeResponse(
             node=node_message(node, len(agents)),
-            agents=[agent_message(a) for a in agents],
+            agents=[agent_message(a, node.status) for a in agents],
             events=[event_message(e) for e in events],
         )
 
@@ -181,7 +183,10 @@ class AdminService(admin_pb.AdminServiceBase):
             nodes = []
         if not request.live:
             agents = await self._store.list_agents(node_id=request.node_id, status=status)
-            return admin_pb.ListAgentsResponse(agents=[agent_message(a) for a in agents])
+            node_status = await self._store.node_statuses({a.node_id for a in agents})
+            return admin_pb.ListAgentsResponse(
+                agents=[agent_message(a, node_status.get(a.node_id, "")) for a in agents]
+            )
 
         limit = asyncio.Semaphore(LIVE_FANOUT)
 

@@ -304,6 +304,15 @@ class Store:
         return nodes
 
     @db_errors_unavailable
+    async def node_statuses(self, node_ids: Iterable[str]) -> dict[str, str]:
+        """``node_id -> status`` for the given nodes (those that exist)."""
+        ids = list(node_ids)
+        if not ids:
+            return {}
+        rows = await Node.filter(node_id__in=ids).values_list("node_id", "status")
+        return {node_id: status for node_id, status in rows}
+
+    @db_errors_unavailable
     async def get_node(self, node_id: str) -> Node | None:
         return await Node.get_or_none(node_id=node_id)
 

@@ -75,6 +75,12 @@ class Agent(betterproto.Message):
     updated_at: int = betterproto.int64_field(12)
     """When the Manager last heard about this agent."""
 
+    node_status: str = betterproto.string_field(13)
+    """
+    Status of the agent's node ("online", "offline", "registering"). When the node is
+     offline, the agent fields are its last reported state, not a live one.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class NodeError(betterproto.Message):
