@@ -6,7 +6,6 @@ Both are started from generated configs in a temp directory and always stopped w
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from bench._common import console_script, ensure_node_certs, free_port, stop_process
 
 # The program both supervise: no start-up cost of its own, so what is measured is the
@@ -24,42 +25,9 @@ from bench._common import console_script, ensure_node_certs, free_port, stop_pro
 SLEEPER = ("/bin/sleep", "1000000")
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in
-                                value.items()) + " }"  # fmt: skip
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def toml_dumps(data: Mapping[str, Any]) -> str:
-    """Enough TOML for a Daemon config: scalars, tables, and ``agents`` as ``[[agents]]``."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items()
-             if not isinstance(v, Mapping) and k != "agents"]  # fmt: skip
-
-    def table(prefix: str, body: Mapping[str, Any]) -> None:
-        lines.append(f"\n[{prefix}]")
-        for k, v in body.items():
-            if not isinstance(v, Mapping):
-                lines.append(f"{k} = {_toml_value(v)}")
-        for k, v in body.items():
-            if isinstance(v, Mapping):
-                table(f"{prefix}.{k}", v)
-
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            table(key, value)
-    for agent in data.get("agents", ()):
-        lines.append("\n[[agents]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in agent.items())
-    return "\n".join(lines) + "\n"
+    """A Daemon config as TOML text."""
+    return tomli_w.dumps(data)
 
 
 @dataclass

@@ -14,15 +14,15 @@ line. The Manager does not need to be up (the Daemon keeps retrying).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from grpclib.client import Channel
 
 from common.tls import TLSFiles, client_context
@@ -42,47 +42,9 @@ def agent(agent_id: str, script: str, *args: str, **settings: Any) -> dict[str, 
     return {"id": agent_id, "command": [sys.executable, agent_script(script), *args], **settings}
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def to_toml(data: Mapping[str, Any]) -> str:
-    """A small TOML writer: top-level keys, nested tables, and ``[[agents]]`` arrays."""
-    lines: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    arrays: list[tuple[str, Iterable[Mapping[str, Any]]]] = []
-
-    def walk(prefix: str, table: Mapping[str, Any], out: list[str]) -> None:
-        for key, value in table.items():
-            if isinstance(value, Mapping) and key not in ("labels", "env", "config"):
-                tables.append((f"{prefix}{key}", value))
-            elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-                arrays.append((f"{prefix}{key}", value))
-            else:
-                out.append(f"{json.dumps(key)} = {_toml_value(value)}")
-
-    walk("", data, lines)
-    while tables:
-        name, table = tables.pop(0)
-        lines.append(f"\n[{name}]")
-        walk(f"{name}.", table, lines)
-    for name, items in arrays:
-        for item in items:
-            lines.append(f"\n[[{name}]]")
-            for key, value in item.items():
-                lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    """A Daemon config as TOML text (``agents`` become ``[[agents]]``)."""
+    return tomli_w.dumps(data)
 
 
 class DaemonProc(Proc):
