@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,3 +55,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
     with throwaway_database(base) as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """After the session, kill any child process a failed test left running (Managers,
+    Daemons and their agents), so a red run does not leave servers on the machine."""
+    yield
+    import psutil
+
+    leftovers = psutil.Process().children(recursive=True)
+    for proc in leftovers:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(leftovers, timeout=5)

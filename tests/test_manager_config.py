@@ -133,37 +133,40 @@ def test_sigterm_answers_waiting_heartbeats_then_exits_0(tmp_path: Path, certs: 
         certs,
         extra_args=["--config", str(cfg), "--heartbeat-flush-interval", "30"],
     )
-    manager_rpc(
-        certs,
-        mgr.grpc_port,
-        "node-a",
-        "register_node",
-        manager_pb.RegisterNodeRequest(node_id="node-a", daemon_address="127.0.0.1:1"),
-    )
-    ts = int(time.time()) - 5
+    try:
+        manager_rpc(
+            certs,
+            mgr.grpc_port,
+            "node-a",
+            "register_node",
+            manager_pb.RegisterNodeRequest(node_id="node-a", daemon_address="127.0.0.1:1"),
+        )
+        ts = int(time.time()) - 5
 
-    async def beat_during_shutdown() -> bool:
-        channel = node_channel(certs, mgr.grpc_port, "node-a")
-        try:
-            stub = manager_pb.ManagerServiceStub(channel, timeout=20)
-            call = asyncio.create_task(
-                stub.heartbeat(manager_pb.HeartbeatRequest(node_id="node-a", timestamp=ts))
-            )
-            # Wait until the Manager holds it (counted, not yet flushed).
-            await async_wait_until(
-                lambda: asyncio.to_thread(received_heartbeats, mgr.http_url), what="received"
-            )
-            assert not call.done()
-            mgr.signal(signal.SIGTERM)
-            return (await call).success
-        finally:
-            channel.close()
+        async def beat_during_shutdown() -> bool:
+            channel = node_channel(certs, mgr.grpc_port, "node-a")
+            try:
+                stub = manager_pb.ManagerServiceStub(channel, timeout=20)
+                call = asyncio.create_task(
+                    stub.heartbeat(manager_pb.HeartbeatRequest(node_id="node-a", timestamp=ts))
+                )
+                # Wait until the Manager holds it (counted, not yet flushed).
+                await async_wait_until(
+                    lambda: asyncio.to_thread(received_heartbeats, mgr.http_url), what="received"
+                )
+                assert not call.done()
+                mgr.signal(signal.SIGTERM)
+                return (await call).success
+            finally:
+                channel.close()
 
-    assert asyncio.run(beat_during_shutdown())
-    wait_until(lambda: not mgr.alive(), timeout=15, what="manager exit")
-    assert mgr.popen.returncode == 0
-    assert "manager stopped" in mgr.output()
-    assert stored_nodes(mgr.db_url)["node-a"]["last_heartbeat_reported"] == ts
+        assert asyncio.run(beat_during_shutdown())
+        wait_until(lambda: not mgr.alive(), timeout=15, what="manager exit")
+        assert mgr.popen.returncode == 0
+        assert "manager stopped" in mgr.output()
+        assert stored_nodes(mgr.db_url)["node-a"]["last_heartbeat_reported"] == ts
+    finally:
+        mgr.kill()  # no-op once it exited; a failed assertion must not leak it
 
 
 @pytest.mark.parametrize("what", ["grpc-port", "http-port", "database"])

@@ -74,10 +74,13 @@ def mgr(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Manag
                 instance_id=f"{node_id}-1",
             ),
         )
-    yield proc
-    assert proc.alive(), proc.output()[-3000:]
-    assert "Traceback" not in proc.output(), proc.output()[-6000:]
-    assert proc.stop() == 0
+    try:
+        yield proc
+        assert proc.alive(), proc.output()[-3000:]
+        assert "Traceback" not in proc.output(), proc.output()[-6000:]
+    finally:
+        code = proc.stop()
+    assert code == 0
 
 
 def _ctx(certs: Path, name: str):  # type: ignore[no-untyped-def]
