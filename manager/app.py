@@ -87,13 +87,12 @@ class ManagerApp:
             batch=config.retention_batch,
         )
         self.pool = DaemonClientPool(
-            ssl_context_for=self._daemon_ssl,
+            ssl_context=self._daemon_ssl(),
             call_timeout=config.daemon_call_timeout,
             connect_timeout=config.daemon_connect_timeout,
             connect_attempts=config.daemon_connect_attempts,
             backoff_initial=config.daemon_backoff_initial,
             backoff_max=config.daemon_backoff_max,
-            on_state_change=self.metrics.set_pool_states,
         )
         self.grpc: Server | None = None
         self.http: HttpServer | None = None
@@ -102,10 +101,11 @@ class ManagerApp:
         self._started = False
         self._closing = False
 
-    def _daemon_ssl(self, node_id: str) -> ssl.SSLContext | None:
+    def _daemon_ssl(self) -> ssl.SSLContext | None:
+        """One client context for every Daemon; the pool checks each node's name."""
         if not self.config.tls_enabled:
             return None
-        return client_context(self.config.tls_files, expect_role="node", expect_name=node_id)
+        return client_context(self.config.tls_files, expect_role="node")
 
     async def start(self) -> None:
         if self._started:

@@ -2,9 +2,13 @@
 
 One grpclib ``Channel`` per node, created on first use from the address the Daemon
 registered and reused for every call; replaced when the node registers a different
-address; closed with the pool. With TLS the channel's context expects the server to hold
-``spiffe://fleet/node/<node_id>`` — a valid certificate of *another* node at that address
-fails the handshake (and is not retried: it is a configuration problem, not a blip).
+address; closed with the pool. With TLS every channel shares one client context, which
+accepts only a node certificate from the fleet's CA; before the first call on a new
+connection the pool checks that the certificate is ``spiffe://fleet/node/<node_id>``.
+A valid certificate of *another* node at that address closes the connection before
+anything is sent on it, and is not retried: it is a configuration problem, not a blip.
+(One shared context, not one per node: building a context reads the certificate files,
+and a fleet-wide command on first contact would build thousands.)
 
 Connection state per node follows the seed's machine and is logged on every change::
 
@@ -25,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +37,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from common.backoff import Backoff
 from common.errors import DeadlineExceeded, FleetError, Unavailable
+from common.tls import PeerIdentityError, identity_from_cert
 from schema import daemon_pb
 
 from .config import split_host_port
@@ -70,21 +74,19 @@ class DaemonClientPool:
     def __init__(
         self,
         *,
-        ssl_context_for: Callable[[str], ssl.SSLContext | None],
+        ssl_context: ssl.SSLContext | None,
         call_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         connect_attempts: int = 3,
         backoff_initial: float = 1.0,
         backoff_max: float = 120.0,
-        on_state_change: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
-        self._ssl_for = ssl_context_for
+        self._ssl = ssl_context
         self.call_timeout = call_timeout
         self._connect_timeout = connect_timeout
         self._attempts = connect_attempts
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._on_state_change = on_state_change
         self._conns: dict[str, _Conn] = {}
         self._closed = False
 
@@ -109,8 +111,6 @@ class DaemonClientPool:
             f" ({why})" if why else "",
         )
         conn.state = state
-        if self._on_state_change is not None:
-            self._on_state_change(self.states())
 
     # ---- channels ----
 
@@ -126,7 +126,7 @@ class DaemonClientPool:
             log.info("daemon %s moved from %s to %s", node_id, conn.address, address)
             conn.channel.close()
         host, port = split_host_port(address, f"daemon address of {node_id}")
-        channel = Channel(host, port, ssl=self._ssl_for(node_id))
+        channel = Channel(host, port, ssl=self._ssl)
         backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
         conn = _Conn(node_id, address, channel, backoff)
         self._conns[node_id] = conn
@@ -151,9 +151,14 @@ class DaemonClientPool:
             for attempt in range(1, self._attempts + 1):
                 self._set_state(conn, CONNECTING, f"attempt {attempt}/{self._attempts}")
                 try:
-                    await asyncio.wait_for(conn.channel.__connect__(), self._connect_timeout)
+                    protocol = await asyncio.wait_for(
+                        conn.channel.__connect__(), self._connect_timeout
+                    )
+                    if self._ssl is not None:
+                        _check_identity(conn, protocol)
                 except ssl.SSLError as exc:
                     # Wrong identity or untrusted peer: retrying cannot help.
+                    conn.channel.close()
                     self._set_state(conn, IDLE, "TLS verification failed")
                     reason = getattr(exc, "verify_message", "") or str(exc)
                     raise Unavailable(
@@ -225,6 +230,19 @@ class DaemonClientPool:
 
     async def wait_closed(self) -> None:
         await asyncio.sleep(0)
+
+
+def _check_identity(conn: _Conn, protocol: Any) -> None:
+    """Raise ``PeerIdentityError`` unless the Daemon presented ``node/<conn.node_id>``.
+
+    The shared context has already verified the chain and the ``node`` role during the
+    handshake; nothing has been sent on the connection but HTTP/2's preface.
+    """
+    peer = identity_from_cert(protocol.connection.get_peer().cert())
+    if peer is None or peer.role != "node" or peer.name != conn.node_id:
+        raise PeerIdentityError(
+            f"server identity is {peer or 'none'}, expected node/{conn.node_id}"
+        )
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -26,10 +26,12 @@ class MiniDaemon(daemon_pb.DaemonServiceBase):
     def __init__(self, name: str, delay: float = 0.0) -> None:
         self.name = name
         self.delay = delay
+        self.calls = 0
 
     async def list_agents(
         self, list_agents_request: daemon_pb.ListAgentsRequest
     ) -> daemon_pb.ListAgentsResponse:
+        self.calls += 1
         await asyncio.sleep(self.delay)
         return daemon_pb.ListAgentsResponse(
             agents=[daemon_pb.AgentInfo(id=f"agent-of-{self.name}", status="RUNNING")]
@@ -50,8 +52,9 @@ def files(certs: Path, name: str) -> TLSFiles:
 class KillableServer(Server):
     """A grpclib Server whose stop also drops established connections, like a process exit."""
 
-    def __init__(self, handlers: list[object]) -> None:
-        super().__init__(handlers)
+    def __init__(self, daemon: MiniDaemon) -> None:
+        super().__init__([daemon])
+        self.daemon = daemon
         self.transports: list[asyncio.BaseTransport] = []
 
     def _protocol_factory(self):  # type: ignore[no-untyped-def]
@@ -67,7 +70,7 @@ class KillableServer(Server):
 
 
 async def serve(certs: Path, cert_name: str, port: int, delay: float = 0.0) -> KillableServer:
-    server = KillableServer([MiniDaemon(cert_name, delay)])
+    server = KillableServer(MiniDaemon(cert_name, delay))
     await server.start("127.0.0.1", port, ssl=server_context(files(certs, cert_name)))
     return server
 
@@ -79,9 +82,7 @@ async def stop(server: KillableServer) -> None:
     await server.wait_closed()
 
 
-def make_pool(
-    certs: Path, states: list[dict[str, str]] | None = None, **kw: object
-) -> DaemonClientPool:
+def make_pool(certs: Path, **kw: object) -> DaemonClientPool:
     settings: dict[str, object] = {
         "call_timeout": 5.0,
         "connect_timeout": 2.0,
@@ -91,10 +92,7 @@ def make_pool(
     }
     settings.update(kw)
     return DaemonClientPool(
-        ssl_context_for=lambda node: client_context(
-            files(certs, "manager"), expect_role="node", expect_name=node
-        ),
-        on_state_change=(lambda s: states.append(dict(s))) if states is not None else None,
+        ssl_context=client_context(files(certs, "manager"), expect_role="node"),
         **settings,  # type: ignore[arg-type]
     )
 
@@ -143,6 +141,8 @@ def test_wrong_node_certificate_is_refused_without_retry(
             assert "node-a" in message and "TLS verification" in message
             assert "node/node-b" in message
             assert pool.states() == {"node-a": "idle"}
+            # The impostor saw no request: the identity is checked before the first call.
+            assert server.daemon.calls == 0
         finally:
             pool.close()
             await stop(server)
@@ -155,10 +155,8 @@ def test_wrong_node_certificate_is_refused_without_retry(
 def test_unreachable_daemon_backs_off_then_unavailable(
     certs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    states: list[dict[str, str]] = []
-
     async def run() -> None:
-        pool = make_pool(certs, states, connect_attempts=3)
+        pool = make_pool(certs, connect_attempts=3)
         port = free_port()
         try:
             with pytest.raises(Unavailable) as info:
@@ -170,7 +168,11 @@ def test_unreachable_daemon_backs_off_then_unavailable(
 
     with caplog.at_level(logging.INFO, logger="manager.daemon_pool"):
         asyncio.run(run())
-    seen = [s["node-c"] for s in states if "node-c" in s]
+    seen = [
+        r.getMessage().split(" -> ")[1].split(" ")[0].lower()
+        for r in caplog.records
+        if r.getMessage().startswith("daemon node-c ")
+    ]
     assert seen == [
         "connecting",
         "reconnecting",
