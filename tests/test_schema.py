@@ -1,5 +1,6 @@
-"""The wire contract: generated code is current, the fast codec is active, and the seed's
-messages and fields are all there."""
+"""The wire contract: generated code is current, the fast codecs are active, both
+generations (betterproto and protobuf/upb) read each other's bytes, and the seed's messages
+and fields are all there."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 
 from harness import REPO
 
-from schema import daemon_pb, manager_pb, rust_codec_active
+import schema
+from schema import admin_pb, admin_pb2, daemon_pb, manager_pb, rust_codec_active
 
 
 def test_generated_code_matches_protos() -> None:
@@ -32,6 +34,73 @@ def test_stale_generated_code_is_detected(tmp_path, monkeypatch) -> None:  # typ
     target = committed / "fleet" / "manager" / "v1" / "__init__.py"
     target.write_text(target.read_text() + "\n# hand edit\n")
     assert genproto.stale_files(committed) == ["fleet/manager/v1/__init__.py"]
+    # The protobuf generation is checked the same way, its type stubs too.
+    for name in ("pb2/fleet/admin/v1/admin_pb2.py", "pb2/fleet/daemon/v1/daemon_pb2.pyi"):
+        (committed / name).write_text((committed / name).read_text() + "\n# hand edit\n")
+    (committed / "pb2/fleet/manager/v1/manager_grpc.py").unlink()
+    assert genproto.stale_files(committed) == [
+        "pb2/fleet/manager/v1/manager_grpc.py",
+        "fleet/manager/v1/__init__.py",
+        "pb2/fleet/admin/v1/admin_pb2.py",
+        "pb2/fleet/daemon/v1/daemon_pb2.pyi",
+    ]
+
+
+def test_protobuf_generation_uses_upb_and_the_schema_package() -> None:
+    """The _pb2 modules import each other inside ``schema`` (not a top-level ``fleet``) and
+    run on the compiled upb runtime, which is what makes them worth having."""
+    from google.protobuf.internal import api_implementation
+
+    assert api_implementation.Type() == "upb"
+    assert schema.admin_grpc.AdminServiceStub.__module__.startswith("schema.gen.pb2.")
+    point = schema.daemon_pb2.ResourceDataPoint
+    assert (
+        admin_pb2.GetAgentMetricsResponse.DESCRIPTOR.fields_by_name["data_points"].message_type
+        is point.DESCRIPTOR
+    )
+    assert "fleet" not in sys.modules
+
+
+def test_betterproto_and_upb_read_each_others_bytes() -> None:
+    """Both generations are one wire contract: every field survives either way."""
+    bp = admin_pb.ListNodesResponse(
+        nodes=[
+            admin_pb.Node(
+                node_id=f"node-{i}",
+                hostname="héllo ☃",
+                ip="10.0.0.1",
+                os="linux",
+                arch="x86_64",
+                labels={"env": "prod", "rack": f"r{i}"} if i else {},
+                daemon_version="0.1.0",
+                agent_version="0.1.0",
+                daemon_address="10.0.0.1:50052",
+                status="online",
+                last_heartbeat=1_800_000_000 + i,
+                registered_at=1_700_000_000,
+                updated_at=1_800_000_001,
+                status_since=-5,
+                heartbeat_interval_seconds=10,
+                agent_count=2**31 - 1,
+            )
+            for i in range(3)
+        ]
+    )
+    upb = admin_pb2.ListNodesResponse.FromString(bytes(bp))
+    assert [n.node_id for n in upb.nodes] == ["node-0", "node-1", "node-2"]
+    for want, got in zip(bp.nodes, upb.nodes, strict=True):
+        for field in admin_pb2.Node.DESCRIPTOR.fields:
+            value = getattr(got, field.name)
+            assert (dict(value) if field.name == "labels" else value) == getattr(
+                want, field.name
+            ), field.name
+    assert admin_pb.ListNodesResponse().parse(upb.SerializeToString()) == bp
+
+    points = admin_pb2.GetAgentMetricsResponse(
+        node_id="n", agent_id="a", data_points=[{"timestamp": 5, "cpu": 0.1, "open_files": 7}]
+    )
+    back = admin_pb.GetAgentMetricsResponse().parse(points.SerializeToString())
+    assert back.data_points[0].cpu == 0.1 and back.data_points[0].open_files == 7
 
 
 def test_rust_codec_is_active() -> None:
