@@ -18,8 +18,9 @@ instance may take over once more, and is then refused again.)
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from common import validate
 from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
@@ -42,6 +43,7 @@ AGENT_STATUSES = frozenset(
 MAX_AGENTS_PER_SYNC = 1000
 MAX_HEARTBEAT_INTERVAL = 86_400
 _MAX_TRACKED = 10_000
+_MAX_CACHED_NAMES = 4096
 _SHORT = 64
 
 
@@ -89,6 +91,10 @@ class ManagerService(manager_pb.ManagerServiceBase):
         # (node_id, instance_id) pairs replaced by a newer Daemon instance.
         self._superseded: set[tuple[str, str]] = set()
         self._duplicates_reported: set[tuple[str, str]] = set()
+        # Metric type names and value keys that passed validation: Daemons send the same
+        # few in every report, so each is checked once (bounded: cleared when full).
+        self._metric_types: set[str] = set()
+        self._metric_keys: set[str] = set()
 
     async def register_node(
         self, request: manager_pb.RegisterNodeRequest
@@ -203,31 +209,33 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self, request: manager_pb.ReportMetricsRequest
     ) -> manager_pb.ReportMetricsResponse:
         node_id = check_node_caller(request.node_id)
+        metrics = request.metrics  # each field read once: betterproto's reads are slow
         cfg = self._config
-        if len(request.metrics) > cfg.max_samples_per_report:
+        if len(metrics) > cfg.max_samples_per_report:
             raise InvalidArgument(
-                f"metrics has {len(request.metrics)} samples (max {cfg.max_samples_per_report})"
+                f"metrics has {len(metrics)} samples (max {cfg.max_samples_per_report})"
             )
         now = self._clock()
+        latest = now + validate.MAX_FUTURE_SKEW
+        max_values = cfg.max_values_per_sample
+        types, keys = self._metric_types, self._metric_keys
         samples: list[tuple[str, int, dict[str, float]]] = []
-        for i, m in enumerate(request.metrics):
-            where = f"metrics[{i}]"
-            if not m.type:
-                raise InvalidArgument(f"{where}.type is required")
-            validate.check_id(f"{where}.type", m.type)
-            if len(m.type) > 32:
-                raise InvalidArgument(f"{where}.type is longer than 32 characters")
-            ts = validate.check_timestamp(f"{where}.timestamp", m.timestamp, now=now)
-            if len(m.values) > cfg.max_values_per_sample:
+        for i, m in enumerate(metrics):
+            kind, ts, values = m.type, m.timestamp, m.values
+            # Fast path: a type and keys already validated, and finite values (a sum
+            # is finite only when every term is). Anything else takes the full checks,
+            # in their order, so the error named is always the same.
+            if kind not in types:
+                self._check_metric_type(f"metrics[{i}]", kind)
+            if ts < validate.MIN_TIMESTAMP or ts > latest:
+                validate.check_timestamp(f"metrics[{i}].timestamp", ts, now=now)
+            if len(values) > max_values:
                 raise InvalidArgument(
-                    f"{where}.values has {len(m.values)} entries (max {cfg.max_values_per_sample})"
+                    f"metrics[{i}].values has {len(values)} entries (max {max_values})"
                 )
-            for key, value in m.values.items():
-                if not key:
-                    raise InvalidArgument(f"{where}.values has an empty key")
-                validate.check_text(f"{where}.values key", key, max_len=_SHORT)
-                validate.check_finite(f"{where}.values[{key}]", value)
-            samples.append((m.type, ts, dict(m.values)))
+            if not (keys.issuperset(values) and math.isfinite(sum(values.values()))):
+                self._check_metric_values(f"metrics[{i}]", values)
+            samples.append((kind, ts, values))
         await self._require_registered(node_id)
         written = await self._store.save_metrics(node_id, samples)
         self._metrics.metric_rows.inc(written)
@@ -235,6 +243,28 @@ class ManagerService(manager_pb.ManagerServiceBase):
         if written < len(samples):
             message += f" ({len(samples) - written} already stored)"
         return manager_pb.ReportMetricsResponse(success=True, message=message, accepted=written)
+
+    def _check_metric_type(self, where: str, kind: str) -> None:
+        if not kind:
+            raise InvalidArgument(f"{where}.type is required")
+        validate.check_id(f"{where}.type", kind)
+        if len(kind) > 32:
+            raise InvalidArgument(f"{where}.type is longer than 32 characters")
+        if len(self._metric_types) >= _MAX_CACHED_NAMES:
+            self._metric_types.clear()
+        self._metric_types.add(kind)
+
+    def _check_metric_values(self, where: str, values: Mapping[str, float]) -> None:
+        keys = self._metric_keys
+        for key, value in values.items():
+            if key not in keys:
+                if not key:
+                    raise InvalidArgument(f"{where}.values has an empty key")
+                validate.check_text(f"{where}.values key", key, max_len=_SHORT)
+            validate.check_finite(f"{where}.values[{key}]", value)
+        if len(keys) + len(values) > _MAX_CACHED_NAMES:
+            keys.clear()
+        keys.update(values)
 
     async def sync_agent_states(
         self, request: manager_pb.SyncAgentStatesRequest
