@@ -472,6 +472,102 @@ def test_node_metrics_summary_and_json(fleet: Fleet) -> None:
     assert {r[0] for r in rows[1:]} >= {"cpu", "memory"}
 
 
+# ---- the two message runtimes --------------------------------------------------------------
+
+
+class _RawReply:
+    """grpclib reply type keeping the bytes as they came off the wire."""
+
+    @staticmethod
+    def FromString(data: bytes) -> bytes:
+        return data
+
+
+def test_upb_and_betterproto_replies_print_the_same(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fleetctl decodes its list replies with upb (schema.admin_pb2); the same real reply
+    decoded by betterproto must print exactly the same JSON and table rows."""
+    import asyncio
+    import io
+
+    from grpclib.const import Cardinality
+    from harness.manager import admin_channel
+
+    from fleetctl.commands.metrics import print_node_metrics
+    from fleetctl.render import Output
+    from fleetctl.views import agent_json, agent_row, node_json, node_row, point_json
+    from schema import admin_pb, admin_pb2
+
+    # hog's history and node-a's samples exist (other tests wait for them too).
+    wait_until(
+        lambda: len(ok_json(fleet, "metrics", "hog", "--since", "5m")["points"]) >= 2,
+        timeout=30,
+        what="history points for hog",
+    )
+    wait_until(
+        lambda: ok_json(fleet, "nodes", "metrics", "node-a", "--since", "10m")["metrics"],
+        timeout=30,
+        what="host metrics of node-a",
+    )
+    calls = {
+        "ListNodes": admin_pb2.ListNodesRequest(),
+        "ListAgents": admin_pb2.ListAgentsRequest(),
+        "GetAgentMetrics": admin_pb2.GetAgentMetricsRequest(
+            node_id="node-a", agent_id="hog", since_seconds=600
+        ),
+        "QueryNodeMetrics": admin_pb2.QueryNodeMetricsRequest(node_id="node-a", since_seconds=600),
+    }
+
+    async def fetch() -> dict[str, bytes]:
+        channel = admin_channel(fleet.certs, fleet.manager.grpc_port)
+        replies = {}
+        try:
+            for method, request in calls.items():
+                async with channel.request(
+                    f"/fleet.admin.v1.AdminService/{method}",
+                    Cardinality.UNARY_UNARY,
+                    type(request),
+                    _RawReply,
+                ) as stream:
+                    await stream.send_message(request, end=True)
+                    replies[method] = await stream.recv_message()
+        finally:
+            channel.close()
+        return replies
+
+    replies = asyncio.run(fetch())
+    monkeypatch.setattr("fleetctl.render.time.time", lambda: 1_900_000_000.0)  # fixed "ago"
+
+    def printed(method: str, message: Any) -> list[Any]:
+        if method == "ListNodes":
+            nodes = sorted(message.nodes, key=lambda n: n.node_id)
+            return [[node_json(n), node_row(n, wide=True)] for n in nodes]
+        if method == "ListAgents":
+            agents = sorted(message.agents, key=lambda a: (a.node_id, a.id))
+            return [[agent_json(a), agent_row(a, wide=True)] for a in agents]
+        if method == "GetAgentMetrics":
+            return [point_json(p) for p in message.data_points]
+        texts = []
+        for raw, as_json in ((False, True), (False, False), (True, False)):
+            buf = io.StringIO()
+            out = Output(rich=False, stream=buf)
+            print_node_metrics(
+                out, "node-a", message.metrics, since_seconds=600, raw=raw, as_json=as_json
+            )
+            texts.append(buf.getvalue())
+        return texts
+
+    for method, data in replies.items():
+        reply_type = method + "Response"
+        upb = getattr(admin_pb2, reply_type).FromString(data)
+        betterproto = getattr(admin_pb, reply_type)().parse(data)
+        assert upb.ListFields(), f"{method}: an empty reply proves nothing"
+        # Through json.dumps as fleetctl prints them: a upb container left in a view
+        # (a map, a repeated field) is not JSON-serialisable and fails here.
+        assert json.dumps(printed(method, upb)) == json.dumps(printed(method, betterproto))
+
+
 # ---- config ---------------------------------------------------------------------------------
 
 

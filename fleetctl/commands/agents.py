@@ -71,12 +71,13 @@ def list_agents(
                 dresp = await conn.call(conn.daemon().list_agents(daemon_pb.ListAgentsRequest()))
                 found = [a for a in dresp.agents if not wanted or a.status == wanted]
                 return found, [], node or conn.peer_name() or ""
-        from schema import admin_pb
+        from schema import admin_pb2
 
         async with st.connect() as conn:
             resp = await conn.call(
-                conn.admin().list_agents(
-                    admin_pb.ListAgentsRequest(node_id=node or "", status=wanted, live=live)
+                conn.admin_upb().ListAgents(
+                    admin_pb2.ListAgentsRequest(node_id=node or "", status=wanted, live=live),
+                    timeout=conn.timeout,
                 )
             )
             return list(resp.agents), list(resp.errors), node or ""

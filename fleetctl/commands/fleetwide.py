@@ -41,12 +41,20 @@ def operate_everywhere(
 async def _operate_all(
     st: State, op: str, agent: str, labels: dict[str, str], parallel: int
 ) -> tuple[list[Result], list[str]]:
-    from schema import admin_pb
+    from schema import admin_pb, admin_pb2
 
     async with st.connect() as conn:
         stub = conn.admin()
-        nodes = (await conn.call(stub.list_nodes(admin_pb.ListNodesRequest(labels=labels)))).nodes
-        listed = await conn.call(stub.list_agents(admin_pb.ListAgentsRequest()))
+        # The fleet-sized lists through upb (see Connection.admin_upb).
+        lists = conn.admin_upb()
+        nodes = (
+            await conn.call(
+                lists.ListNodes(admin_pb2.ListNodesRequest(labels=labels), timeout=conn.timeout)
+            )
+        ).nodes
+        listed = await conn.call(
+            lists.ListAgents(admin_pb2.ListAgentsRequest(), timeout=conn.timeout)
+        )
         having = {a.node_id for a in listed.agents if a.id == agent}
         targets = sorted(n.node_id for n in nodes if n.node_id in having)
         skipped = sorted(n.node_id for n in nodes if n.node_id not in having)

@@ -66,14 +66,15 @@ def agent_metrics(
                     )
                 )
                 return node or conn.peer_name() or "", list(dresp.data_points)
-        from schema import admin_pb
+        from schema import admin_pb2
 
         async with st.connect() as conn:
             resp = await conn.call(
-                conn.admin().get_agent_metrics(
-                    admin_pb.GetAgentMetricsRequest(
+                conn.admin_upb().GetAgentMetrics(
+                    admin_pb2.GetAgentMetricsRequest(
                         node_id=node or "", agent_id=agent, since_seconds=seconds
-                    )
+                    ),
+                    timeout=conn.timeout,
                 ),
                 agent_without_node="" if node else "with --node NODE",
             )

@@ -31,7 +31,7 @@ def list_nodes(
     output: OutputOpt = Format.table,
 ) -> None:
     """List the nodes the Manager knows, with status and last heartbeat."""
-    from schema import admin_pb
+    from schema import admin_pb2
 
     from ..views import NODE_HEADERS, NODE_WIDE_HEADERS, node_json, node_row
 
@@ -40,11 +40,12 @@ def list_nodes(
     labels = parse_labels(label)
     st = state(ctx)
 
-    async def go() -> admin_pb.ListNodesResponse:
+    async def go() -> admin_pb2.ListNodesResponse:
         async with st.connect() as conn:
             return await conn.call(
-                conn.admin().list_nodes(
-                    admin_pb.ListNodesRequest(status=status or "", labels=labels)
+                conn.admin_upb().ListNodes(
+                    admin_pb2.ListNodesRequest(status=status or "", labels=labels),
+                    timeout=conn.timeout,
                 )
             )
 
@@ -158,7 +159,7 @@ def node_metrics(
     output: OutputOpt = Format.table,
 ) -> None:
     """Host metrics of NODE from the Manager's store: min/avg/max/last and a sparkline."""
-    from schema import admin_pb
+    from schema import admin_pb2
 
     from .metrics import print_node_metrics
 
@@ -167,13 +168,14 @@ def node_metrics(
     seconds = parse_since(since)
     st = state(ctx)
 
-    async def go() -> admin_pb.QueryNodeMetricsResponse:
+    async def go() -> admin_pb2.QueryNodeMetricsResponse:
         async with st.connect() as conn:
             return await conn.call(
-                conn.admin().query_node_metrics(
-                    admin_pb.QueryNodeMetricsRequest(
+                conn.admin_upb().QueryNodeMetrics(
+                    admin_pb2.QueryNodeMetricsRequest(
                         node_id=node, type=type_ or "", since_seconds=seconds, limit=limit
-                    )
+                    ),
+                    timeout=conn.timeout,
                 )
             )
 
