@@ -30,7 +30,7 @@ def _state(ctx: typer.Context) -> Any:
 
 
 def _ask(ctx: typer.Context, *, node: str = "") -> tuple[list[Any], list[Any]]:
-    from schema import admin_pb
+    from schema import admin_pb2
 
     from ._shared import run
 
@@ -38,10 +38,15 @@ def _ask(ctx: typer.Context, *, node: str = "") -> tuple[list[Any], list[Any]]:
 
     async def go() -> tuple[list[Any], list[Any]]:
         async with st.connect() as conn:
-            stub = conn.admin()
-            nodes = (await conn.call(stub.list_nodes(admin_pb.ListNodesRequest()))).nodes
+            # upb: a fleet-sized list must decode well within the two seconds.
+            stub = conn.admin_upb()
+            nodes = (
+                await conn.call(stub.ListNodes(admin_pb2.ListNodesRequest(), timeout=conn.timeout))
+            ).nodes
             agents = (
-                await conn.call(stub.list_agents(admin_pb.ListAgentsRequest(node_id=node)))
+                await conn.call(
+                    stub.ListAgents(admin_pb2.ListAgentsRequest(node_id=node), timeout=conn.timeout)
+                )
             ).agents
             return list(nodes), list(agents)
 
