@@ -22,10 +22,12 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
+import grpclib.const
+
 from common import validate
 from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from common.rpc import current_call
-from schema import manager_pb
+from schema import manager_pb, manager_pb2
 
 from ..config import ManagerConfig, split_host_port
 from ..daemon_pool import DaemonClientPool
@@ -67,6 +69,25 @@ def check_node_caller(node_id: str) -> str:
     return node_id
 
 
+class _UpbReportMetrics:
+    """ReportMetrics requests decoded by protobuf's upb runtime instead of betterproto.
+
+    A batch of 100 samples x 10 values decodes in ~0.3 ms with upb and ~2.6 ms with
+    betterproto (whose Python ``__setattr__``/``__getattribute__`` hooks run for every
+    field of every sample): at 100,000 values/s that is a quarter of a core. Same wire
+    contract (``schema.manager_pb2`` is generated from the same ``.proto``). Used as the
+    handler's request type: grpclib's codec calls ``FromString``, ``GuardedService``
+    calls ``request_type().parse(body)``.
+    """
+
+    @staticmethod
+    def FromString(data: bytes) -> manager_pb2.ReportMetricsRequest:
+        return manager_pb2.ReportMetricsRequest.FromString(data)
+
+    def parse(self, data: bytes) -> manager_pb2.ReportMetricsRequest:
+        return manager_pb2.ReportMetricsRequest.FromString(data)
+
+
 class ManagerService(manager_pb.ManagerServiceBase):
     """The Daemon-facing gRPC service."""
 
@@ -95,6 +116,13 @@ class ManagerService(manager_pb.ManagerServiceBase):
         # few in every report, so each is checked once (bounded: cleared when full).
         self._metric_types: set[str] = set()
         self._metric_keys: set[str] = set()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping = super().__mapping__()
+        path = "/fleet.manager.v1.ManagerService/ReportMetrics"
+        func, cardinality, _request_type, reply_type = mapping[path]
+        mapping[path] = grpclib.const.Handler(func, cardinality, _UpbReportMetrics, reply_type)
+        return mapping
 
     async def register_node(
         self, request: manager_pb.RegisterNodeRequest
@@ -206,10 +234,11 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self._known.remember(node_id, row[0])
 
     async def report_metrics(
-        self, request: manager_pb.ReportMetricsRequest
+        self, request: manager_pb.ReportMetricsRequest | manager_pb2.ReportMetricsRequest
     ) -> manager_pb.ReportMetricsResponse:
+        """Validate and store a batch (decoded by upb when it comes over gRPC)."""
         node_id = check_node_caller(request.node_id)
-        metrics = request.metrics  # each field read once: betterproto's reads are slow
+        metrics = request.metrics
         cfg = self._config
         if len(metrics) > cfg.max_samples_per_report:
             raise InvalidArgument(
@@ -221,7 +250,8 @@ class ManagerService(manager_pb.ManagerServiceBase):
         types, keys = self._metric_types, self._metric_keys
         samples: list[tuple[str, int, dict[str, float]]] = []
         for i, m in enumerate(metrics):
-            kind, ts, values = m.type, m.timestamp, m.values
+            kind, ts, entries = m.type, m.timestamp, m.values
+            values = {key: entries[key] for key in entries}  # 2x dict(upb map)
             # Fast path: a type and keys already validated, and finite values (a sum
             # is finite only when every term is). Anything else takes the full checks,
             # in their order, so the error named is always the same.
