@@ -10,6 +10,10 @@ and, for every call, before the service sees it:
 * reads the request itself with a size bound, so an oversized message is refused from its
   5-byte length prefix before it is buffered (grpclib alone would buffer it whole), and a
   compressed or malformed one gets a clear status;
+* sheds load: a method with a concurrency limit (``max_in_flight``) answers
+  ``UNAVAILABLE`` at once, before reading the request, while that many of its calls are
+  already running — the caller backs off and retries instead of queueing behind work
+  the server cannot finish before the caller's deadline;
 * translates :class:`~common.errors.FleetError` into its status and message, and any other
   exception into ``INTERNAL`` with a request id that is logged with the traceback;
 * reports (method, status, seconds) to an optional observer for metrics.
@@ -101,6 +105,7 @@ class GuardedService:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         observer: Observer | None = None,
+        max_in_flight: Mapping[str, int] | None = None,
     ) -> None:
         self._service = service
         self._policy = {name: frozenset(roles) for name, roles in policy.items()}
@@ -108,6 +113,10 @@ class GuardedService:
         self._max = max_message_bytes
         self._request_timeout = request_timeout
         self._observer = observer
+        self._limits = dict(max_in_flight or {})
+        self._in_flight = dict.fromkeys(self._limits, 0)
+        self._shed = dict.fromkeys(self._limits, 0)  # refused since the last log line
+        self._shed_logged = 0.0
         # The peer's identity per HTTP/2 connection: the certificate cannot change within
         # one, so it is read once rather than on every request.
         self._identities: weakref.WeakKeyDictionary[Any, Identity | None] = (
@@ -144,17 +153,42 @@ class GuardedService:
             return True
         return identity.role in self._policy.get(name, frozenset())
 
+    def _note_shed(self, name: str, limit: int) -> None:
+        """Count a refused call; log the counts at most every 10 s (not once per call)."""
+        self._shed[name] += 1
+        now = time.monotonic()
+        if now - self._shed_logged >= 10.0:
+            self._shed_logged = now
+            counts = ", ".join(f"{n} {m}" for m, n in self._shed.items() if n)
+            log.warning(
+                "overloaded: refused %s with UNAVAILABLE (at most %d in progress)", counts, limit
+            )
+            self._shed = dict.fromkeys(self._shed, 0)
+
     def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: type) -> Any:
+        limit = self._limits.get(name)
+
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
             started = time.perf_counter()
             code = "OK"
             request_id = f"{_REQUEST_PREFIX}-{next(_request_numbers)}"
+            counted = False
             try:
                 identity = self._identify(stream)
                 if identity is None or not self._allowed(name, identity):
                     who = str(identity) if identity else "a peer without a Fleet identity"
                     log.warning("refused %s from %s (%s)", name, who, _peer_addr(stream))
                     raise GRPCError(Status.PERMISSION_DENIED, f"{who} may not call {name}")
+                if limit is not None:
+                    if self._in_flight[name] >= limit:
+                        self._note_shed(name, limit)
+                        raise GRPCError(
+                            Status.UNAVAILABLE,
+                            f"server busy: {limit} {name} calls already in progress; "
+                            "retry with backoff",
+                        )
+                    self._in_flight[name] += 1
+                    counted = True
                 try:
                     async with asyncio.timeout(self._request_timeout):
                         request = await _recv_bounded(stream, request_type, self._max)
@@ -188,6 +222,8 @@ class GuardedService:
                     Status.INTERNAL, f"internal error (request id {request_id})"
                 ) from None
             finally:
+                if counted:
+                    self._in_flight[name] -= 1
                 if self._observer is not None:
                     self._observer(name, code, time.perf_counter() - started)
 

@@ -138,7 +138,12 @@ class ManagerApp:
             metrics=self.metrics,
         )
         admin_service = AdminService(store=self.store, pool=self.pool, known=self.known_nodes)
-        guarded_manager = GuardedService(manager_service, policy=MANAGER_POLICY, **guard)
+        guarded_manager = GuardedService(
+            manager_service,
+            policy=MANAGER_POLICY,
+            max_in_flight={"RegisterNode": cfg.max_concurrent_registrations},
+            **guard,
+        )
         guarded_admin = GuardedService(admin_service, policy=ADMIN_POLICY, **guard)
         # grpc.health.v1: both services (and the overall "") are SERVING while the
         # database answers, NOT_SERVING when it does not.

@@ -43,6 +43,8 @@ class ManagerConfig:
     key_file: str = "certs/manager.key"
     ca_file: str = "certs/ca.crt"
     max_message_bytes: int = 4 * 1024 * 1024
+    # Load shedding: RegisterNode calls in progress at once; more get UNAVAILABLE at once.
+    max_concurrent_registrations: int = 64
     # HTTP side ("" disables it).
     http_listen: str = "127.0.0.1:8080"
     http_read_timeout: float = 30.0
@@ -101,6 +103,7 @@ class ManagerConfig:
             raise ValueError(f"liveness.grace must be > 0, got {self.grace}")
         ints = (
             "max_message_bytes",
+            "max_concurrent_registrations",
             "heartbeat_max_batch",
             "retention_batch",
             "max_samples_per_report",
@@ -153,6 +156,7 @@ class ManagerConfig:
 KEYS: dict[str, tuple[str, str]] = {
     "grpc.listen": ("grpc_listen", "str"),
     "grpc.max_message_bytes": ("max_message_bytes", "int"),
+    "grpc.max_concurrent_registrations": ("max_concurrent_registrations", "int"),
     "grpc.tls.enabled": ("tls_enabled", "bool"),
     "grpc.tls.cert_file": ("cert_file", "str"),
     "grpc.tls.key_file": ("key_file", "str"),

@@ -57,6 +57,7 @@ def test_defaults_and_derived_values() -> None:
     [
         ("[grpc]\nlisten = 'nope'\n", "grpc.listen"),
         ("[grpc]\nlistne = '1:2'\n", "unknown key"),
+        ("[grpc]\nmax_concurrent_registrations = 0\n", "grpc.max_concurrent_registrations"),
         ("[liveness]\ngrace = 'soon'\n", "liveness.grace"),
         ("[heartbeats]\nflush_interval = 0\n", "heartbeats.flush_interval"),
         ("[daemons]\nconnect_attempts = 0\n", "daemons.connect_attempts"),

@@ -179,3 +179,65 @@ def test_client_refuses_server_with_wrong_identity(certs: Path) -> None:
             await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+class _SlowRegistrations(manager_pb.ManagerServiceBase):
+    """RegisterNode waits until released, so calls pile up as on an overloaded server."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.two_waiting = asyncio.Event()
+        self.entered = 0
+
+    async def register_node(
+        self, req: manager_pb.RegisterNodeRequest
+    ) -> manager_pb.RegisterNodeResponse:
+        self.entered += 1
+        if self.entered == 2:
+            self.two_waiting.set()
+        await self.release.wait()
+        return manager_pb.RegisterNodeResponse(success=True)
+
+    async def heartbeat(self, req: manager_pb.HeartbeatRequest) -> manager_pb.HeartbeatResponse:
+        return manager_pb.HeartbeatResponse(success=True)
+
+
+def test_a_method_over_its_concurrency_limit_is_shed_with_unavailable(certs: Path) -> None:
+    async def scenario() -> None:
+        observed: list[tuple[str, str]] = []
+        service = _SlowRegistrations()
+        guarded = GuardedService(
+            service,
+            policy={"RegisterNode": {"node"}, "Heartbeat": {"node"}},
+            max_in_flight={"RegisterNode": 2},
+            observer=lambda method, code, _s: observed.append((method, code)),
+        )
+        server = Server([guarded])
+        await server.start("127.0.0.1", 0, ssl=server_context(_files(certs, "manager")))
+        port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        channel, stub = _stub(certs, "node-a", port)
+        try:
+            request = manager_pb.RegisterNodeRequest(node_id="node-a")
+            held = [asyncio.create_task(stub.register_node(request)) for _ in range(2)]
+            await asyncio.wait_for(service.two_waiting.wait(), 10)
+            # Two in progress: the third is refused at once, without reaching the service.
+            with pytest.raises(GRPCError) as err:
+                await asyncio.wait_for(stub.register_node(request), 5)
+            assert err.value.status is Status.UNAVAILABLE
+            assert "2 RegisterNode calls already in progress" in (err.value.message or "")
+            assert service.entered == 2
+            # Other methods are not limited.
+            assert (await stub.heartbeat(manager_pb.HeartbeatRequest(node_id="node-a"))).success
+            service.release.set()
+            assert all(r.success for r in await asyncio.gather(*held))
+            # Slots are given back, refused calls included.
+            replies = await asyncio.gather(*(stub.register_node(request) for _ in range(2)))
+            assert all(r.success for r in replies)
+            assert observed.count(("RegisterNode", "UNAVAILABLE")) == 1
+            assert guarded._in_flight["RegisterNode"] == 0
+        finally:
+            channel.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
