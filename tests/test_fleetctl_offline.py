@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import console_script, free_port, run_cli
@@ -389,6 +390,112 @@ def test_plaintext_client_against_tls_listener(certs: Path) -> None:
         )
     assert result.exit_code == ExitCode.UNAVAILABLE
     assert "closed the connection" in one_line(result.stderr)
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A real plaintext grpclib server, on its own thread, serving AdminService and
+    DaemonService with handlers that never answer: only a deadline ends a call."""
+    from google.protobuf.message_factory import GetMessageClass
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
+
+    from schema import admin_pb2, daemon_pb2
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    release = asyncio.Event()
+    holder: list[Server] = []
+
+    class Silent:
+        def __init__(self, service: Any) -> None:
+            self.service = service
+
+        def __mapping__(self) -> dict[str, Handler]:
+            async def never_answer(stream: Any) -> None:
+                await release.wait()
+
+            return {
+                f"/{self.service.full_name}/{m.name}": Handler(
+                    never_answer,
+                    Cardinality.UNARY_UNARY,
+                    GetMessageClass(m.input_type),
+                    GetMessageClass(m.output_type),
+                )
+                for m in self.service.methods
+            }
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        server = Server(
+            [
+                Silent(admin_pb2.DESCRIPTOR.services_by_name["AdminService"]),
+                Silent(daemon_pb2.DESCRIPTOR.services_by_name["DaemonService"]),
+            ]
+        )
+        holder.append(server)
+        loop.run_until_complete(server.start("127.0.0.1", port))
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield port
+    finally:
+
+        async def stop() -> None:
+            release.set()
+            holder[0].close()
+            await holder[0].wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_every_rpc_command_gives_up_at_its_timeout(tmp_path: Path) -> None:
+    """Each command that calls the Manager or a Daemon puts --timeout on every call: against
+    a server that never answers it exits 5 with one line instead of hanging."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text("{}")
+    commands = [
+        ["nodes", "list"],
+        ["nodes", "show", "node-a"],
+        ["nodes", "metrics", "node-a"],
+        ["nodes", "remove", "node-a"],
+        ["agents", "list"],
+        ["agent", "restart", "node-a", "web"],
+        ["agent", "restart", "web", "--all"],
+        ["metrics", "web", "--node", "node-a"],
+        ["agent", "config", "get", "node-a", "web"],
+        ["agent", "config", "push", "node-a", "web", str(cfg)],
+        ["agents", "list", "--daemon", "{daemon}"],
+        ["agent", "restart", "web", "--daemon", "{daemon}"],
+        ["metrics", "web", "--daemon", "{daemon}"],
+        ["agent", "config", "get", "web", "--daemon", "{daemon}"],
+        ["agent", "config", "push", "node-a", "web", str(cfg), "--daemon", "{daemon}"],
+    ]
+    with silent_listener() as port:
+        address = f"127.0.0.1:{port}"
+
+        def run(argv: list[str]) -> tuple[list[str], Any]:
+            argv = [a.replace("{daemon}", address) for a in argv]
+            base = [console_script("fleetctl"), "--insecure", "--timeout", "1s"]
+            return argv, run_cli([*base, "--manager", address, *argv], timeout=30)
+
+        with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+            results = list(pool.map(run, commands))
+    for argv, proc in results:
+        assert proc.returncode == ExitCode.UNAVAILABLE, (argv, proc.stderr)
+        kind = "daemon" if "--daemon" in argv else "manager"
+        line = one_line(proc.stderr)
+        assert f"{kind} at {address} did not answer within 1s" in line, (argv, line)
 
 
 # ---- rendering ------------------------------------------------------------------------------
