@@ -3,8 +3,8 @@
 :class:`FleetGroup` is the root command. It lets the global connection options appear
 anywhere on the command line (``fleetctl nodes list --manager h:50051``), and it is the one
 place that turns errors into one line on stderr and an exit code (see ``errors.ExitCode``).
-Only light modules are imported here: gRPC, betterproto, the schema and Rich load inside
-the commands that need them.
+Only light modules are imported here: gRPC, the schema (protobuf) and Rich load inside
+the commands that need them; betterproto never does.
 """
 
 import os

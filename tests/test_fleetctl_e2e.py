@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,6 +401,35 @@ def test_real_console_script_lists_nodes(fleet: Fleet) -> None:
     proc = run_cli([console_script("fleetctl"), "nodes", "list", "-o", "json"], env=fleet.env)
     assert proc.returncode == 0, proc.stderr
     assert [n["node_id"] for n in json.loads(proc.stdout)] == ["node-a", "node-b", "node-c"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nodes", "list", "-o", "json"],
+        ["agents", "list", "-o", "json"],
+        ["nodes", "show", "node-a"],
+        ["agent", "config", "get", "node-a", "web", "-o", "json"],
+    ],
+)
+def test_commands_load_neither_betterproto_nor_rich_when_piped(
+    fleet: Fleet, argv: list[str]
+) -> None:
+    """fleetctl reads replies with upb (betterproto costs ~85 ms to import and a second to
+    decode 10,000 nodes), and plain output needs no Rich."""
+    code = (
+        "import sys\n"
+        "from fleetctl.app import app\n"
+        "try:\n"
+        f"    app({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = [m for m in ('betterproto', 'rich') if m in sys.modules]\n"
+        "sys.stderr.write(f'exit={code} heavy={heavy}\\n')\n"
+    )
+    proc = run_cli([sys.executable, "-c", code], env=fleet.env)
+    assert proc.stderr.strip().splitlines()[-1] == "exit=0 heavy=[]", proc.stderr
+    assert proc.stdout.strip()
 
 
 # ---- metrics --------------------------------------------------------------------------------

@@ -38,8 +38,7 @@ def _ask(ctx: typer.Context, *, node: str = "") -> tuple[list[Any], list[Any]]:
 
     async def go() -> tuple[list[Any], list[Any]]:
         async with st.connect() as conn:
-            # upb: a fleet-sized list must decode well within the two seconds.
-            stub = conn.admin_upb()
+            stub = conn.admin()
             nodes = (
                 await conn.call(stub.ListNodes(admin_pb2.ListNodesRequest(), timeout=conn.timeout))
             ).nodes

@@ -39,19 +39,22 @@ def get_config(
 
     async def go() -> tuple[str, Any]:
         if daemon:
-            from schema import daemon_pb
+            from schema import daemon_pb2
 
             async with st.connect(daemon, node=node) as conn:
                 cfg = await conn.call(
-                    conn.daemon().get_agent_config(daemon_pb.AgentConfigRequest(agent_id=agent))
+                    conn.daemon().GetAgentConfig(
+                        daemon_pb2.AgentConfigRequest(agent_id=agent), timeout=conn.timeout
+                    )
                 )
                 return node or conn.peer_name() or "", cfg
-        from schema import admin_pb
+        from schema import admin_pb2
 
         async with st.connect() as conn:
             resp = await conn.call(
-                conn.admin().get_agent_config(
-                    admin_pb.GetAgentConfigRequest(node_id=node, agent_id=agent)
+                conn.admin().GetAgentConfig(
+                    admin_pb2.GetAgentConfigRequest(node_id=node, agent_id=agent),
+                    timeout=conn.timeout,
                 ),
                 agent_without_node="" if node else "as NODE AGENT",
             )
@@ -136,32 +139,34 @@ def push_config(
 
     async def go() -> tuple[str, Any]:
         if daemon:
-            from schema import daemon_pb
+            from schema import daemon_pb2
 
             async with st.connect(daemon, node=node) as conn:
                 res = await conn.call(
-                    conn.daemon().push_update(
-                        daemon_pb.UpdateRequest(
+                    conn.daemon().PushUpdate(
+                        daemon_pb2.UpdateRequest(
                             agent_id=agent,
                             config_json=config_json,
                             version=version or "",
                             restart=restart,
-                        )
+                        ),
+                        timeout=conn.timeout,
                     )
                 )
                 return node, res
-        from schema import admin_pb
+        from schema import admin_pb2
 
         async with st.connect() as conn:
             resp = await conn.call(
-                conn.admin().push_update(
-                    admin_pb.PushUpdateRequest(
+                conn.admin().PushUpdate(
+                    admin_pb2.PushUpdateRequest(
                         node_id=node,
                         agent_id=agent,
                         config_json=config_json,
                         version=version or "",
                         restart=restart,
-                    )
+                    ),
+                    timeout=conn.timeout,
                 )
             )
             return resp.node_id or node, resp.result

@@ -65,17 +65,19 @@ def list_agents(
 
     async def go() -> tuple[list[Any], list[Any], str]:
         if daemon:
-            from schema import daemon_pb
+            from schema import daemon_pb2
 
             async with st.connect(daemon, node=node) as conn:
-                dresp = await conn.call(conn.daemon().list_agents(daemon_pb.ListAgentsRequest()))
+                dresp = await conn.call(
+                    conn.daemon().ListAgents(daemon_pb2.ListAgentsRequest(), timeout=conn.timeout)
+                )
                 found = [a for a in dresp.agents if not wanted or a.status == wanted]
                 return found, [], node or conn.peer_name() or ""
         from schema import admin_pb2
 
         async with st.connect() as conn:
             resp = await conn.call(
-                conn.admin_upb().ListAgents(
+                conn.admin().ListAgents(
                     admin_pb2.ListAgentsRequest(node_id=node or "", status=wanted, live=live),
                     timeout=conn.timeout,
                 )
@@ -144,26 +146,30 @@ def _operation(op: str) -> Callable[..., None]:
             raise usage("--label selects nodes for --all; name the NODE instead")
         node, agent = split_node_agent(first, second)
         if daemon:
-            from schema import daemon_pb
+            from schema import daemon_pb2
 
             async def via_daemon() -> tuple[str, Any]:
                 async with st.connect(daemon, node=node) as conn:
                     r = await conn.call(
-                        conn.daemon().operate_agent(
-                            daemon_pb.AgentOperationRequest(agent_id=agent, operation=op)
+                        conn.daemon().OperateAgent(
+                            daemon_pb2.AgentOperationRequest(agent_id=agent, operation=op),
+                            timeout=conn.timeout,
                         )
                     )
                     return node or conn.peer_name() or "", r
 
             node_id, resp = run(via_daemon())
         else:
-            from schema import admin_pb
+            from schema import admin_pb2
 
             async def via_manager() -> tuple[str, Any]:
                 async with st.connect() as conn:
                     r = await conn.call(
-                        conn.admin().operate_agent(
-                            admin_pb.OperateAgentRequest(node_id=node, agent_id=agent, operation=op)
+                        conn.admin().OperateAgent(
+                            admin_pb2.OperateAgentRequest(
+                                node_id=node, agent_id=agent, operation=op
+                            ),
+                            timeout=conn.timeout,
                         ),
                         agent_without_node="" if node else "as NODE AGENT",
                     )

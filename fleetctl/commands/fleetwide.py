@@ -41,19 +41,17 @@ def operate_everywhere(
 async def _operate_all(
     st: State, op: str, agent: str, labels: dict[str, str], parallel: int
 ) -> tuple[list[Result], list[str]]:
-    from schema import admin_pb, admin_pb2
+    from schema import admin_pb2
 
     async with st.connect() as conn:
         stub = conn.admin()
-        # The fleet-sized lists through upb (see Connection.admin_upb).
-        lists = conn.admin_upb()
         nodes = (
             await conn.call(
-                lists.ListNodes(admin_pb2.ListNodesRequest(labels=labels), timeout=conn.timeout)
+                stub.ListNodes(admin_pb2.ListNodesRequest(labels=labels), timeout=conn.timeout)
             )
         ).nodes
         listed = await conn.call(
-            lists.ListAgents(admin_pb2.ListAgentsRequest(), timeout=conn.timeout)
+            stub.ListAgents(admin_pb2.ListAgentsRequest(), timeout=conn.timeout)
         )
         having = {a.node_id for a in listed.agents if a.id == agent}
         targets = sorted(n.node_id for n in nodes if n.node_id in having)
@@ -72,8 +70,11 @@ async def _operate_all(
         async def one(node_id: str) -> Result:
             async with sem:
                 try:
-                    resp = await stub.operate_agent(
-                        admin_pb.OperateAgentRequest(node_id=node_id, agent_id=agent, operation=op)
+                    resp = await stub.OperateAgent(
+                        admin_pb2.OperateAgentRequest(
+                            node_id=node_id, agent_id=agent, operation=op
+                        ),
+                        timeout=conn.timeout,
                     )
                 except asyncio.CancelledError:
                     raise

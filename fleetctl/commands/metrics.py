@@ -57,12 +57,13 @@ def agent_metrics(
 
     async def go() -> tuple[str, list[Any]]:
         if daemon:
-            from schema import daemon_pb
+            from schema import daemon_pb2
 
             async with st.connect(daemon, node=node) as conn:
                 dresp = await conn.call(
-                    conn.daemon().get_agent_metrics(
-                        daemon_pb.AgentMetricsRequest(agent_id=agent, duration_seconds=seconds)
+                    conn.daemon().GetAgentMetrics(
+                        daemon_pb2.AgentMetricsRequest(agent_id=agent, duration_seconds=seconds),
+                        timeout=conn.timeout,
                     )
                 )
                 return node or conn.peer_name() or "", list(dresp.data_points)
@@ -70,7 +71,7 @@ def agent_metrics(
 
         async with st.connect() as conn:
             resp = await conn.call(
-                conn.admin_upb().GetAgentMetrics(
+                conn.admin().GetAgentMetrics(
                     admin_pb2.GetAgentMetricsRequest(
                         node_id=node or "", agent_id=agent, since_seconds=seconds
                     ),

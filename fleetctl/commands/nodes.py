@@ -43,7 +43,7 @@ def list_nodes(
     async def go() -> admin_pb2.ListNodesResponse:
         async with st.connect() as conn:
             return await conn.call(
-                conn.admin_upb().ListNodes(
+                conn.admin().ListNodes(
                     admin_pb2.ListNodesRequest(status=status or "", labels=labels),
                     timeout=conn.timeout,
                 )
@@ -70,17 +70,20 @@ def show_node(
     output: OutputOpt = Format.table,
 ) -> None:
     """One node: facts, labels, status and since when, its agents, recent events."""
-    from schema import admin_pb
+    from schema import admin_pb2
 
     from ..render import age, ago, iso, labels_text, status_cell
     from ..views import AGENT_HEADERS, agent_json, agent_row, event_json, event_row, node_json
 
     st = state(ctx)
 
-    async def go() -> admin_pb.GetNodeResponse:
+    async def go() -> admin_pb2.GetNodeResponse:
         async with st.connect() as conn:
             return await conn.call(
-                conn.admin().get_node(admin_pb.GetNodeRequest(node_id=node, event_limit=events))
+                conn.admin().GetNode(
+                    admin_pb2.GetNodeRequest(node_id=node, event_limit=events),
+                    timeout=conn.timeout,
+                )
             )
 
     resp = run(go())
@@ -171,7 +174,7 @@ def node_metrics(
     async def go() -> admin_pb2.QueryNodeMetricsResponse:
         async with st.connect() as conn:
             return await conn.call(
-                conn.admin_upb().QueryNodeMetrics(
+                conn.admin().QueryNodeMetrics(
                     admin_pb2.QueryNodeMetricsRequest(
                         node_id=node, type=type_ or "", since_seconds=seconds, limit=limit
                     ),
@@ -204,14 +207,16 @@ def remove_node(
     output: OutputOpt = Format.table,
 ) -> None:
     """Forget a decommissioned node: its record, agents, events and Daemon connection."""
-    from schema import admin_pb
+    from schema import admin_pb2
 
     st = state(ctx)
 
-    async def go() -> admin_pb.RemoveNodeResponse:
+    async def go() -> admin_pb2.RemoveNodeResponse:
         async with st.connect() as conn:
             return await conn.call(
-                conn.admin().remove_node(admin_pb.RemoveNodeRequest(node_id=node, force=force))
+                conn.admin().RemoveNode(
+                    admin_pb2.RemoveNodeRequest(node_id=node, force=force), timeout=conn.timeout
+                )
             )
 
     resp = run(go())
