@@ -4,9 +4,10 @@
     python bench/fleetctl_startup.py --manager 127.0.0.1:50051 \
         --ca ca.crt --cert admin.crt --key admin.key
 
-Always measures ``fleetctl --help`` (and ``fleetctl version``); with ``--manager`` also
-``fleetctl nodes list -o json`` against it, which includes importing gRPC/betterproto/the
-schema, the TLS handshake and one ListNodes call. Each run is a fresh process (cold start
+Always measures ``fleetctl --help`` (and ``fleetctl version``, which adds Typer's
+pydantic-based parameter coercion); with ``--manager`` also ``fleetctl nodes list -o json``
+against it, which includes importing grpclib and the protobuf schema, the TLS handshake and
+one ListNodes call. Each run is a fresh process (cold start
 of the interpreter; the OS page cache stays warm, as it would for an operator).
 """
 
