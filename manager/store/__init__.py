@@ -2,7 +2,15 @@
 
 from .database import Database
 from .models import NODE_STATUSES, OFFLINE, ONLINE, REGISTERING
-from .store import AgentRecord, PendingHeartbeat, RegisterResult, Store, Transition
+from .store import (
+    AgentRecord,
+    AgentRow,
+    NodeRow,
+    PendingHeartbeat,
+    RegisterResult,
+    Store,
+    Transition,
+)
 
 __all__ = [
     "NODE_STATUSES",
@@ -10,7 +18,9 @@ __all__ = [
     "ONLINE",
     "REGISTERING",
     "AgentRecord",
+    "AgentRow",
     "Database",
+    "NodeRow",
     "PendingHeartbeat",
     "RegisterResult",
     "Store",

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
@@ -67,6 +67,74 @@ class AgentRecord:
     restart_count: int = 0
     status_reason: str = ""
     config_hash: str = ""
+
+
+class NodeRow(NamedTuple):
+    """One node as the list views show it (ListNodes): a plain row, no model object."""
+
+    node_id: str
+    hostname: str
+    ip: str
+    os: str
+    arch: str
+    labels: dict[str, str]
+    daemon_version: str
+    agent_version: str
+    daemon_address: str
+    status: str
+    last_heartbeat: float
+    registered_at: float
+    updated_at: float
+    status_since: float
+    heartbeat_interval: float
+    agent_count: int
+
+
+class AgentRow(NamedTuple):
+    """One agent of the synced view with its node's status (ListAgents)."""
+
+    node_id: str
+    agent_id: str
+    type: str
+    status: str
+    pid: int
+    version: str
+    start_time: int
+    restart_count: int
+    last_heartbeat: int
+    status_reason: str
+    config_hash: str
+    updated_at: float
+    node_status: str
+
+
+# The list views read raw rows (one query each, agent counts and node statuses joined
+# in): building 10,000 Tortoise model objects cost most of a ListNodes.
+_NODE_ROWS_SQL = (
+    "SELECT n.node_id, n.hostname, n.ip, n.os, n.arch, n.labels, n.daemon_version, "
+    "n.agent_version, n.daemon_address, n.status, n.last_heartbeat, n.registered_at, "
+    "n.updated_at, n.status_since, n.heartbeat_interval, "
+    "(SELECT COUNT(*) FROM fleet_agent a WHERE a.node_id = n.node_id) "
+    "FROM fleet_node n{where} ORDER BY n.node_id"
+)
+_AGENT_ROWS_SQL = (
+    "SELECT a.node_id, a.agent_id, a.type, a.status, a.pid, a.version, a.start_time, "
+    "a.restart_count, a.last_heartbeat, a.status_reason, a.config_hash, a.updated_at, "
+    "COALESCE(n.status, '') "
+    "FROM fleet_agent a LEFT JOIN fleet_node n ON n.node_id = a.node_id{where} "
+    "ORDER BY a.node_id, a.agent_id"
+)
+
+
+def _where(conditions: Sequence[tuple[str, Any]], pg: bool) -> tuple[str, list[Any]]:
+    """`` WHERE a = ? AND b = ?`` (``$1``, ``$2`` on PostgreSQL) and its parameters."""
+    if not conditions:
+        return "", []
+    terms = [
+        f"{column} = {f'${i}' if pg else '?'}"
+        for i, (column, _value) in enumerate(conditions, start=1)
+    ]
+    return " WHERE " + " AND ".join(terms), [value for _column, value in conditions]
 
 
 _AGENT_FIELDS = (
@@ -139,6 +207,7 @@ class Store:
 
     def __init__(self, *, database: Database) -> None:
         self._db = database
+        self._pg = database.backend == "postgres"
 
     # ---- nodes ----
 
@@ -326,27 +395,36 @@ class Store:
             return bool(await Node.filter(node_id=node_id).delete())
 
     @db_errors_unavailable
-    async def list_nodes(
+    async def node_rows(
         self, *, status: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[Node]:
-        query = Node.all().order_by("node_id")
-        if status:
-            query = query.filter(status=status)
-        nodes = await query
-        if labels:
-            nodes = [
-                n for n in nodes if all((n.labels or {}).get(k) == v for k, v in labels.items())
-            ]
-        return nodes
+    ) -> list[NodeRow]:
+        """Nodes ordered by id, with their agent counts, as plain rows (ListNodes).
 
-    @db_errors_unavailable
-    async def node_statuses(self, node_ids: Iterable[str]) -> dict[str, str]:
-        """``node_id -> status`` for the given nodes (those that exist)."""
-        ids = list(node_ids)
-        if not ids:
-            return {}
-        rows = await Node.filter(node_id__in=ids).values_list("node_id", "status")
-        return {node_id: status for node_id, status in rows}
+        ``status`` filters in SQL; ``labels`` (all must match) on the decoded labels.
+        """
+        where, params = _where([("n.status", status)] if status else [], self._pg)
+        _, rows = await self._db.connection().execute_query(
+            _NODE_ROWS_SQL.format(where=where), params
+        )
+        wanted = list((labels or {}).items())
+        parsed: dict[str, dict[str, str]] = {}  # label sets repeat across a fleet
+        result: list[NodeRow] = []
+        for row in rows:
+            values = list(row)
+            raw = values[5]
+            if isinstance(raw, str):
+                node_labels = parsed.get(raw)
+                if node_labels is None:
+                    node_labels = parsed[raw] = json.loads(raw) or {}
+            else:
+                node_labels = raw or {}
+            if wanted and not all(node_labels.get(k) == v for k, v in wanted):
+                continue
+            values[5] = node_labels  # shared between rows with the same labels: read-only
+            values[10] = values[10] or 0.0  # last_heartbeat is NULL before the first one
+            values[15] = int(values[15])
+            result.append(NodeRow._make(values))
+        return result
 
     @db_errors_unavailable
     async def get_node(self, node_id: str) -> Node | None:
@@ -355,19 +433,6 @@ class Store:
     @db_errors_unavailable
     async def node_events(self, node_id: str, limit: int) -> list[NodeEvent]:
         return await NodeEvent.filter(node_id=node_id).order_by("-timestamp", "-id").limit(limit)
-
-    @db_errors_unavailable
-    async def agent_counts(self, node_ids: Sequence[str]) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for chunk in _chunks(list(node_ids)):
-            rows = (
-                await Agent.filter(node_id__in=list(chunk))
-                .annotate(n=Count("id"))
-                .group_by("node_id")
-                .values_list("node_id", "n")
-            )
-            counts.update({node_id: int(n) for node_id, n in rows})
-        return counts
 
     @db_errors_unavailable
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -435,6 +500,18 @@ class Store:
         if status:
             query = query.filter(status=status)
         return await query
+
+    @db_errors_unavailable
+    async def agent_rows(self, *, node_id: str = "", status: str = "") -> list[AgentRow]:
+        """Synced agents ordered by (node, agent id) with their node's status (ListAgents)."""
+        conditions = [("a.node_id", node_id)] if node_id else []
+        if status:
+            conditions.append(("a.status", status))
+        where, params = _where(conditions, self._pg)
+        _, rows = await self._db.connection().execute_query(
+            _AGENT_ROWS_SQL.format(where=where), params
+        )
+        return [AgentRow(*row) for row in rows]
 
     @db_errors_unavailable
     async def nodes_with_agent(self, agent_id: str) -> list[str]:
