@@ -44,7 +44,7 @@ class ManagerConfig:
     ca_file: str = "certs/ca.crt"
     max_message_bytes: int = 4 * 1024 * 1024
     # Load shedding: RegisterNode calls in progress at once; more get UNAVAILABLE at once.
-    max_concurrent_registrations: int = 64
+    max_concurrent_registrations: int = 256
     # HTTP side ("" disables it).
     http_listen: str = "127.0.0.1:8080"
     http_read_timeout: float = 30.0
