@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from harness import load_certgen
@@ -14,13 +15,13 @@ NODES = ("node-a", "node-b", "node-c")
 
 
 @pytest.fixture(scope="session")
-def certgen():  # type: ignore[no-untyped-def]
+def certgen() -> ModuleType:
     """The ``tools/certgen.py`` module."""
     return load_certgen()
 
 
 @pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: ignore[no-untyped-def]
+def certs(tmp_path_factory: pytest.TempPathFactory, certgen: ModuleType) -> Path:
     """A directory with ca.crt, manager, admin and node-a/b/c certificates (dev layout)."""
     directory = tmp_path_factory.mktemp("certs")
     certgen.dev(directory, list(NODES), echo=lambda _line: None)
@@ -28,7 +29,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: i
 
 
 @pytest.fixture(scope="session")
-def other_ca_certs(tmp_path_factory: pytest.TempPathFactory, certgen) -> Path:  # type: ignore[no-untyped-def]
+def other_ca_certs(tmp_path_factory: pytest.TempPathFactory, certgen: ModuleType) -> Path:
     """Same layout signed by an unrelated CA: must be refused everywhere."""
     directory = tmp_path_factory.mktemp("other-ca")
     certgen.dev(directory, list(NODES), echo=lambda _line: None)

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.const import Status
@@ -29,7 +30,7 @@ def _tokens(state_dir: Path) -> dict[str, str]:
     return {k: v["token"] for k, v in data["agents"].items()}
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

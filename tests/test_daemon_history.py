@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.const import Status
@@ -16,7 +17,7 @@ from daemon.history import History, Point, ResourceRing
 from schema import daemon_pb
 
 
-def _points(certs: Path, daemon, seconds: int) -> list[daemon_pb.ResourceDataPoint]:  # type: ignore[no-untyped-def]
+def _points(certs: Path, daemon: Any, seconds: int) -> list[daemon_pb.ResourceDataPoint]:
     reply = call_daemon(
         certs,
         daemon,

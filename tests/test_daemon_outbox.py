@@ -8,6 +8,7 @@ import re
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from harness import free_port, wait_until
 from harness.daemon import start_daemon
@@ -51,8 +52,8 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-def _node_metrics(certs: Path, port: int, node_id: str) -> list:  # type: ignore[type-arg]
-    async def go() -> list:  # type: ignore[type-arg]
+def _node_metrics(certs: Path, port: int, node_id: str) -> list[Any]:
+    async def go() -> list[Any]:
         channel = admin_channel(certs, port)
         try:
             reply = await admin_pb.AdminServiceStub(channel).query_node_metrics(

@@ -26,9 +26,11 @@ import logging
 import re
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from harness import free_port
@@ -112,7 +114,7 @@ class RetryLog(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def fleet_certs(tmp_path_factory: pytest.TempPathFactory, certs: Path, certgen) -> Path:  # type: ignore[no-untyped-def]
+def fleet_certs(tmp_path_factory: pytest.TempPathFactory, certs: Path, certgen: ModuleType) -> Path:
     directory = tmp_path_factory.mktemp("fleet100")
     for name in ("ca.crt", "manager.crt", "manager.key", "admin.crt", "admin.key"):
         (directory / name).write_bytes((certs / name).read_bytes())
@@ -196,13 +198,16 @@ def test_manager_down_with_100_daemons(tmp_path: Path, fleet_certs: Path) -> Non
         # Note every report whose last send raised (it may still have been stored: the
         # Daemon cannot tell, and may then count it as dropped).
         stub = sim.client._stub
+        assert stub is not None
         send = stub.report_metrics
 
-        async def noted(request: manager_pb.ReportMetricsRequest, **kw: object) -> object:
+        async def noted(
+            request: manager_pb.ReportMetricsRequest, **kw: Any
+        ) -> manager_pb.ReportMetricsResponse:
             seqs = [int(m.values["n"]) for m in request.metrics]
             failed = failed_sends.setdefault(sim.node_id, {})
             try:
-                reply = await send(request, **kw)  # type: ignore[arg-type]
+                reply = await send(request, **kw)
             except Exception as exc:
                 failed.update(dict.fromkeys(seqs, repr(exc)))
                 raise
@@ -210,9 +215,9 @@ def test_manager_down_with_100_daemons(tmp_path: Path, fleet_certs: Path) -> Non
                 failed.pop(n, None)
             return reply
 
-        stub.report_metrics = noted  # type: ignore[method-assign]
+        stub.report_metrics = noted  # type: ignore[method-assign,assignment]
 
-    async def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > deadline:
@@ -295,7 +300,7 @@ def test_manager_down_with_100_daemons(tmp_path: Path, fleet_certs: Path) -> Non
         for sim in sims:
             stored = _stored_seqs(fleet_certs, port, sim.node_id)
             duplicates += len(stored) - len(set(stored))
-            queued = set()
+            queued: set[int] = set()
             item_dir = sim.outbox._dir
             for p in item_dir.glob("*.pb"):
                 report = manager_pb.ReportMetricsRequest().parse(p.read_bytes())

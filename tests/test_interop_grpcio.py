@@ -7,6 +7,7 @@ import importlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import REPO
@@ -15,7 +16,7 @@ grpc = pytest.importorskip("grpc", reason="grpcio is a dev dependency")
 
 
 @pytest.fixture(scope="module")
-def pb2(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("grpcio_gen")
     proto_root = REPO / "schema" / "proto"
     subprocess.run(
@@ -42,7 +43,7 @@ def pb2(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
             del sys.modules[name]
 
 
-def _channel(certs: Path, node: str, port: int):  # type: ignore[no-untyped-def]
+def _channel(certs: Path, node: str, port: int) -> Any:
     creds = grpc.ssl_channel_credentials(
         root_certificates=(certs / "ca.crt").read_bytes(),
         private_key=(certs / f"{node}.key").read_bytes(),
@@ -54,7 +55,7 @@ def _channel(certs: Path, node: str, port: int):  # type: ignore[no-untyped-def]
     )
 
 
-def test_grpcio_client_registers_a_node(pb2, certs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_grpcio_client_registers_a_node(pb2: Any, certs: Path, tmp_path: Path) -> None:
     from harness.manager import start_manager
 
     messages, services = pb2

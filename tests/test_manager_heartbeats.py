@@ -9,6 +9,7 @@ import shutil
 import time
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -27,7 +28,7 @@ NODES = [f"hb-{i:02d}" for i in range(10)]
 
 
 @pytest.fixture(scope="module")
-def fleet_certs(certs: Path, certgen, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+def fleet_certs(certs: Path, certgen: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session certificates plus ten more node certificates from the same CA."""
     directory = tmp_path_factory.mktemp("fleet-certs")
     for f in certs.iterdir():
@@ -87,6 +88,7 @@ def test_1000_concurrent_heartbeats_coalesce(
                 for c in channels.values():
                     c.close()
 
+        assert mgr.http_port is not None
         before = scrape(mgr.http_port)
         assert all(asyncio.run(run()))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from grpclib.protocol import H2Protocol
 from grpclib.server import Server
 from harness import free_port
 
@@ -55,13 +56,14 @@ class KillableServer(Server):
     def __init__(self, daemon: MiniDaemon) -> None:
         super().__init__([daemon])
         self.daemon = daemon
-        self.transports: list[asyncio.BaseTransport] = []
+        self.transports: list[asyncio.Transport] = []
 
-    def _protocol_factory(self):  # type: ignore[no-untyped-def]
+    def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
         made = protocol.connection_made
 
         def connection_made(transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
             self.transports.append(transport)
             made(transport)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -77,7 +79,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fle
         mgr.stop()
 
 
-def _context(certs: Path, caller: str, *, server_role: str, server_name: str | None = None):  # type: ignore[no-untyped-def]
+def _context(
+    certs: Path, caller: str, *, server_role: str, server_name: str | None = None
+) -> ssl.SSLContext:
     if caller == "none":
         return no_cert_context(certs / "ca.crt")
     # The node caller is node-c (no Daemon of its own runs here, so it cannot disturb one).
@@ -374,7 +378,7 @@ def test_manager_facing_rpcs_are_refused_on_the_agent_socket(fleet: Fleet) -> No
     from grpclib.const import Cardinality
     from grpclib.exceptions import GRPCError
 
-    async def call(path: str, request: Any, reply_type: type) -> str:
+    async def call(path: str, request: Any, reply_type: type[Any]) -> str:
         channel = Channel(path=str(fleet.daemon.agent_socket))
         try:
             async with channel.request(
@@ -433,14 +437,14 @@ def test_unknown_method_paths_are_rejected(fleet: Fleet, target: str, path: str)
 
 
 @pytest.fixture(scope="module")
-def bad_certs(tmp_path_factory: pytest.TempPathFactory, certs: Path, certgen) -> Path:  # type: ignore[no-untyped-def]
+def bad_certs(tmp_path_factory: pytest.TempPathFactory, certs: Path, certgen: ModuleType) -> Path:
     """node-c certificates that must all be refused, plus bad manager certificates."""
     directory = tmp_path_factory.mktemp("bad-certs")
     shutil.copy(certs / "ca.crt", directory / "ca.crt")
     ca = certgen.CertificateAuthority.load(certs)
     now = dt.datetime.now(dt.UTC)
     day = dt.timedelta(days=1)
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "expired": {"not_before": now - 10 * day, "not_after": now - day},
         "not-yet-valid": {"not_before": now + day, "not_after": now + 10 * day},
         "server-only-eku": {"eku": [ExtendedKeyUsageOID.SERVER_AUTH]},
@@ -464,7 +468,9 @@ BAD_CLIENTS = (
 )
 
 
-def _bad_files(bad_certs: Path, other_ca_certs: Path, certs: Path, kind: str, role: str):  # type: ignore[no-untyped-def]
+def _bad_files(
+    bad_certs: Path, other_ca_certs: Path, certs: Path, kind: str, role: str
+) -> TLSFiles:
     if kind == "other-ca":
         name = "node-c" if role == "node" else "manager"
         return TLSFiles(

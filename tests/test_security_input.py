@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import statistics
 import time
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def mgr(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Manag
     assert code == 0
 
 
-def _ctx(certs: Path, name: str):  # type: ignore[no-untyped-def]
+def _ctx(certs: Path, name: str) -> ssl.SSLContext:
     files = TLSFiles(certs / f"{name}.crt", certs / f"{name}.key", certs / "ca.crt")
     return client_context(files, expect_role="manager")
 
@@ -107,7 +108,9 @@ class Caller:
         """Send ``body`` as the request's message bytes; (status name, message)."""
         return self.loop.run_until_complete(self._call(name, path, body, reply_type))
 
-    async def _call(self, name: str, path: str, body: bytes, reply_type: type) -> tuple[str, str]:
+    async def _call(
+        self, name: str, path: str, body: bytes, reply_type: type[Any]
+    ) -> tuple[str, str]:
         channel = self.channel(name)
         try:
             async with channel.request(
