@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from harness import free_port
 from harness.manager import (
+    ManagerProc,
     manager_rpc,
     manager_rpc_error,
     node_channel,
@@ -22,7 +25,7 @@ from schema import admin_pb, manager_pb
 
 
 @pytest.fixture
-def manager(tmp_path: Path, certs: Path, db_url: str):  # type: ignore[no-untyped-def]
+def manager(tmp_path: Path, certs: Path, db_url: str) -> Iterator[ManagerProc]:
     # Unreachable Daemons fail fast here: two connection attempts, short backoff.
     cfg = write_manager_config(
         tmp_path / "m.toml",
@@ -34,7 +37,7 @@ def manager(tmp_path: Path, certs: Path, db_url: str):  # type: ignore[no-untype
 
 
 def register(
-    certs: Path, port: int, node_id: str, labels: dict[str, str] | None = None, **kw: object
+    certs: Path, port: int, node_id: str, labels: dict[str, str] | None = None, **kw: Any
 ) -> None:
     manager_rpc(
         certs,
@@ -69,25 +72,25 @@ def sync(certs: Path, port: int, node_id: str, agents: dict[str, str], full: boo
     )
 
 
-def admin(certs: Path, port: int, method: str, request: object) -> object:
+def admin(certs: Path, port: int, method: str, request: Any) -> Any:
     return manager_rpc(certs, port, "admin", method, request)
 
 
-def agents_of(certs: Path, port: int, **kw: object) -> dict[str, str]:
+def agents_of(certs: Path, port: int, **kw: Any) -> dict[str, str]:
     reply = admin(certs, port, "list_agents", admin_pb.ListAgentsRequest(**kw))
-    return {f"{a.node_id}/{a.id}": a.status for a in reply.agents}  # type: ignore[attr-defined]
+    return {f"{a.node_id}/{a.id}": a.status for a in reply.agents}
 
 
-def test_list_nodes_filters(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_list_nodes_filters(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     register(certs, port, "node-a", {"env": "prod", "zone": "a"})
     register(certs, port, "node-b", {"env": "dev"})
     register(certs, port, "node-c", {"env": "prod", "zone": "b"})
     sync(certs, port, "node-a", {"web": "RUNNING", "db": "RUNNING"})
 
-    def ids(**kw: object) -> list[str]:
+    def ids(**kw: Any) -> list[str]:
         reply = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest(**kw))
-        return [n.node_id for n in reply.nodes]  # type: ignore[attr-defined]
+        return [n.node_id for n in reply.nodes]
 
     assert ids() == ["node-a", "node-b", "node-c"]
     assert ids(labels={"env": "prod"}) == ["node-a", "node-c"]
@@ -95,7 +98,7 @@ def test_list_nodes_filters(manager, certs: Path) -> None:  # type: ignore[no-un
     assert ids(labels={"env": "staging"}) == []
     assert ids(status="online") == ["node-a", "node-b", "node-c"]
     assert ids(status="offline") == []
-    nodes = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest()).nodes  # type: ignore[attr-defined]
+    nodes = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest()).nodes
     assert [n.agent_count for n in nodes] == [2, 0, 0]
     status, message = manager_rpc_error(
         certs, port, "admin", "list_nodes", admin_pb.ListNodesRequest(status="sleepy")
@@ -106,11 +109,11 @@ def test_list_nodes_filters(manager, certs: Path) -> None:  # type: ignore[no-un
     )
     assert status == Status.NOT_FOUND
     got = admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a"))
-    assert [a.id for a in got.agents] == ["db", "web"]  # type: ignore[attr-defined]
-    assert got.events[0].reason == "registered"  # type: ignore[attr-defined]
+    assert [a.id for a in got.agents] == ["db", "web"]
+    assert got.events[0].reason == "registered"
 
 
-def test_sync_agent_states_full_and_partial(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sync_agent_states_full_and_partial(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     register(certs, port, "node-a")
     sync(certs, port, "node-a", {"web": "RUNNING", "db": "STOPPED"})
@@ -140,7 +143,7 @@ def test_sync_agent_states_full_and_partial(manager, certs: Path) -> None:  # ty
     assert status == Status.NOT_FOUND
 
 
-def test_agent_resolution(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agent_resolution(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     register(certs, port, "node-a")
     register(certs, port, "node-b")
@@ -185,20 +188,20 @@ def test_agent_resolution(manager, certs: Path) -> None:  # type: ignore[no-unty
     assert time.monotonic() - started < 10
     # Live listing reports the unreachable Daemons per node instead of failing.
     live = admin(certs, port, "list_agents", admin_pb.ListAgentsRequest(live=True))
-    assert live.agents == []  # type: ignore[attr-defined]
-    assert {(e.node_id, e.code) for e in live.errors} == {  # type: ignore[attr-defined]
+    assert live.agents == []
+    assert {(e.node_id, e.code) for e in live.errors} == {
         ("node-a", "UNAVAILABLE"),
         ("node-b", "UNAVAILABLE"),
     }
 
 
-def test_duplicate_daemon_instance(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_daemon_instance(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     register(certs, port, "node-a", instance_id="first")
     # A restarted Daemon (new instance id) takes over: the newest registration wins.
     register(certs, port, "node-a", instance_id="second")
 
-    def beat(instance: str) -> object:
+    def beat(instance: str) -> Any:
         return manager_rpc(
             certs,
             port,
@@ -209,7 +212,7 @@ def test_duplicate_daemon_instance(manager, certs: Path) -> None:  # type: ignor
             ),
         )
 
-    assert beat("second").success  # type: ignore[attr-defined]
+    assert beat("second").success
     with pytest.raises(GRPCError) as info:
         beat("first")  # the superseded Daemon is still alive
     assert info.value.status == Status.ALREADY_EXISTS
@@ -218,26 +221,26 @@ def test_duplicate_daemon_instance(manager, certs: Path) -> None:  # type: ignor
     with pytest.raises(GRPCError) as info:
         register(certs, port, "node-a", instance_id="first")
     assert info.value.status == Status.ALREADY_EXISTS
-    assert beat("second").success  # type: ignore[attr-defined]
+    assert beat("second").success
     # A brand-new instance (a restart) still takes over.
     register(certs, port, "node-a", instance_id="third")
-    assert beat("third").success  # type: ignore[attr-defined]
+    assert beat("third").success
     reasons = [
         e.reason
-        for e in admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a")).events  # type: ignore[attr-defined]
+        for e in admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a")).events
     ]
     assert any(r.startswith("duplicate daemon: instance first") for r in reasons), reasons
     assert any("second replaced first" in r for r in reasons), reasons
 
 
-def test_cancelled_calls_do_not_wedge_the_manager(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cancelled_calls_do_not_wedge_the_manager(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     register(certs, port, "node-a")
 
     async def storm() -> None:
         channel = node_channel(certs, port, "node-a")
         stub = manager_pb.ManagerServiceStub(channel)
-        calls = []
+        calls: list[Coroutine[Any, Any, Any]] = []
         for i in range(600):
             timeout = 0.0002 * (i % 100 + 1)
             if i % 3 == 0:
@@ -282,7 +285,7 @@ def test_cancelled_calls_do_not_wedge_the_manager(manager, certs: Path) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_remove_node(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_remove_node(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     register(certs, port, "node-a")
     register(certs, port, "node-b")
@@ -294,8 +297,8 @@ def test_remove_node(manager, certs: Path) -> None:  # type: ignore[no-untyped-d
     reply = admin(
         certs, port, "remove_node", admin_pb.RemoveNodeRequest(node_id="node-a", force=True)
     )
-    assert reply.removed  # type: ignore[attr-defined]
-    nodes = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest()).nodes  # type: ignore[attr-defined]
+    assert reply.removed
+    nodes = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest()).nodes
     assert [n.node_id for n in nodes] == ["node-b"]
     assert agents_of(certs, port) == {}
     # Its Daemon, still alive, is told it is unknown and registers again.
@@ -309,7 +312,7 @@ def test_remove_node(manager, certs: Path) -> None:  # type: ignore[no-untyped-d
     assert status == Status.NOT_FOUND
     register(certs, port, "node-a")
     got = admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a"))
-    assert [e.reason for e in got.events] == ["registered"]  # type: ignore[attr-defined]
+    assert [e.reason for e in got.events] == ["registered"]
     status, _ = manager_rpc_error(
         certs, port, "admin", "remove_node", admin_pb.RemoveNodeRequest(node_id="node-z")
     )

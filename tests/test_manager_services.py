@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from harness.manager import admin_channel, node_channel, start_manager
+from harness.manager import ManagerProc, admin_channel, node_channel, start_manager
 
 from common.tls import TLSFiles, client_context
 from schema import admin_pb, manager_pb
 
 
-def register_request(node_id: str, **kw: object) -> manager_pb.RegisterNodeRequest:
+def register_request(node_id: str, **kw: Any) -> manager_pb.RegisterNodeRequest:
     fields: dict[str, object] = {
         "node_id": node_id,
         "hostname": f"{node_id}.example",
@@ -35,7 +36,7 @@ def register_request(node_id: str, **kw: object) -> manager_pb.RegisterNodeReque
     return manager_pb.RegisterNodeRequest(**fields)  # type: ignore[arg-type]
 
 
-async def as_node(certs: Path, port: int, node_id: str, method: str, request: object) -> object:
+async def as_node(certs: Path, port: int, node_id: str, method: str, request: Any) -> Any:
     channel = node_channel(certs, port, node_id)
     try:
         stub = manager_pb.ManagerServiceStub(channel, timeout=10)
@@ -44,7 +45,7 @@ async def as_node(certs: Path, port: int, node_id: str, method: str, request: ob
         channel.close()
 
 
-async def as_admin(certs: Path, port: int, method: str, request: object) -> object:
+async def as_admin(certs: Path, port: int, method: str, request: Any) -> Any:
     channel = admin_channel(certs, port)
     try:
         stub = admin_pb.AdminServiceStub(channel, timeout=10)
@@ -60,13 +61,13 @@ def grpc_status(coro: object) -> tuple[Status, str]:
 
 
 @pytest.fixture
-def manager(tmp_path: Path, certs: Path, db_url: str):  # type: ignore[no-untyped-def]
+def manager(tmp_path: Path, certs: Path, db_url: str) -> Iterator[ManagerProc]:
     proc = start_manager(tmp_path, certs, db_url=db_url)
     yield proc
     assert proc.stop() == 0, proc.output()[-3000:]
 
 
-def test_register_heartbeat_and_list_nodes(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_register_heartbeat_and_list_nodes(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     reply = asyncio.run(as_node(certs, port, "node-a", "register_node", register_request("node-a")))
     assert reply.success
@@ -95,7 +96,7 @@ def test_register_heartbeat_and_list_nodes(manager, certs: Path) -> None:  # typ
     assert abs(node.last_heartbeat - now) <= 2
 
 
-def test_report_metrics_and_query(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_report_metrics_and_query(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     asyncio.run(as_node(certs, port, "node-a", "register_node", register_request("node-a")))
     now = int(time.time())
@@ -165,7 +166,7 @@ def test_report_metrics_and_query(manager, certs: Path) -> None:  # type: ignore
     assert status == Status.INVALID_ARGUMENT and "1001" in message
 
 
-def test_impersonation_is_refused_and_changes_nothing(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_impersonation_is_refused_and_changes_nothing(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     asyncio.run(as_node(certs, port, "node-b", "register_node", register_request("node-b")))
     before = asyncio.run(
@@ -204,7 +205,7 @@ def test_impersonation_is_refused_and_changes_nothing(manager, certs: Path) -> N
     assert status == Status.INVALID_ARGUMENT
 
 
-def test_heartbeat_for_unknown_node_is_not_found(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_heartbeat_for_unknown_node_is_not_found(manager: ManagerProc, certs: Path) -> None:
     status, message = grpc_status(
         as_node(
             certs,
@@ -217,7 +218,7 @@ def test_heartbeat_for_unknown_node_is_not_found(manager, certs: Path) -> None: 
     assert status == Status.NOT_FOUND and "node-c" in message
 
 
-def test_roles_are_enforced(manager, certs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_roles_are_enforced(manager: ManagerProc, certs: Path) -> None:
     port = manager.grpc_port
     # A node certificate cannot call any admin RPC.
     for method, request in (
@@ -272,8 +273,8 @@ def _refused(make_channel: Callable[[], Channel]) -> None:
 
 
 def test_no_client_cert_or_foreign_ca_cannot_call(
-    manager, certs: Path, other_ca_certs: Path
-) -> None:  # type: ignore[no-untyped-def]
+    manager: ManagerProc, certs: Path, other_ca_certs: Path
+) -> None:
     port = manager.grpc_port
     no_cert = ssl.create_default_context(cafile=str(certs / "ca.crt"))
     no_cert.check_hostname = False
