@@ -554,6 +554,25 @@ def test_use_rich_only_on_terminals(monkeypatch: pytest.MonkeyPatch) -> None:
     assert render.use_rich(io.StringIO(), {"FORCE_COLOR": "1"}) is True
 
 
+def test_running_a_command_never_formats_its_reply() -> None:
+    """A command's reply is not repr()'d on the way out (asyncio.run formats the main
+    task's result when it restores the SIGINT handler; for 10,000 nodes that was 80 ms)."""
+    from fleetctl.commands._shared import run
+
+    formatted: list[str] = []
+
+    class Reply:
+        def __repr__(self) -> str:
+            formatted.append("repr")
+            return "Reply()"
+
+    async def call() -> Reply:
+        return Reply()
+
+    assert isinstance(run(call()), Reply)
+    assert formatted == []
+
+
 # ---- start-up ------------------------------------------------------------------------------
 
 
