@@ -259,15 +259,17 @@ class AdminService(admin_pb.AdminServiceBase):
             ]
         limit = asyncio.Semaphore(LIVE_FANOUT)
 
-        async def ask(target: tuple[str, str, str]) -> list[dict[str, Any]] | dict[str, str]:
+        async def ask(target: tuple[str, str, str]) -> list[admin_pb2.Agent] | admin_pb2.NodeError:
             node, node_status, address = target
             if node_status == OFFLINE and not node_id:
-                return {"node_id": node, "code": "UNAVAILABLE", "message": "node is offline"}
+                return admin_pb2.NodeError(
+                    node_id=node, code="UNAVAILABLE", message="node is offline"
+                )
             try:
                 async with limit:
                     reply = await self._pool.list_agents(node, address)
             except FleetError as exc:
-                return {"node_id": node, "code": exc.status.name, "message": str(exc)}
+                return admin_pb2.NodeError(node_id=node, code=exc.status.name, message=str(exc))
             now = self._clock()
             # The Daemon's answer is authoritative: refresh the synced view with it.
             await self._store.sync_agents(
@@ -276,16 +278,14 @@ class AdminService(admin_pb.AdminServiceBase):
                 full=True,
                 now=now,
             )
-            return [_live_agent_fields(node, a, now) for a in reply.agents]
+            return [admin_pb2.Agent(**_live_agent_fields(node, a, now)) for a in reply.agents]
 
         results = await asyncio.gather(*(ask(t) for t in targets))
         for result in results:
-            if isinstance(result, dict):
-                response.errors.add(**result)
+            if isinstance(result, admin_pb2.NodeError):
+                response.errors.append(result)
             else:
-                for fields in result:
-                    if not status or fields["status"] == status:
-                        response.agents.add(**fields)
+                response.agents.extend(a for a in result if not status or a.status == status)
         return response
 
     async def query_node_metrics(
