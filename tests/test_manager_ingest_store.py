@@ -82,3 +82,31 @@ def test_report_larger_than_one_statement_is_stored_whole(db_url: str) -> None:
         assert [s.values["v"] for s in stored] == [float(i) for i in reversed(range(1300))]
 
     _run(db_url, body)
+
+
+def test_database_upgraded_from_the_skeleton_schema_deduplicates(db_url: str) -> None:
+    """The conflict target is the unique constraint migration 0003 adds to an old table."""
+    from tortoise.context import TortoiseContext
+    from tortoise.migrations.api import migrate
+
+    from manager.store.database import tortoise_config
+
+    async def skeleton() -> None:
+        ctx = TortoiseContext()
+        ctx.__enter__()
+        try:
+            await migrate(config=tortoise_config(db_url), target="manager.0001_initial")
+        finally:
+            await ctx.close_connections()
+            ctx.__exit__(None, None, None)
+
+    asyncio.run(skeleton())
+    now = int(time.time())
+    report = [("cpu", now - i, {"usage": float(i)}) for i in range(10)]
+
+    async def body(store: Store) -> tuple[int, int]:
+        return await store.save_metrics("node-a", report), await store.save_metrics(
+            "node-a", report
+        )
+
+    assert _run(db_url, body) == (10, 0)
