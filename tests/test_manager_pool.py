@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import cast
 
 import pytest
 from grpclib.const import Status
@@ -63,8 +64,8 @@ class KillableServer(Server):
         made = protocol.connection_made
 
         def connection_made(transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transports.append(transport)
+            # asyncio's or uvloop's (an earlier test may have installed its policy).
+            self.transports.append(cast(asyncio.Transport, transport))
             made(transport)
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
