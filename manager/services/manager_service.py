@@ -118,6 +118,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self._metric_keys: set[str] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """grpclib's handler table, with ReportMetrics decoded by upb (see above)."""
         mapping = super().__mapping__()
         path = "/fleet.manager.v1.ManagerService/ReportMetrics"
         func, cardinality, _request_type, reply_type = mapping[path]
@@ -275,6 +276,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         return manager_pb.ReportMetricsResponse(success=True, message=message, accepted=written)
 
     def _check_metric_type(self, where: str, kind: str) -> None:
+        """Full checks of a metric type name not seen yet; remembers it when valid."""
         if not kind:
             raise InvalidArgument(f"{where}.type is required")
         validate.check_id(f"{where}.type", kind)
@@ -285,6 +287,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self._metric_types.add(kind)
 
     def _check_metric_values(self, where: str, values: Mapping[str, float]) -> None:
+        """Full checks of a sample's values, key by key; remembers the keys when valid."""
         keys = self._metric_keys
         for key, value in values.items():
             if key not in keys:
