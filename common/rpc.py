@@ -165,7 +165,7 @@ class GuardedService:
             )
             self._shed = dict.fromkeys(self._shed, 0)
 
-    def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: type) -> Any:
+    def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: Any) -> Any:
         limit = self._limits.get(name)
 
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -250,7 +250,7 @@ def _peer_addr(stream: grpclib.server.Stream[Any, Any]) -> str:
 
 
 async def _recv_bounded(
-    stream: grpclib.server.Stream[Any, Any], request_type: type, max_bytes: int
+    stream: grpclib.server.Stream[Any, Any], request_type: Any, max_bytes: int
 ) -> Any:
     """Read one length-prefixed message, refusing it from its prefix when too large."""
     # grpclib has no receive-size limit of its own: read the frame here instead.
@@ -276,7 +276,9 @@ async def _recv_bounded(
     if len(body) != length:
         raise GRPCError(Status.INVALID_ARGUMENT, "request message is truncated")
     try:
-        return request_type().parse(body)
+        # ``FromString``: betterproto messages and protobuf's (upb) both have it, so a
+        # handler table may name either kind of request class.
+        return request_type.FromString(body)
     except Exception:
         raise GRPCError(
             Status.INVALID_ARGUMENT, "request is not a valid protobuf message"

@@ -69,25 +69,6 @@ def check_node_caller(node_id: str) -> str:
     return node_id
 
 
-class _UpbReportMetrics:
-    """ReportMetrics requests decoded by protobuf's upb runtime instead of betterproto.
-
-    A batch of 100 samples x 10 values decodes in ~0.3 ms with upb and ~2.6 ms with
-    betterproto (whose Python ``__setattr__``/``__getattribute__`` hooks run for every
-    field of every sample): at 100,000 values/s that is a quarter of a core. Same wire
-    contract (``schema.manager_pb2`` is generated from the same ``.proto``). Used as the
-    handler's request type: grpclib's codec calls ``FromString``, ``GuardedService``
-    calls ``request_type().parse(body)``.
-    """
-
-    @staticmethod
-    def FromString(data: bytes) -> manager_pb2.ReportMetricsRequest:
-        return manager_pb2.ReportMetricsRequest.FromString(data)
-
-    def parse(self, data: bytes) -> manager_pb2.ReportMetricsRequest:
-        return manager_pb2.ReportMetricsRequest.FromString(data)
-
-
 class ManagerService(manager_pb.ManagerServiceBase):
     """The Daemon-facing gRPC service."""
 
@@ -118,11 +99,19 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self._metric_keys: set[str] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """grpclib's handler table, with ReportMetrics decoded by upb (see above)."""
+        """grpclib's handler table, with ReportMetrics decoded by protobuf's upb runtime.
+
+        A batch of 100 samples x 10 values decodes in ~0.3 ms with upb and ~2.6 ms with
+        betterproto (whose Python ``__setattr__``/``__getattribute__`` hooks run for every
+        field of every sample): at 100,000 values/s that is a quarter of a core. Same wire
+        contract: ``schema.manager_pb2`` is generated from the same ``.proto``.
+        """
         mapping = super().__mapping__()
         path = "/fleet.manager.v1.ManagerService/ReportMetrics"
         func, cardinality, _request_type, reply_type = mapping[path]
-        mapping[path] = grpclib.const.Handler(func, cardinality, _UpbReportMetrics, reply_type)
+        mapping[path] = grpclib.const.Handler(
+            func, cardinality, manager_pb2.ReportMetricsRequest, reply_type
+        )
         return mapping
 
     async def register_node(
