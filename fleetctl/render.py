@@ -14,8 +14,11 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
+
+# Tables longer than this are printed as plain aligned columns even on a terminal.
+RICH_TABLE_MAX_ROWS = 200
 
 # A cell is text, or (text, style) where style is a Rich style used only on a terminal.
 Cell = str | tuple[str, str]
@@ -184,7 +187,7 @@ class Output:
         """Columns ``headers``; ``right`` names the columns to right-align (numbers)."""
         rows = list(rows)
         right_set = set(right)
-        if self.rich:
+        if self.rich and len(rows) <= RICH_TABLE_MAX_ROWS:
             from rich import box
             from rich.table import Table
             from rich.text import Text
@@ -204,29 +207,56 @@ class Output:
                 table.add_row(*(Text(*c) if isinstance(c, tuple) else Text(c) for c in row))
             self.console.print(table)
             return
+        # Plain aligned columns: piped output, and big tables on a terminal (Rich lays out
+        # ~0.5 ms a row: 10,000 nodes took 11 s), coloured cell by cell there.
+        paint = self._painter() if self.rich else None
         texts = [[c[0] if isinstance(c, tuple) else c for c in row] for row in rows]
+        styles = [[c[1] if isinstance(c, tuple) else "" for c in row] for row in rows]
         widths = [len(h) for h in headers]
         for row in texts:
             for i, cell in enumerate(row):
                 widths[i] = max(widths[i], len(cell))
         if title:
-            self.stream.write(title + "\n")
+            self.stream.write((paint(title, "bold") if paint else title) + "\n")
 
-        def fmt(cells: Sequence[str]) -> str:
+        def fmt(cells: Sequence[str], cell_styles: Sequence[str]) -> str:
             parts = []
+            last = len(cells) - 1
             for i, cell in enumerate(cells):
-                if headers[i] in right_set:
-                    parts.append(cell.rjust(widths[i]))
-                elif i == len(cells) - 1:
-                    parts.append(cell)
-                else:
-                    parts.append(cell.ljust(widths[i]))
+                right_aligned = headers[i] in right_set
+                pad = " " * (widths[i] - len(cell)) if right_aligned or i < last else ""
+                if paint and cell_styles[i]:
+                    cell = paint(cell, cell_styles[i])
+                parts.append(pad + cell if right_aligned else cell + pad)
             return "  ".join(parts).rstrip()
 
-        self.stream.write(fmt([h.upper() for h in headers]) + "\n")
-        for row in texts:
-            self.stream.write(fmt(row) + "\n")
+        header = fmt([h.upper() for h in headers], ["bold"] * len(headers))
+        self.stream.write(header + "\n")
+        self.stream.write("".join(fmt(t, st) + "\n" for t, st in zip(texts, styles, strict=True)))
         self.stream.flush()
+
+    def _painter(self) -> Callable[[str, str], str] | None:
+        """``(text, style) -> text`` in the terminal's colours (None when colour is off)."""
+        from rich.color import ColorSystem
+        from rich.style import Style
+
+        console = self.console
+        system = {
+            "standard": ColorSystem.STANDARD,
+            "256": ColorSystem.EIGHT_BIT,
+            "truecolor": ColorSystem.TRUECOLOR,
+            "windows": ColorSystem.WINDOWS,
+        }.get(console.color_system or "")
+        if system is None or console.no_color:
+            return None
+        parsed: dict[str, Style] = {}
+
+        def paint(text: str, style: str) -> str:
+            if style not in parsed:
+                parsed[style] = Style.parse(style)
+            return parsed[style].render(text, color_system=system)
+
+        return paint
 
     def fields(self, pairs: Sequence[tuple[str, Cell]], *, title: str | None = None) -> None:
         """``key: value`` lines (``nodes show``)."""
