@@ -11,7 +11,7 @@ import sys
 from harness import REPO
 
 import schema
-from schema import admin_pb, admin_pb2, daemon_pb, manager_pb, rust_codec_active
+from schema import admin_pb, admin_pb2, daemon_pb, manager_pb, manager_pb2, rust_codec_active
 
 
 def test_generated_code_matches_protos() -> None:
@@ -101,6 +101,21 @@ def test_betterproto_and_upb_read_each_others_bytes() -> None:
     )
     back = admin_pb.GetAgentMetricsResponse().parse(points.SerializeToString())
     assert back.data_points[0].cpu == 0.1 and back.data_points[0].open_files == 7
+
+    # What a Daemon sends (betterproto) is what the Manager decodes (upb).
+    report = manager_pb.ReportMetricsRequest(
+        node_id="node-a",
+        metrics=[
+            manager_pb.MetricData(type="cpu", timestamp=1_800_000_000, values={"user": 0.25}),
+            manager_pb.MetricData(type="disk", timestamp=1, values={"/": 1e12, "nan?": -0.0}),
+        ],
+    )
+    decoded = manager_pb2.ReportMetricsRequest.FromString(bytes(report))
+    assert decoded.node_id == "node-a"
+    assert [(m.type, m.timestamp, dict(m.values)) for m in decoded.metrics] == [
+        ("cpu", 1_800_000_000, {"user": 0.25}),
+        ("disk", 1, {"/": 1e12, "nan?": -0.0}),
+    ]
 
 
 def test_rust_codec_is_active() -> None:
