@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench._common import console_script, emit_json, spawn_manager
 from bench.fleetctl_startup import measure
@@ -110,7 +110,7 @@ async def rpc_times(address: str, certs: Path, runs: int) -> tuple[list[float], 
                 LIST_NODES, Cardinality.UNARY_UNARY, admin_pb2.ListNodesRequest, _RawReply
             ) as stream:
                 await stream.send_message(admin_pb2.ListNodesRequest(), end=True)
-                reply = await stream.recv_message()
+                reply = cast(bytes, await stream.recv_message())
             times.append(time.perf_counter() - start)
     finally:
         channel.close()

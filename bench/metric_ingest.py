@@ -28,6 +28,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ async def _ingest(
         response: Any
         while loop.time() < end:
             block = next(blocks[node])
+            call: Awaitable[object]
             if client == "upb":
                 call = upb_stub.ReportMetrics(
                     make_batch_upb(node, block, samples, pool, base), timeout=30

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from harness import console_script, run_cli, wait_until
@@ -561,7 +561,7 @@ def test_upb_and_betterproto_replies_print_the_same(
                     _RawReply,
                 ) as stream:
                     await stream.send_message(request, end=True)
-                    replies[method] = await stream.recv_message()
+                    replies[method] = cast(bytes, await stream.recv_message())
         finally:
             channel.close()
         return replies

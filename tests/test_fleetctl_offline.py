@@ -548,7 +548,9 @@ def test_big_tables_on_a_terminal_are_plain_columns_in_colour() -> None:
 
     from rich.console import Console
 
-    rows = [[f"n{i}", ("online" if i % 2 else "offline", "green"), str(i)] for i in range(300)]
+    rows: list[list[render.Cell]] = [
+        [f"n{i}", ("online" if i % 2 else "offline", "green"), str(i)] for i in range(300)
+    ]
     piped = io.StringIO()
     render.Output(rich=False, stream=piped).table(["NODE", "STATUS", "N"], rows, right=["N"])
     tty = io.StringIO()

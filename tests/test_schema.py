@@ -7,7 +7,10 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import pytest
 from harness import REPO
 
 import schema
@@ -23,7 +26,7 @@ def test_generated_code_matches_protos() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_stale_generated_code_is_detected(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_stale_generated_code_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = importlib.util.spec_from_file_location("genproto", REPO / "tools" / "genproto.py")
     assert spec and spec.loader
     genproto = importlib.util.module_from_spec(spec)
@@ -127,7 +130,7 @@ def test_rust_codec_is_active() -> None:
     assert manager_pb.ReportMetricsRequest().parse(bytes(msg)) == msg
 
 
-def _fields(message: type) -> dict[str, int]:
+def _fields(message: Any) -> dict[str, int]:
     return {name: meta.number for name, meta in message._betterproto.meta_by_field_name.items()}
 
 
