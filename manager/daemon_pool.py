@@ -3,10 +3,11 @@
 One grpclib ``Channel`` per node, created on first use from the address the Daemon
 registered and reused for every call; replaced when the node registers a different
 address; closed with the pool. With TLS every channel shares one client context, which
-accepts only a node certificate from the fleet's CA; before the first call on a new
-connection the pool checks that the certificate is ``spiffe://fleet/node/<node_id>``.
-A valid certificate of *another* node at that address closes the connection before
-anything is sent on it, and is not retried: it is a configuration problem, not a blip.
+accepts only a node certificate from the fleet's CA; every connection the channel makes
+(the first, and grpclib's own reconnects) is then checked to hold
+``spiffe://fleet/node/<node_id>`` before it is used. A valid certificate of *another*
+node at that address closes the connection before any request is sent on it, and is not
+retried: it is a configuration problem, not a blip.
 (One shared context, not one per node: building a context reads the certificate files,
 and a fleet-wide command on first contact would build thousands.)
 
@@ -34,6 +35,7 @@ from typing import Any
 
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 
 from common.backoff import Backoff
 from common.errors import DeadlineExceeded, FleetError, Unavailable
@@ -56,6 +58,25 @@ class DaemonError(FleetError):
     def __init__(self, status: Any, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _NodeChannel(Channel):
+    """A channel that accepts a connection only from ``spiffe://fleet/node/<node_id>``."""
+
+    def __init__(self, node_id: str, host: str, port: int, ssl: ssl.SSLContext | None) -> None:
+        super().__init__(host, port, ssl=ssl)
+        self._node_id = node_id
+
+    async def _create_connection(self) -> H2Protocol:
+        protocol = await super()._create_connection()
+        if self._ssl is not None:
+            peer = identity_from_cert(protocol.connection.get_peer().cert())
+            if peer is None or peer.role != "node" or peer.name != self._node_id:
+                protocol.processor.close()
+                raise PeerIdentityError(
+                    f"server identity is {peer or 'none'}, expected node/{self._node_id}"
+                )
+        return protocol
 
 
 @dataclass
@@ -126,7 +147,7 @@ class DaemonClientPool:
             log.info("daemon %s moved from %s to %s", node_id, conn.address, address)
             conn.channel.close()
         host, port = split_host_port(address, f"daemon address of {node_id}")
-        channel = Channel(host, port, ssl=self._ssl)
+        channel = _NodeChannel(node_id, host, port, self._ssl)
         backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
         conn = _Conn(node_id, address, channel, backoff)
         self._conns[node_id] = conn
@@ -151,14 +172,9 @@ class DaemonClientPool:
             for attempt in range(1, self._attempts + 1):
                 self._set_state(conn, CONNECTING, f"attempt {attempt}/{self._attempts}")
                 try:
-                    protocol = await asyncio.wait_for(
-                        conn.channel.__connect__(), self._connect_timeout
-                    )
-                    if self._ssl is not None:
-                        _check_identity(conn, protocol)
+                    await asyncio.wait_for(conn.channel.__connect__(), self._connect_timeout)
                 except ssl.SSLError as exc:
                     # Wrong identity or untrusted peer: retrying cannot help.
-                    conn.channel.close()
                     self._set_state(conn, IDLE, "TLS verification failed")
                     reason = getattr(exc, "verify_message", "") or str(exc)
                     raise Unavailable(
@@ -230,19 +246,6 @@ class DaemonClientPool:
 
     async def wait_closed(self) -> None:
         await asyncio.sleep(0)
-
-
-def _check_identity(conn: _Conn, protocol: Any) -> None:
-    """Raise ``PeerIdentityError`` unless the Daemon presented ``node/<conn.node_id>``.
-
-    The shared context has already verified the chain and the ``node`` role during the
-    handshake; nothing has been sent on the connection but HTTP/2's preface.
-    """
-    peer = identity_from_cert(protocol.connection.get_peer().cert())
-    if peer is None or peer.role != "node" or peer.name != conn.node_id:
-        raise PeerIdentityError(
-            f"server identity is {peer or 'none'}, expected node/{conn.node_id}"
-        )
 
 
 def _describe(exc: BaseException | None) -> str:

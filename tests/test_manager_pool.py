@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 from typing import cast
 
@@ -145,6 +146,14 @@ def test_wrong_node_certificate_is_refused_without_retry(
             assert "node/node-b" in message
             assert pool.states() == {"node-a": "idle"}
             # The impostor saw no request: the identity is checked before the first call.
+            assert server.daemon.calls == 0
+            # The channel itself refuses, so a reconnect grpclib makes on its own (not
+            # through the pool's connect) is checked too.
+            channel = pool._conns["node-a"].channel
+            with pytest.raises(ssl.SSLError, match="expected node/node-a"):
+                await daemon_pb.DaemonServiceStub(channel).list_agents(
+                    daemon_pb.ListAgentsRequest(), timeout=5
+                )
             assert server.daemon.calls == 0
         finally:
             pool.close()
