@@ -64,7 +64,7 @@ def tortoise_config(url: str) -> dict[str, Any]:
 TORTOISE_ORM = tortoise_config("sqlite://:memory:")
 
 # Errors meaning "the database is not reachable / not usable right now": UNAVAILABLE.
-_DB_ERRORS: tuple[type[BaseException], ...] = (
+DB_ERRORS: tuple[type[BaseException], ...] = (
     DBConnectionError,
     OperationalError,
     sqlite3.OperationalError,
@@ -75,7 +75,7 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
 try:  # asyncpg is optional (only for PostgreSQL)
     import asyncpg
 
-    _DB_ERRORS += (
+    DB_ERRORS += (
         asyncpg.PostgresConnectionError,  # SQLSTATE class 08
         asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now
         asyncpg.InvalidCatalogNameError,  # the database itself is gone
@@ -103,7 +103,7 @@ def db_errors_unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P
             return await asyncio.shield(fn(*args, **kwargs))
         except FleetError:
             raise
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             log.warning("database error in %s: %s", fn.__name__, exc)
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
 
@@ -148,7 +148,7 @@ class Database:
             self._check_sqlite_file()
         try:
             await migrate(config=config, progress=progress)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise Unavailable(f"cannot open database {_redact(self.url)}: {exc}") from exc
         if applied:
             log.info("database migrated: applied %s", ", ".join(applied))

@@ -19,7 +19,10 @@ from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
-from .database import Database, db_errors_unavailable
+from common.errors import Unavailable
+
+from .database import DB_ERRORS, Database, db_errors_unavailable
+from .group_commit import GroupCommit
 from .models import OFFLINE, ONLINE, REGISTERING, Agent, MetricSample, Node, NodeEvent
 
 log = logging.getLogger(__name__)
@@ -199,6 +202,76 @@ def _sqlite_insert_metrics(
     return _sqlite_metric_sql(len(rows)), params
 
 
+# RegisterNode in batches (Store.register_node, group_commit.py): the node facts a
+# registration may set, and the statements that apply a batch (each run once per batch).
+_FACT_COLUMNS = (
+    "hostname",
+    "ip",
+    "os",
+    "arch",
+    "labels",
+    "daemon_version",
+    "agent_version",
+    "daemon_address",
+    "heartbeat_interval",
+    "instance_id",
+)
+_NODE_INSERT_COLUMNS = (
+    "node_id",
+    *_FACT_COLUMNS,
+    "status",
+    "registered_at",
+    "updated_at",
+    "last_heartbeat",
+    "status_since",
+    "last_heartbeat_reported",
+    "offline_after",
+    "grace",
+)
+# Set on every registration, after the facts.
+_REGISTER_SET_COLUMNS = (
+    "updated_at",
+    "last_heartbeat",
+    "grace",
+    "offline_after",
+    "status",
+    "status_since",
+)
+_EVENT_COLUMNS = ("node_id", "timestamp", "old_status", "new_status", "reason")
+_REGISTER_BATCH = 500  # node ids per SELECT … IN (…): well under both backends' limits
+
+
+def _marks(count: int, pg: bool, start: int = 1) -> list[str]:
+    return [f"${i}" for i in range(start, start + count)] if pg else ["?"] * count
+
+
+def _insert_sql(table: str, columns: Sequence[str], pg: bool) -> str:
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(_marks(len(columns), pg))})"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _register_update_sql(facts: tuple[str, ...], pg: bool) -> str:
+    columns = (*facts, *_REGISTER_SET_COLUMNS)
+    marks = _marks(len(columns) + 1, pg)
+    assignments = ", ".join(f"{c}={m}" for c, m in zip(columns, marks, strict=False))
+    return f"UPDATE fleet_node SET {assignments} WHERE node_id={marks[-1]}"
+
+
+def _fact_default(column: str) -> Any:
+    default = Node._meta.fields_map[column].default
+    return default() if callable(default) else default
+
+
+@dataclass(frozen=True)
+class _Registration:
+    node_id: str
+    facts: Mapping[str, Any]
+    now: float
+    grace: float
+
+
 def _nothing_changed(
     current: Mapping[str, Agent], states: Sequence[AgentRecord], full: bool
 ) -> bool:
@@ -218,6 +291,12 @@ class Store:
     def __init__(self, *, database: Database) -> None:
         self._db = database
         self._pg = database.backend == "postgres"
+        self._registrations: GroupCommit[_Registration, RegisterResult] = GroupCommit(
+            self._apply_registrations,
+            key=lambda item: item.node_id,
+            max_batch=_REGISTER_BATCH,
+            name="register-node-writer",
+        )
 
     # ---- nodes ----
 
@@ -225,14 +304,142 @@ class Store:
     async def register_node(
         self, *, node_id: str, facts: Mapping[str, Any], now: float, grace: float
     ) -> RegisterResult:
-        """Create or update a node from RegisterNode; it is online from now on."""
+        """Create or update a node from RegisterNode; it is online from now on.
+
+        Concurrent registrations are written together, one transaction per batch
+        (:meth:`_register_batch`); this returns once the node's batch committed.
+        """
+        if not set(facts) <= set(_FACT_COLUMNS):
+            return await self._register_one(_Registration(node_id, facts, now, grace))
+        return await self._registrations.submit(_Registration(node_id, facts, now, grace))
+
+    async def _apply_registrations(
+        self, items: list[_Registration]
+    ) -> list[RegisterResult | BaseException]:
+        """One batch for GroupCommit: results (or each caller's own error) in order."""
+        try:
+            return list(await self._register_batch(items))
+        except DB_ERRORS as exc:
+            if isinstance(exc, IntegrityError):
+                # Another Manager created one of these nodes meanwhile (PostgreSQL):
+                # register one by one, the retry of the one concerned updates.
+                return await self._register_each(items)
+            log.warning("database error in register_node (%d nodes): %s", len(items), exc)
+            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
+        except Exception:
+            log.exception("register_node batch of %d failed: registering one by one", len(items))
+            return await self._register_each(items)
+
+    async def _register_each(
+        self, items: list[_Registration]
+    ) -> list[RegisterResult | BaseException]:
+        results: list[RegisterResult | BaseException] = []
+        for item in items:
+            try:
+                results.append(await self._register_one(item))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _register_one(self, item: _Registration) -> RegisterResult:
         for attempt in (1, 2):
             try:
-                return await self._register(node_id, facts, now, grace)
+                return await self._register(item.node_id, item.facts, item.now, item.grace)
             except IntegrityError:
                 if attempt == 2:  # two Managers created it at once: the retry updates
                     raise
         raise AssertionError("unreachable")
+
+    async def _register_batch(self, items: Sequence[_Registration]) -> list[RegisterResult]:
+        """Register distinct nodes in one transaction with a constant number of statements.
+
+        The same effects as :meth:`_register` node by node: one SELECT of the existing
+        rows, one executemany INSERT of the new nodes, one executemany UPDATE per set of
+        fact names (one in practice), one executemany INSERT of the node events.
+        """
+        pg = self._pg
+        fields = Node._meta.fields_map
+        ids = [item.node_id for item in items]
+        inserts: list[list[Any]] = []
+        updates: dict[tuple[str, ...], list[list[Any]]] = {}
+        events: list[list[Any]] = []
+        results: list[RegisterResult] = []
+        async with in_transaction() as tx:
+            _, rows = await tx.execute_query(
+                "SELECT node_id, status, status_since, instance_id, daemon_address "
+                f"FROM fleet_node WHERE node_id IN ({', '.join(_marks(len(ids), pg))})",
+                ids,
+            )
+            existing = {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
+            for item in items:
+                node_id, now, facts = item.node_id, item.now, item.facts
+                values = {
+                    name: fields[name].to_db_value(value, Node) for name, value in facts.items()
+                }
+                row = existing.get(node_id)
+                created = row is None
+                old_status, since, previous_instance, previous_address = (
+                    ("", now, "", "") if row is None else row
+                )
+                transition = None
+                if old_status != ONLINE:
+                    since = now
+                    reason = "registered" if created else "re-registered"
+                    transition = Transition(node_id, old_status, ONLINE, reason)
+                    events.append([node_id, now, old_status, ONLINE, reason])
+                if created:
+                    inserts.append(
+                        [
+                            node_id,
+                            *(
+                                values[c]
+                                if c in values
+                                else fields[c].to_db_value(_fact_default(c), Node)
+                                for c in _FACT_COLUMNS
+                            ),
+                            ONLINE,
+                            now,
+                            now,
+                            now,
+                            since,
+                            0,
+                            now + item.grace,
+                            item.grace,
+                        ]
+                    )
+                else:
+                    names = tuple(sorted(values))
+                    updates.setdefault(names, []).append(
+                        [
+                            *(values[n] for n in names),
+                            now,
+                            now,
+                            item.grace,
+                            now + item.grace,
+                            ONLINE,
+                            since,
+                            node_id,
+                        ]
+                    )
+                new_instance = facts.get("instance_id", "")
+                if (
+                    not created
+                    and previous_instance
+                    and new_instance
+                    and previous_instance != new_instance
+                ):
+                    reason = f"daemon instance {new_instance} replaced {previous_instance}"
+                    events.append([node_id, now, ONLINE, ONLINE, reason])
+                results.append(
+                    RegisterResult(created, transition, previous_instance, previous_address)
+                )
+            if inserts:
+                await tx.execute_many(_insert_sql("fleet_node", _NODE_INSERT_COLUMNS, pg), inserts)
+            for names, params in updates.items():
+                await tx.execute_many(_register_update_sql(names, pg), params)
+            if events:
+                await tx.execute_many(_insert_sql("fleet_node_event", _EVENT_COLUMNS, pg), events)
+        return results
 
     async def _register(
         self, node_id: str, facts: Mapping[str, Any], now: float, grace: float
