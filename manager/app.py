@@ -49,6 +49,7 @@ ADMIN_POLICY = {
         "QueryNodeMetrics",
         "PushUpdate",
         "GetAgentConfig",
+        "GetAgentLog",
         "RemoveNode",
     )
 }

@@ -159,6 +159,12 @@ def _manager_calls() -> list[tuple[str, Any, type, str]]:
             a.GetAgentConfigResponse,
             "admin",
         ),
+        (
+            ADMIN_SVC + "GetAgentLog",
+            a.GetAgentLogRequest(node_id="node-a", agent_id="sleepy"),
+            a.GetAgentLogResponse,
+            "admin",
+        ),
         # Last: it forgets node-c, which the ManagerService rows above registered.
         (
             ADMIN_SVC + "RemoveNode",
@@ -215,6 +221,12 @@ def _daemon_calls() -> list[tuple[str, Any, type, frozenset[str]]]:
             DAEMON_SVC + "GetAgentConfig",
             d.AgentConfigRequest(agent_id="sleepy"),
             d.ConfigResponse,
+            staff,
+        ),
+        (
+            DAEMON_SVC + "GetAgentLog",
+            d.AgentLogRequest(agent_id="sleepy"),
+            d.AgentLogResponse,
             staff,
         ),
         (
@@ -363,8 +375,8 @@ def test_every_daemon_rpc_with_every_caller(fleet: Fleet) -> None:
         return out
 
     results = asyncio.run(matrix())
-    assert len(results) == 10 * 4
-    assert sum(code == "OK" for code in results.values()) == 6 * 2
+    assert len(results) == 11 * 4
+    assert sum(code == "OK" for code in results.values()) == 7 * 2
     # The agent-facing methods answer nobody on TCP, whatever the certificate.
     for method in ("Register", "Heartbeat", "ReportMetrics", "GetConfig"):
         assert all(results[(method, c)] != "OK" for c in CALLERS)

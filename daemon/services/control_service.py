@@ -8,6 +8,7 @@ is the authority on what runs on its host.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from common.errors import InvalidArgument
 from common.validate import check_id
 from schema import daemon_pb
 
+from .. import logtail
 from ..agents import Agents, UpdateFailed
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,14 @@ POLICY = {
         "GetAgentMetrics",
         "SyncAgentStates",
         "GetAgentConfig",
+        "GetAgentLog",
     )
 }
 
 
 class ControlService(daemon_pb.DaemonServiceBase):
-    """ListAgents, OperateAgent, GetAgentMetrics, SyncAgentStates, PushUpdate, GetAgentConfig.
+    """ListAgents, OperateAgent, GetAgentMetrics, SyncAgentStates, PushUpdate, GetAgentConfig,
+    GetAgentLog.
 
     The agent-facing methods are left to the base class (``UNIMPLEMENTED``) and are in
     any case outside this listener's policy.
@@ -117,6 +121,25 @@ class ControlService(daemon_pb.DaemonServiceBase):
     ) -> daemon_pb.ConfigResponse:
         check_id("agent_id", agent_config_request.agent_id)
         return config_response(self._agents, agent_config_request.agent_id)
+
+    async def get_agent_log(
+        self, agent_log_request: daemon_pb.AgentLogRequest
+    ) -> daemon_pb.AgentLogResponse:
+        req = agent_log_request
+        check_id("agent_id", req.agent_id)
+        stream, lines = logtail.check_request(req.stream, req.lines)
+        stdout, stderr = self._agents.get(req.agent_id).log_files
+        path = (stdout if stream == "stdout" else stderr).path
+        found = await asyncio.to_thread(logtail.tail, path, lines)
+        return daemon_pb.AgentLogResponse(
+            agent_id=req.agent_id,
+            stream=stream,
+            text=found.text(),
+            line_count=len(found.lines),
+            truncated=found.truncated,
+            path=str(path),
+            size_bytes=found.size,
+        )
 
 
 def config_response(agents: Agents, agent_id: str) -> daemon_pb.ConfigResponse:

@@ -1,7 +1,7 @@
 """``fleetctl agents list`` and ``fleetctl agent start|stop|restart``.
 
 Fleet-wide operations (``--all``) live in :mod:`.fleetwide`; ``agent config`` in
-:mod:`.agent_config`.
+:mod:`.agent_config`; ``agent logs`` in :mod:`.agent_logs`.
 """
 
 from collections.abc import Callable
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import CliError, ExitCode, usage
-from . import agent_config
+from . import agent_config, agent_logs
 from ._complete import complete_node
 from ._shared import (
     PAST,
@@ -28,7 +28,7 @@ from ._shared import (
 
 agents_app = typer.Typer(help="List agents fleet-wide or on one node.", no_args_is_help=True)
 agent_app = typer.Typer(
-    help="Operate one agent: start, stop, restart (one node or --all), config.",
+    help="Operate one agent: start, stop, restart (one node or --all), config, logs.",
     no_args_is_help=True,
 )
 agent_app.add_typer(agent_config.app, name="config")
@@ -226,3 +226,4 @@ def report_operation(
 
 for _op in ("start", "stop", "restart"):
     agent_app.command(_op, no_args_is_help=True)(_operation(_op))
+agent_app.command("logs", no_args_is_help=True)(agent_logs.agent_logs)

@@ -1,8 +1,8 @@
 """AdminService: what fleetctl calls (admin certificates only).
 
 Node, agent and host-metric views come from the Manager's database. OperateAgent,
-GetAgentMetrics, PushUpdate, GetAgentConfig and ListAgents(live=true) are proxied to the
-owning Daemon through the :class:`~manager.daemon_pool.DaemonClientPool`.
+GetAgentMetrics, PushUpdate, GetAgentConfig, GetAgentLog and ListAgents(live=true) are
+proxied to the owning Daemon through the :class:`~manager.daemon_pool.DaemonClientPool`.
 
 Agent resolution: with ``node_id`` given the agent is looked for on that node; without
 it, an agent id that exists on exactly one node (in the synced view) is enough; on
@@ -39,6 +39,10 @@ DEFAULT_WINDOW = 3600
 # At most this many Daemons asked at once by a fleet-wide live ListAgents.
 LIVE_FANOUT = 64
 MAX_WINDOW = 366 * 86400
+# GetAgentLog's bounds, checked here too so a bad request costs no Daemon round trip
+# (the Daemon's own check is daemon.logtail.check_request).
+LOG_STREAMS = ("stdout", "stderr")
+MAX_LOG_LINES = 5000
 
 
 def node_message(node: Node, agent_count: int = 0) -> admin_pb.Node:
@@ -398,6 +402,24 @@ class AdminService(admin_pb.AdminServiceBase):
             daemon_pb.AgentConfigRequest(agent_id=agent_id),
         )
         return admin_pb.GetAgentConfigResponse(node_id=node.node_id, config=reply)
+
+    async def get_agent_log(
+        self, request: admin_pb.GetAgentLogRequest
+    ) -> admin_pb.GetAgentLogResponse:
+        if request.stream and request.stream not in LOG_STREAMS:
+            raise InvalidArgument(f"stream {request.stream[:32]!r} is not stdout or stderr")
+        if request.lines < 0 or request.lines > MAX_LOG_LINES:
+            raise InvalidArgument(f"lines {request.lines} is outside 1..{MAX_LOG_LINES}")
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        reply = await self._pool.call(
+            node.node_id,
+            node.daemon_address,
+            "get_agent_log",
+            daemon_pb.AgentLogRequest(
+                agent_id=agent_id, stream=request.stream, lines=request.lines
+            ),
+        )
+        return admin_pb.GetAgentLogResponse(node_id=node.node_id, log=reply)
 
     # ---- helpers ----
 

@@ -236,6 +236,25 @@ class RemoveNodeResponse(betterproto.Message):
     message: str = betterproto.string_field(2)
 
 
+@dataclass(eq=False, repr=False)
+class GetAgentLogRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    """May be empty when agent_id is unique across the fleet."""
+
+    agent_id: str = betterproto.string_field(2)
+    stream: str = betterproto.string_field(3)
+    """stdout" or "stderr"; empty = "stderr"."""
+
+    lines: int = betterproto.int32_field(4)
+    """How many lines; 0 = 100, at most 5000."""
+
+
+@dataclass(eq=False, repr=False)
+class GetAgentLogResponse(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    log: "__daemon_v1__.AgentLogResponse" = betterproto.message_field(2)
+
+
 class AdminServiceStub(betterproto.ServiceStub):
     async def list_nodes(
         self,
@@ -373,6 +392,23 @@ class AdminServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_agent_log(
+        self,
+        get_agent_log_request: "GetAgentLogRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetAgentLogResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/GetAgentLog",
+            get_agent_log_request,
+            GetAgentLogResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def remove_node(
         self,
         remove_node_request: "RemoveNodeRequest",
@@ -429,6 +465,11 @@ class AdminServiceBase(ServiceBase):
     async def get_agent_config(
         self, get_agent_config_request: "GetAgentConfigRequest"
     ) -> "GetAgentConfigResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_agent_log(
+        self, get_agent_log_request: "GetAgentLogRequest"
+    ) -> "GetAgentLogResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def remove_node(
@@ -495,6 +536,13 @@ class AdminServiceBase(ServiceBase):
         response = await self.get_agent_config(request)
         await stream.send_message(response)
 
+    async def __rpc_get_agent_log(
+        self, stream: "grpclib.server.Stream[GetAgentLogRequest, GetAgentLogResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_agent_log(request)
+        await stream.send_message(response)
+
     async def __rpc_remove_node(
         self, stream: "grpclib.server.Stream[RemoveNodeRequest, RemoveNodeResponse]"
     ) -> None:
@@ -551,6 +599,12 @@ class AdminServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetAgentConfigRequest,
                 GetAgentConfigResponse,
+            ),
+            "/fleet.admin.v1.AdminService/GetAgentLog": grpclib.const.Handler(
+                self.__rpc_get_agent_log,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetAgentLogRequest,
+                GetAgentLogResponse,
             ),
             "/fleet.admin.v1.AdminService/RemoveNode": grpclib.const.Handler(
                 self.__rpc_remove_node,

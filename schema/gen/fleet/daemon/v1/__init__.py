@@ -241,6 +241,38 @@ class AgentConfigRequest(betterproto.Message):
     agent_id: str = betterproto.string_field(1)
 
 
+@dataclass(eq=False, repr=False)
+class AgentLogRequest(betterproto.Message):
+    agent_id: str = betterproto.string_field(1)
+    stream: str = betterproto.string_field(2)
+    """stdout" or "stderr"; empty = "stderr"."""
+
+    lines: int = betterproto.int32_field(3)
+    """How many lines, counted back from the newest; 0 = 100, at most 5000."""
+
+
+@dataclass(eq=False, repr=False)
+class AgentLogResponse(betterproto.Message):
+    agent_id: str = betterproto.string_field(1)
+    stream: str = betterproto.string_field(2)
+    text: str = betterproto.string_field(3)
+    """
+    The last `line_count` lines, oldest first, each ending in a newline; undecodable
+     bytes are replaced (U+FFFD). Lines longer than 64 KiB are cut.
+    """
+
+    line_count: int = betterproto.int32_field(4)
+    truncated: bool = betterproto.bool_field(5)
+    """
+    Older lines exist than those returned (in the files, or past the read bound).
+    """
+
+    path: str = betterproto.string_field(6)
+    """The log file on the Daemon's host, and its current size in bytes."""
+
+    size_bytes: int = betterproto.int64_field(7)
+
+
 class DaemonServiceStub(betterproto.ServiceStub):
     async def register(
         self,
@@ -412,6 +444,23 @@ class DaemonServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_agent_log(
+        self,
+        agent_log_request: "AgentLogRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "AgentLogResponse":
+        return await self._unary_unary(
+            "/fleet.daemon.v1.DaemonService/GetAgentLog",
+            agent_log_request,
+            AgentLogResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class DaemonServiceBase(ServiceBase):
 
@@ -457,6 +506,11 @@ class DaemonServiceBase(ServiceBase):
     async def get_agent_config(
         self, agent_config_request: "AgentConfigRequest"
     ) -> "ConfigResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_agent_log(
+        self, agent_log_request: "AgentLogRequest"
+    ) -> "AgentLogResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_register(
@@ -531,6 +585,13 @@ class DaemonServiceBase(ServiceBase):
         response = await self.get_agent_config(request)
         await stream.send_message(response)
 
+    async def __rpc_get_agent_log(
+        self, stream: "grpclib.server.Stream[AgentLogRequest, AgentLogResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_agent_log(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.daemon.v1.DaemonService/Register": grpclib.const.Handler(
@@ -592,5 +653,11 @@ class DaemonServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 AgentConfigRequest,
                 ConfigResponse,
+            ),
+            "/fleet.daemon.v1.DaemonService/GetAgentLog": grpclib.const.Handler(
+                self.__rpc_get_agent_log,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AgentLogRequest,
+                AgentLogResponse,
             ),
         }

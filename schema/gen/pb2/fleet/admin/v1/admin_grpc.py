@@ -49,6 +49,10 @@ class AdminServiceBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def GetAgentLog(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentLogRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentLogResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def RemoveNode(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeResponse]') -> None:
         pass
 
@@ -101,6 +105,12 @@ class AdminServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentConfigRequest,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentConfigResponse,
+            ),
+            '/fleet.admin.v1.AdminService/GetAgentLog': grpclib.const.Handler(
+                self.GetAgentLog,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentLogRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentLogResponse,
             ),
             '/fleet.admin.v1.AdminService/RemoveNode': grpclib.const.Handler(
                 self.RemoveNode,
@@ -161,6 +171,12 @@ class AdminServiceStub:
             '/fleet.admin.v1.AdminService/GetAgentConfig',
             schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentConfigRequest,
             schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentConfigResponse,
+        )
+        self.GetAgentLog = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/GetAgentLog',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentLogRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentLogResponse,
         )
         self.RemoveNode = grpclib.client.UnaryUnaryMethod(
             channel,

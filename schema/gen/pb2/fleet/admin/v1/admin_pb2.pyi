@@ -275,3 +275,23 @@ class RemoveNodeResponse(_message.Message):
     removed: bool
     message: str
     def __init__(self, removed: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetAgentLogRequest(_message.Message):
+    __slots__ = ("node_id", "agent_id", "stream", "lines")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    agent_id: str
+    stream: str
+    lines: int
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
+
+class GetAgentLogResponse(_message.Message):
+    __slots__ = ("node_id", "log")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    log: _daemon_pb2.AgentLogResponse
+    def __init__(self, node_id: _Optional[str] = ..., log: _Optional[_Union[_daemon_pb2.AgentLogResponse, _Mapping]] = ...) -> None: ...

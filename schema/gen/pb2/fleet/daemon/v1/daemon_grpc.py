@@ -54,6 +54,10 @@ class DaemonServiceBase(abc.ABC):
     async def GetAgentConfig(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentConfigRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ConfigResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def GetAgentLog(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/fleet.daemon.v1.DaemonService/Register': grpclib.const.Handler(
@@ -115,6 +119,12 @@ class DaemonServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentConfigRequest,
                 schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ConfigResponse,
+            ),
+            '/fleet.daemon.v1.DaemonService/GetAgentLog': grpclib.const.Handler(
+                self.GetAgentLog,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse,
             ),
         }
 
@@ -181,4 +191,10 @@ class DaemonServiceStub:
             '/fleet.daemon.v1.DaemonService/GetAgentConfig',
             schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentConfigRequest,
             schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ConfigResponse,
+        )
+        self.GetAgentLog = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.daemon.v1.DaemonService/GetAgentLog',
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse,
         )

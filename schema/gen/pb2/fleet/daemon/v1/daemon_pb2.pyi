@@ -267,3 +267,31 @@ class AgentConfigRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class AgentLogRequest(_message.Message):
+    __slots__ = ("agent_id", "stream", "lines")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    stream: str
+    lines: int
+    def __init__(self, agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
+
+class AgentLogResponse(_message.Message):
+    __slots__ = ("agent_id", "stream", "text", "line_count", "truncated", "path", "size_bytes")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LINE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    stream: str
+    text: str
+    line_count: int
+    truncated: bool
+    path: str
+    size_bytes: int
+    def __init__(self, agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ..., line_count: _Optional[int] = ..., truncated: _Optional[bool] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
