@@ -258,7 +258,7 @@ class AgentLogResponse(betterproto.Message):
     text: str = betterproto.string_field(3)
     """
     The last `line_count` lines, oldest first, each ending in a newline; undecodable
-     bytes are replaced (U+FFFD). Lines longer than 64 KiB are cut.
+     bytes are replaced (U+FFFD). At most 1 MiB: fewer lines than asked when they are long.
     """
 
     line_count: int = betterproto.int32_field(4)
