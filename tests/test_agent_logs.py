@@ -39,11 +39,11 @@ for i in range(1, 301):
     print(f"out {i}")
     print(f"err {i}", file=sys.stderr)
 sys.stdout.write("out done\\n")
+sys.stdout.flush()  # before "err done", which the fixture waits for
 sys.stderr.flush()
 sys.stderr.buffer.write(b"bad \\xff byte\\n")
 sys.stderr.buffer.flush()
 print("err done", file=sys.stderr, flush=True)
-sys.stdout.flush()
 while True:
     time.sleep(60)
 """
@@ -192,6 +192,15 @@ def test_a_crash_looping_agent_says_why(fleet: Fleet) -> None:
 
     wait_until(lambda: len(runs()) >= 2, timeout=30, what="looper to have run twice")
     assert set(runs()) == {"looper: cannot open /nonexistent"}
+
+
+def test_no_output_yet_says_so(fleet: Fleet) -> None:
+    """looper never writes to stdout: nothing on stdout, and the header says why."""
+    result = cli(fleet, "agent", "logs", "node-a", "looper", "--stream", "stdout")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    path = fleet.daemon.state_dir / "logs" / "looper.stdout.log"
+    assert one_line(result.stderr) == f"no stdout output from looper on node node-a ({path}, 0 B)"
 
 
 # ---- errors -------------------------------------------------------------------------------
