@@ -14,9 +14,9 @@ import pytest
 from tortoise.exceptions import IntegrityError
 
 from common.errors import Unavailable
-from manager.store import Database, RegisterResult, Store
-from manager.store.models import OFFLINE, Node, NodeEvent
-from manager.store.store import _Registration
+from manager.store import AgentRecord, Database, RegisterResult, Store
+from manager.store.models import OFFLINE, Agent, Node, NodeEvent
+from manager.store.store import _AgentSync, _Registration
 
 GRACE = 30.0
 
@@ -233,3 +233,65 @@ def test_integrity_error_falls_back_to_one_by_one(db_url: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+# ---- SyncAgentStates with changes: the same group commit ----
+
+
+def _agents(prefix: str, count: int, **fields: Any) -> list[AgentRecord]:
+    return [
+        AgentRecord(agent_id=f"{prefix}{i}", status=fields.get("status", "RUNNING"), pid=100 + i,
+                    last_heartbeat=fields.get("beat", 1), type="worker", version="1.0")
+        for i in range(count)
+    ]  # fmt: skip
+
+
+async def _agent_state() -> list[tuple[Any, ...]]:
+    agents = await Agent.all().order_by("node_id", "agent_id")
+    return [
+        (a.node_id, a.agent_id, a.status, a.pid, a.last_heartbeat, a.version, a.updated_at)
+        for a in agents
+    ]
+
+
+async def _sync_scenario(store: Store, one_by_one: bool) -> tuple[Any, ...]:
+    async def sync(node_id: str, states: list[AgentRecord], full: bool, now: float) -> Any:
+        if one_by_one:
+            return await store._sync_one(_AgentSync(node_id, states, full, now))
+        return await store.sync_agents(node_id=node_id, states=states, full=full, now=now)
+
+    async def wave(calls: list[tuple[str, list[AgentRecord], bool, float]]) -> list[Any]:
+        if one_by_one:
+            return [await sync(*call) for call in calls]
+        return list(await asyncio.gather(*(sync(*call) for call in calls)))
+
+    nodes = [f"n{i:02d}" for i in range(30)]
+    first = await wave([(n, _agents("a", 4), True, 10.0) for n in nodes])
+    second = await wave(
+        [
+            (n, _agents("a", 2 + i % 3, beat=2 if i % 2 else 1), i % 4 != 0, 20.0 + i)
+            for i, n in enumerate(nodes)
+        ]
+        + [(nodes[0], _agents("a", 4, status="FATAL"), True, 30.0)]  # same node again
+        + [(nodes[1], [], True, 31.0)]
+    )
+    return first, second, await _agent_state()
+
+
+def test_batched_agent_syncs_match_one_by_one(tmp_path: Any, db_url: str) -> None:
+    batched = asyncio.run(_with_store(db_url, lambda s: _sync_scenario(s, one_by_one=False)))
+    first, second, rows = batched
+    assert first == [(4, 0)] * 30
+    assert second[0] == (2, 0)  # not full: nothing removed
+    assert second[2] == (4, 0) and second[5] == (4, 0)
+    assert second[4] == (3, 0) and second[6] == (2, 2)
+    assert second[1] == (3, 1)
+    assert second[30] == (4, 0) and second[31] == (0, 3)
+    by_key = {(r[0], r[1]): r for r in rows}
+    assert by_key[("n00", "a3")][2] == "FATAL" and by_key[("n00", "a3")][6] == 30.0
+    assert ("n01", "a0") not in by_key and ("n06", "a2") not in by_key
+    assert by_key[("n03", "a0")][4] == 2 and by_key[("n03", "a0")][6] == 23.0
+    if db_url.startswith("sqlite"):
+        other = f"sqlite://{tmp_path / 'one-by-one.db'}"
+        expected = asyncio.run(_with_store(other, lambda s: _sync_scenario(s, one_by_one=True)))
+        assert batched == expected

@@ -272,6 +272,33 @@ class _Registration:
     grace: float
 
 
+@dataclass(frozen=True)
+class _AgentSync:
+    node_id: str
+    states: Sequence[AgentRecord]
+    full: bool
+    now: float
+
+
+_SYNC_BATCH = 100  # nodes per batch (each up to MAX_AGENTS_PER_SYNC agents)
+_AGENT_INSERT_COLUMNS = ("node_id", "agent_id", *_AGENT_FIELDS, "updated_at")
+
+
+@functools.lru_cache(maxsize=2)
+def _agent_sql(pg: bool) -> tuple[str, str, str, str]:
+    """(INSERT, UPDATE all fields by id, UPDATE updated_at by id, DELETE by id)."""
+    columns = (*_AGENT_FIELDS, "updated_at")
+    marks = _marks(len(columns) + 1, pg)
+    assignments = ", ".join(f"{c}={m}" for c, m in zip(columns, marks, strict=False))
+    one, two = _marks(2, pg)
+    return (
+        _insert_sql("fleet_agent", _AGENT_INSERT_COLUMNS, pg),
+        f"UPDATE fleet_agent SET {assignments} WHERE id={marks[-1]}",
+        f"UPDATE fleet_agent SET updated_at={one} WHERE id={two}",
+        f"DELETE FROM fleet_agent WHERE id={one}",
+    )
+
+
 def _nothing_changed(
     current: Mapping[str, Agent], states: Sequence[AgentRecord], full: bool
 ) -> bool:
@@ -296,6 +323,12 @@ class Store:
             key=lambda item: item.node_id,
             max_batch=_REGISTER_BATCH,
             name="register-node-writer",
+        )
+        self._agent_syncs: GroupCommit[_AgentSync, tuple[int, int]] = GroupCommit(
+            self._apply_agent_syncs,
+            key=lambda item: item.node_id,
+            max_batch=_SYNC_BATCH,
+            name="agent-sync-writer",
         )
 
     # ---- nodes ----
@@ -678,7 +711,9 @@ class Store:
 
         Returns (upserted, removed). Daemons resend their full list periodically and it
         is mostly unchanged: then the whole sync is one read and one ``updated_at``
-        update, without a transaction.
+        update, without a transaction. Otherwise the changes of concurrent syncs are
+        written together, one transaction per batch (:meth:`_sync_batch`), and this
+        returns once that batch committed.
         """
         current = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
         if _nothing_changed(current, states, full):
@@ -686,11 +721,41 @@ class Store:
                 ids = [current[s.agent_id].id for s in states]
                 await Agent.filter(id__in=ids).update(updated_at=now)
             return len(states), 0
+        return await self._agent_syncs.submit(_AgentSync(node_id, states, full, now))
+
+    async def _apply_agent_syncs(
+        self, items: list[_AgentSync]
+    ) -> list[tuple[int, int] | BaseException]:
+        """One batch for GroupCommit: (upserted, removed) per sync, or its own error."""
+        try:
+            return list(await self._sync_batch(items))
+        except DB_ERRORS as exc:
+            if isinstance(exc, IntegrityError):
+                # Another Manager inserted one of these agents meanwhile (PostgreSQL).
+                return await self._sync_each(items)
+            log.warning("database error in sync_agents (%d nodes): %s", len(items), exc)
+            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
+        except Exception:
+            log.exception("sync_agents batch of %d failed: syncing one by one", len(items))
+            return await self._sync_each(items)
+
+    async def _sync_each(self, items: list[_AgentSync]) -> list[tuple[int, int] | BaseException]:
+        results: list[tuple[int, int] | BaseException] = []
+        for item in items:
+            try:
+                results.append(await self._sync_one(item))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _sync_one(self, item: _AgentSync) -> tuple[int, int]:
+        """One node's changed sync in its own transaction (the batch's fallback)."""
+        node_id, now = item.node_id, item.now
         removed = 0
         async with in_transaction():
             existing = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
             unchanged: list[int] = []
-            for state in states:
+            for state in item.states:
                 values = {f: getattr(state, f) for f in _AGENT_FIELDS}
                 agent = existing.get(state.agent_id)
                 if agent is None:
@@ -703,11 +768,64 @@ class Store:
                     await Agent.filter(id=agent.id).update(updated_at=now, **values)
             if unchanged:
                 await Agent.filter(id__in=unchanged).update(updated_at=now)
-            if full:
-                gone = set(existing) - {s.agent_id for s in states}
+            if item.full:
+                gone = set(existing) - {s.agent_id for s in item.states}
                 if gone:
                     removed = await Agent.filter(node_id=node_id, agent_id__in=list(gone)).delete()
-        return len(states), removed
+        return len(item.states), removed
+
+    async def _sync_batch(self, items: Sequence[_AgentSync]) -> list[tuple[int, int]]:
+        """Apply several nodes' changed syncs in one transaction, constant statements.
+
+        The same effects as :meth:`_sync_one` node by node: one SELECT of the nodes'
+        agents, then one executemany each for new agents, changed agents, unchanged
+        agents (``updated_at``) and agents a full sync no longer lists. ``removed``
+        counts the agents this transaction found and deleted.
+        """
+        pg = self._pg
+        ids = [item.node_id for item in items]
+        insert_sql, update_sql, touch_sql, delete_sql = _agent_sql(pg)
+        inserts: list[list[Any]] = []
+        updates: list[list[Any]] = []
+        touches: list[list[Any]] = []
+        deletes: list[list[Any]] = []
+        results: list[tuple[int, int]] = []
+        async with in_transaction() as tx:
+            _, rows = await tx.execute_query(
+                f"SELECT id, node_id, agent_id, {', '.join(_AGENT_FIELDS)} FROM fleet_agent "
+                f"WHERE node_id IN ({', '.join(_marks(len(ids), pg))})",
+                ids,
+            )
+            existing: dict[str, dict[str, tuple[int, tuple[Any, ...]]]] = {}
+            for row in rows:
+                values = tuple(row)
+                existing.setdefault(values[1], {})[values[2]] = (values[0], values[3:])
+            for item in items:
+                have = existing.get(item.node_id, {})
+                for state in item.states:
+                    values = tuple(getattr(state, f) for f in _AGENT_FIELDS)
+                    found = have.get(state.agent_id)
+                    if found is None:
+                        inserts.append([item.node_id, state.agent_id, *values, item.now])
+                    elif found[1] == values:
+                        touches.append([item.now, found[0]])
+                    else:
+                        updates.append([*values, item.now, found[0]])
+                removed = 0
+                if item.full:
+                    gone = set(have) - {state.agent_id for state in item.states}
+                    deletes.extend([have[agent_id][0]] for agent_id in gone)
+                    removed = len(gone)
+                results.append((len(item.states), removed))
+            for sql, params in (
+                (insert_sql, inserts),
+                (update_sql, updates),
+                (touch_sql, touches),
+                (delete_sql, deletes),
+            ):
+                if params:
+                    await tx.execute_many(sql, params)
+        return results
 
     @db_errors_unavailable
     async def list_agents(self, *, node_id: str = "", status: str = "") -> list[Agent]:
