@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import usage
 from ..render import human_size
 from ._shared import (
     AgentArg,
@@ -49,8 +50,6 @@ def agent_logs(
     daemon: DaemonOpt = None,
 ) -> None:
     """The last lines AGENT wrote to stderr (or --stream stdout) on NODE."""
-    from ..errors import usage
-
     if not 1 <= lines <= MAX_LINES:
         raise usage(f"-n {lines}: give 1..{MAX_LINES} lines")
     node, agent = split_node_agent(first, second)
