@@ -150,7 +150,7 @@ NodeOrAgentArg = Annotated[
     str,
     typer.Argument(
         metavar="NODE|AGENT",
-        help="NODE AGENT, or AGENT alone when its id is unique in the fleet (or with --all).",
+        help="NODE AGENT, or AGENT alone when its id is unique in the fleet.",
         show_default=False,
         autocompletion=complete_node_or_agent,
     ),
