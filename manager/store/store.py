@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
@@ -312,6 +312,39 @@ def _nothing_changed(
     )
 
 
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+async def _batch_or_each(
+    what: str,
+    batch: Callable[[list[_Item]], Awaitable[Sequence[_Result]]],
+    one: Callable[[_Item], Awaitable[_Result]],
+    items: list[_Item],
+) -> list[_Result | BaseException]:
+    """A GroupCommit batch: ``batch`` in one transaction, else each caller its own outcome.
+
+    A database outage answers every caller ``Unavailable``. A unique-constraint conflict
+    (another Manager wrote one of these rows meanwhile, PostgreSQL) or any other failure
+    falls back to ``one`` per item, so each caller gets its own result or error.
+    """
+    try:
+        return list(await batch(items))
+    except DB_ERRORS as exc:
+        if not isinstance(exc, IntegrityError):
+            log.warning("database error in %s (%d nodes): %s", what, len(items), exc)
+            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
+    except Exception:
+        log.exception("%s batch of %d failed: writing one by one", what, len(items))
+    results: list[_Result | BaseException] = []
+    for item in items:
+        try:
+            results.append(await one(item))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
 class Store:
     """Queries and updates over the Manager's models."""
 
@@ -319,13 +352,15 @@ class Store:
         self._db = database
         self._pg = database.backend == "postgres"
         self._registrations: GroupCommit[_Registration, RegisterResult] = GroupCommit(
-            self._apply_registrations,
+            lambda items: _batch_or_each(
+                "register_node", self._register_batch, self._register_one, items
+            ),
             key=lambda item: item.node_id,
             max_batch=_REGISTER_BATCH,
             name="register-node-writer",
         )
         self._agent_syncs: GroupCommit[_AgentSync, tuple[int, int]] = GroupCommit(
-            self._apply_agent_syncs,
+            lambda items: _batch_or_each("sync_agents", self._sync_batch, self._sync_one, items),
             key=lambda item: item.node_id,
             max_batch=_SYNC_BATCH,
             name="agent-sync-writer",
@@ -345,34 +380,6 @@ class Store:
         if not set(facts) <= set(_FACT_COLUMNS):
             return await self._register_one(_Registration(node_id, facts, now, grace))
         return await self._registrations.submit(_Registration(node_id, facts, now, grace))
-
-    async def _apply_registrations(
-        self, items: list[_Registration]
-    ) -> list[RegisterResult | BaseException]:
-        """One batch for GroupCommit: results (or each caller's own error) in order."""
-        try:
-            return list(await self._register_batch(items))
-        except DB_ERRORS as exc:
-            if isinstance(exc, IntegrityError):
-                # Another Manager created one of these nodes meanwhile (PostgreSQL):
-                # register one by one, the retry of the one concerned updates.
-                return await self._register_each(items)
-            log.warning("database error in register_node (%d nodes): %s", len(items), exc)
-            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
-        except Exception:
-            log.exception("register_node batch of %d failed: registering one by one", len(items))
-            return await self._register_each(items)
-
-    async def _register_each(
-        self, items: list[_Registration]
-    ) -> list[RegisterResult | BaseException]:
-        results: list[RegisterResult | BaseException] = []
-        for item in items:
-            try:
-                results.append(await self._register_one(item))
-            except Exception as exc:
-                results.append(exc)
-        return results
 
     async def _register_one(self, item: _Registration) -> RegisterResult:
         for attempt in (1, 2):
@@ -722,31 +729,6 @@ class Store:
                 await Agent.filter(id__in=ids).update(updated_at=now)
             return len(states), 0
         return await self._agent_syncs.submit(_AgentSync(node_id, states, full, now))
-
-    async def _apply_agent_syncs(
-        self, items: list[_AgentSync]
-    ) -> list[tuple[int, int] | BaseException]:
-        """One batch for GroupCommit: (upserted, removed) per sync, or its own error."""
-        try:
-            return list(await self._sync_batch(items))
-        except DB_ERRORS as exc:
-            if isinstance(exc, IntegrityError):
-                # Another Manager inserted one of these agents meanwhile (PostgreSQL).
-                return await self._sync_each(items)
-            log.warning("database error in sync_agents (%d nodes): %s", len(items), exc)
-            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
-        except Exception:
-            log.exception("sync_agents batch of %d failed: syncing one by one", len(items))
-            return await self._sync_each(items)
-
-    async def _sync_each(self, items: list[_AgentSync]) -> list[tuple[int, int] | BaseException]:
-        results: list[tuple[int, int] | BaseException] = []
-        for item in items:
-            try:
-                results.append(await self._sync_one(item))
-            except Exception as exc:
-                results.append(exc)
-        return results
 
     async def _sync_one(self, item: _AgentSync) -> tuple[int, int]:
         """One node's changed sync in its own transaction (the batch's fallback)."""
