@@ -312,6 +312,23 @@ def _nothing_changed(
     )
 
 
+def _registration_transitions(
+    node_id: str, created: bool, old_status: str, previous_instance: str, new_instance: str
+) -> tuple[Transition | None, Transition | None]:
+    """What a registration records, in this order: the move to online (None when the node
+    already was) and a replaced Daemon instance (None unless another instance id took over).
+    """
+    online = None
+    if old_status != ONLINE:
+        reason = "registered" if created else "re-registered"
+        online = Transition(node_id, old_status, ONLINE, reason)
+    replaced = None
+    if not created and previous_instance and new_instance and previous_instance != new_instance:
+        reason = f"daemon instance {new_instance} replaced {previous_instance}"
+        replaced = Transition(node_id, ONLINE, ONLINE, reason)
+    return online, replaced
+
+
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
@@ -421,12 +438,12 @@ class Store:
                 old_status, since, previous_instance, previous_address = (
                     ("", now, "", "") if row is None else row
                 )
-                transition = None
-                if old_status != ONLINE:
+                transition, replaced = _registration_transitions(
+                    node_id, created, old_status, previous_instance, facts.get("instance_id", "")
+                )
+                if transition is not None:
                     since = now
-                    reason = "registered" if created else "re-registered"
-                    transition = Transition(node_id, old_status, ONLINE, reason)
-                    events.append([node_id, now, old_status, ONLINE, reason])
+                    events.append([node_id, now, transition.old, ONLINE, transition.reason])
                 if created:
                     inserts.append(
                         [
@@ -461,15 +478,8 @@ class Store:
                             node_id,
                         ]
                     )
-                new_instance = facts.get("instance_id", "")
-                if (
-                    not created
-                    and previous_instance
-                    and new_instance
-                    and previous_instance != new_instance
-                ):
-                    reason = f"daemon instance {new_instance} replaced {previous_instance}"
-                    events.append([node_id, now, ONLINE, ONLINE, reason])
+                if replaced is not None:
+                    events.append([node_id, now, ONLINE, ONLINE, replaced.reason])
                 results.append(
                     RegisterResult(created, transition, previous_instance, previous_address)
                 )
@@ -497,31 +507,16 @@ class Store:
             node.last_heartbeat = now
             node.grace = grace
             node.offline_after = now + grace
-            transition = None
-            if old_status != ONLINE:
+            transition, replaced = _registration_transitions(
+                node_id, created, old_status, previous_instance, facts.get("instance_id", "")
+            )
+            if transition is not None:
                 node.status = ONLINE
                 node.status_since = now
-                reason = "registered" if created else "re-registered"
-                transition = Transition(node_id, old_status, ONLINE, reason)
             await node.save(force_create=created)
-            if transition is not None:
-                await self._event(transition, now)
-            new_instance = facts.get("instance_id", "")
-            if (
-                not created
-                and previous_instance
-                and new_instance
-                and previous_instance != new_instance
-            ):
-                await self._event(
-                    Transition(
-                        node_id,
-                        node.status,
-                        node.status,
-                        f"daemon instance {new_instance} replaced {previous_instance}",
-                    ),
-                    now,
-                )
+            for event in (transition, replaced):
+                if event is not None:
+                    await self._event(event, now)
         return RegisterResult(created, transition, previous_instance, previous_address)
 
     async def _event(self, t: Transition, now: float) -> None:
