@@ -830,10 +830,6 @@ class Store:
         rows = await Agent.filter(agent_id=agent_id).order_by("node_id").values_list("node_id")
         return [r[0] for r in rows]
 
-    @db_errors_unavailable
-    async def get_agent(self, node_id: str, agent_id: str) -> Agent | None:
-        return await Agent.get_or_none(node_id=node_id, agent_id=agent_id)
-
     # ---- host metrics ----
 
     @db_errors_unavailable
