@@ -73,3 +73,20 @@ def check_finite(field: str, value: float) -> float:
     if not math.isfinite(value):
         raise InvalidArgument(f"{field} is {value}, not a finite number")
     return value
+
+
+# GetAgentLog (Daemon and AdminService): which stream, how many lines.
+LOG_STREAMS = ("stdout", "stderr")
+DEFAULT_LOG_STREAM = "stderr"
+DEFAULT_LOG_LINES = 100
+MAX_LOG_LINES = 5000
+
+
+def check_log_request(stream: str, lines: int) -> tuple[str, int]:
+    """(stream, lines) of a log request with defaults applied (""/0 → stderr/100)."""
+    stream = stream or DEFAULT_LOG_STREAM
+    if stream not in LOG_STREAMS:
+        raise InvalidArgument(f"stream {stream[:32]!r} is not stdout or stderr")
+    if lines < 0 or lines > MAX_LOG_LINES:
+        raise InvalidArgument(f"lines {lines} is outside 1..{MAX_LOG_LINES}")
+    return stream, lines or DEFAULT_LOG_LINES

@@ -16,12 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import InvalidArgument
-
-STREAMS = ("stdout", "stderr")
-DEFAULT_STREAM = "stderr"
-DEFAULT_LINES = 100
-MAX_LINES = 5000
 # The reply's text is at most this long (well under the 4 MiB gRPC message limit):
 # fewer lines than asked come back when they are very long.
 MAX_BYTES = 1024 * 1024
@@ -41,16 +35,6 @@ class Tail:
         if not self.lines:
             return ""
         return (b"\n".join(self.lines) + b"\n").decode("utf-8", errors="replace")
-
-
-def check_request(stream: str, lines: int) -> tuple[str, int]:
-    """(stream, lines) with defaults applied; InvalidArgument when out of range."""
-    stream = stream or DEFAULT_STREAM
-    if stream not in STREAMS:
-        raise InvalidArgument(f"stream {stream[:32]!r} is not stdout or stderr")
-    if lines < 0 or lines > MAX_LINES:
-        raise InvalidArgument(f"lines {lines} is outside 1..{MAX_LINES}")
-    return stream, lines or DEFAULT_LINES
 
 
 def _tail_one(path: Path, count: int, max_bytes: int) -> tuple[list[bytes], bool, int]:

@@ -25,6 +25,7 @@ from harness.daemon import DaemonProc, cleanup_socket_dir, start_daemon
 from harness.manager import ManagerProc, manager_rpc_error, start_manager
 from typer.testing import CliRunner, Result
 
+from common import validate
 from common.errors import InvalidArgument
 from daemon import logtail
 from fleetctl.app import app
@@ -346,12 +347,12 @@ def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:
     assert logtail.tail(log, 5).text() == "ok\nbad \ufffd\ufffd\n"
 
 
-def test_check_request() -> None:
-    assert logtail.check_request("", 0) == ("stderr", 100)
-    assert logtail.check_request("stdout", 5000) == ("stdout", 5000)
+def test_check_log_request() -> None:
+    assert validate.check_log_request("", 0) == ("stderr", 100)
+    assert validate.check_log_request("stdout", 5000) == ("stdout", 5000)
     with pytest.raises(InvalidArgument, match="'stdin' is not stdout or stderr"):
-        logtail.check_request("stdin", 10)
+        validate.check_log_request("stdin", 10)
     with pytest.raises(InvalidArgument, match=r"lines 5001 is outside 1\.\.5000"):
-        logtail.check_request("stderr", 5001)
+        validate.check_log_request("stderr", 5001)
     with pytest.raises(InvalidArgument, match="lines -1"):
-        logtail.check_request("stderr", -1)
+        validate.check_log_request("stderr", -1)

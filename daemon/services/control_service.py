@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from common.errors import InvalidArgument
-from common.validate import check_id
+from common.validate import check_id, check_log_request
 from schema import daemon_pb
 
 from .. import logtail
@@ -127,7 +127,7 @@ class ControlService(daemon_pb.DaemonServiceBase):
     ) -> daemon_pb.AgentLogResponse:
         req = agent_log_request
         check_id("agent_id", req.agent_id)
-        stream, lines = logtail.check_request(req.stream, req.lines)
+        stream, lines = check_log_request(req.stream, req.lines)
         stdout, stderr = self._agents.get(req.agent_id).log_files
         path = (stdout if stream == "stdout" else stderr).path
         found = await asyncio.to_thread(logtail.tail, path, lines)

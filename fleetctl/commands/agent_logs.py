@@ -23,7 +23,7 @@ from ._shared import (
     state,
 )
 
-MAX_LINES = 5000  # the Daemon's bound (daemon/logtail.py)
+MAX_LINES = 5000  # common.validate.MAX_LOG_LINES (not imported: it would load grpclib)
 
 
 class Stream(enum.StrEnum):

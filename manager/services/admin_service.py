@@ -39,10 +39,6 @@ DEFAULT_WINDOW = 3600
 # At most this many Daemons asked at once by a fleet-wide live ListAgents.
 LIVE_FANOUT = 64
 MAX_WINDOW = 366 * 86400
-# GetAgentLog's bounds, checked here too so a bad request costs no Daemon round trip
-# (the Daemon's own check is daemon.logtail.check_request).
-LOG_STREAMS = ("stdout", "stderr")
-MAX_LOG_LINES = 5000
 
 
 def node_message(node: Node, agent_count: int = 0) -> admin_pb.Node:
@@ -406,10 +402,8 @@ class AdminService(admin_pb.AdminServiceBase):
     async def get_agent_log(
         self, request: admin_pb.GetAgentLogRequest
     ) -> admin_pb.GetAgentLogResponse:
-        if request.stream and request.stream not in LOG_STREAMS:
-            raise InvalidArgument(f"stream {request.stream[:32]!r} is not stdout or stderr")
-        if request.lines < 0 or request.lines > MAX_LOG_LINES:
-            raise InvalidArgument(f"lines {request.lines} is outside 1..{MAX_LOG_LINES}")
+        # The Daemon's own check, here too: a bad request costs no Daemon round trip.
+        validate.check_log_request(request.stream, request.lines)
         node, agent_id = await self._resolve(request.node_id, request.agent_id)
         reply = await self._pool.call(
             node.node_id,
