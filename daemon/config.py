@@ -9,9 +9,6 @@ Every key and default is documented in ``docs/daemon.md``.
 
 from __future__ import annotations
 
-import math
-import re
-import signal
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -19,82 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.durations import parse_duration
+from common.agentspec import (
+    ID_PATTERN,
+    AgentSpec,
+    ConfigError,
+    parse_agent,
+    parse_duration_value,
+)
 
-AUTORESTART = ("always", "on-failure", "never")
-STOP_SIGNALS = {
-    name: getattr(signal, f"SIG{name}")
-    for name in ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
-}
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, with a message naming where it is."""
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """One ``[[agents]]`` entry: what to run and how to supervise it."""
-
-    id: str
-    command: tuple[str, ...]
-    type: str = "generic"
-    version: str = ""
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: str = ""
-    user: str = ""
-    autostart: bool = True
-    autorestart: str = "on-failure"
-    exit_codes: tuple[int, ...] = (0,)
-    start_seconds: float = 1.0
-    start_retries: int = 3
-    stop_signal: str = "TERM"
-    stop_timeout: float = 10.0
-    backoff_initial: float = 1.0
-    backoff_multiplier: float = 2.0
-    backoff_max: float = 60.0
-    backoff_reset: float = 60.0
-    max_restarts: int = 10
-    restart_window: float = 300.0
-    heartbeat_interval: float = 10.0
-    heartbeat_timeout: float = 0.0
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_backups: int = 3
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        where = f"agent {self.id!r}"
-        if not _ID.fullmatch(self.id):
-            raise ConfigError(f"{where}: key 'id' must be 1-128 of [A-Za-z0-9._-]")
-        if not self.command or not all(isinstance(a, str) and a for a in self.command):
-            raise ConfigError(f"{where}: key 'command' must be a non-empty list of strings")
-        if self.autorestart not in AUTORESTART:
-            raise ConfigError(f"{where}: key 'autorestart' must be one of {', '.join(AUTORESTART)}")
-        if self.stop_signal not in STOP_SIGNALS:
-            raise ConfigError(
-                f"{where}: key 'stop_signal' must be one of {', '.join(STOP_SIGNALS)}"
-            )
-        for key in ("start_seconds", "stop_timeout", "backoff_reset", "restart_window"):
-            _check_nonneg(where, key, getattr(self, key))
-        for key in ("backoff_initial", "backoff_max", "heartbeat_interval"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{where}: key {key!r} must be > 0")
-        _check_nonneg(where, "heartbeat_timeout", self.heartbeat_timeout)
-        if self.backoff_max < self.backoff_initial:
-            raise ConfigError(f"{where}: key 'backoff_max' must be >= backoff_initial")
-        if self.backoff_multiplier < 1:
-            raise ConfigError(f"{where}: key 'backoff_multiplier' must be >= 1")
-        for key in ("start_retries", "max_restarts", "log_backups"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{where}: key {key!r} must be >= 0")
-        if self.log_max_bytes < 1024:
-            raise ConfigError(f"{where}: key 'log_max_bytes' must be >= 1024")
-
-    @property
-    def stop_signum(self) -> int:
-        return int(STOP_SIGNALS[self.stop_signal])
 
 
 @dataclass(frozen=True)
@@ -141,7 +71,7 @@ class DaemonConfig:
     agents: tuple[AgentSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _ID.fullmatch(self.node_id):
+        if not ID_PATTERN.fullmatch(self.node_id):
             raise ConfigError(f"key 'node_id': {self.node_id!r} must be 1-128 of [A-Za-z0-9._-]")
         _split_hostport("manager.address", self.manager.address)
         _split_hostport("grpc.listen", self.listen)
@@ -184,11 +114,6 @@ class DaemonConfig:
         return self.manager.tls.enabled
 
 
-def _check_nonneg(where: str, key: str, value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{where}: key {key!r} must be >= 0")
-
-
 def split_hostport(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) → (host, port)."""
     return _split_hostport("address", text)
@@ -203,17 +128,6 @@ def _split_hostport(key: str, text: str) -> tuple[str, int]:
 
 # ---- parsing ----
 
-_AGENT_KEYS = {f for f in AgentSpec.__dataclass_fields__}
-_DURATION_AGENT_KEYS = {
-    "start_seconds",
-    "stop_timeout",
-    "backoff_initial",
-    "backoff_max",
-    "backoff_reset",
-    "restart_window",
-    "heartbeat_interval",
-    "heartbeat_timeout",
-}
 _SCHEMA: dict[str, Any] = {
     "node_id": str,
     "labels": dict,
@@ -249,21 +163,6 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc}") from None
 
 
-def _duration(key: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"key {key!r}: expected a duration like 30s or a number of seconds")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ConfigError(f"key {key!r}: {value} is not finite")
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ConfigError(f"key {key!r}: {exc}") from None
-    raise ConfigError(f"key {key!r}: expected a duration like 30s or a number of seconds")
-
-
 def _check_tree(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -276,7 +175,7 @@ def _check_tree(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str)
                 raise ConfigError(f"key {name!r} must be a table")
             out[key] = _check_tree(value, kind, f"{name}.")
         elif kind == "duration":
-            out[key] = _duration(name, value)
+            out[key] = parse_duration_value(name, value)
         elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"key {name!r} must be an integer")
         elif kind is not int and not isinstance(value, kind):
@@ -284,76 +183,6 @@ def _check_tree(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str)
         else:
             out[key] = value
     return out
-
-
-def _agent(index: int, raw: Any) -> AgentSpec:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"agents[{index}] must be a table")
-    agent_id = raw.get("id")
-    where = f"agent {agent_id!r}" if isinstance(agent_id, str) else f"agents[{index}]"
-    if not isinstance(agent_id, str) or not agent_id:
-        raise ConfigError(f"{where}: key 'id' is required")
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _AGENT_KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r}")
-        kwargs[key] = _agent_value(where, key, value)
-    if "command" not in kwargs:
-        raise ConfigError(f"{where}: key 'command' is required")
-    try:
-        return AgentSpec(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _agent_value(where: str, key: str, value: Any) -> Any:
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: key {key!r} must be {expected}")
-
-    if key in _DURATION_AGENT_KEYS:
-        try:
-            return _duration(key, value)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    if key == "command":
-        if isinstance(value, str):
-            raise bad("a list of strings (argv), not a shell string")
-        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-            raise bad("a list of strings")
-        return tuple(value)
-    if key == "env":
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise bad("a table of string values")
-        return dict(value)
-    if key == "config":
-        if not isinstance(value, Mapping):
-            raise bad("a table")
-        return dict(value)
-    if key == "exit_codes":
-        if not isinstance(value, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value
-        ):
-            raise bad("a list of integers 0-255")
-        return tuple(value)
-    if key in ("autostart",):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if key in ("start_retries", "max_restarts", "log_max_bytes", "log_backups"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if key == "backoff_multiplier":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if not isinstance(value, str):
-        raise bad("a string")
-    if key == "stop_signal":
-        return value.upper().removeprefix("SIG")
-    return value
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -434,7 +263,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise ConfigError("key 'labels' must be a table of strings")
     agents_raw = d.get("agents", [])
-    agents = tuple(_agent(i, raw) for i, raw in enumerate(agents_raw))
+    agents = tuple(parse_agent(i, raw) for i, raw in enumerate(agents_raw))
     agents = tuple(
         a if not a.cwd or Path(a.cwd).is_absolute() else _replace(a, cwd=path_of(a.cwd))
         for a in agents

@@ -81,6 +81,13 @@ class Agent(betterproto.Message):
      offline, the agent fields are its last reported state, not a live one.
     """
 
+    spec: str = betterproto.string_field(14)
+    """
+    The central spec the agent comes from and the revision it runs ("" / 0: daemon.toml).
+    """
+
+    spec_revision: int = betterproto.int64_field(15)
+
 
 @dataclass(eq=False, repr=False)
 class NodeError(betterproto.Message):
@@ -255,6 +262,231 @@ class GetAgentLogResponse(betterproto.Message):
     log: "__daemon_v1__.AgentLogResponse" = betterproto.message_field(2)
 
 
+@dataclass(eq=False, repr=False)
+class RolloutPolicy(betterproto.Message):
+    max_unavailable: str = betterproto.string_field(1)
+    """
+    How many targeted nodes may be changing at once: "N" nodes or "N%" of them
+     (rounded up, at least 1). Empty = "25%".
+    """
+
+    max_failures: int = betterproto.int32_field(2)
+    """
+    Failed nodes tolerated before the rollout stops (default 0: the first failure stops it).
+    """
+
+    auto_rollback: bool = betterproto.bool_field(3)
+    """
+    When the rollout stops, move the nodes already changed back to the previous
+     revision (the rollback revision fleetctl pre-signed, see ApplySpecRequest.rollback).
+    """
+
+    healthy_deadline_seconds: int = betterproto.int64_field(4)
+    """
+    How long a node may take to run the new revision with every agent RUNNING before it
+     counts as failed; 0 = 120 s.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class Spec(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    revision: int = betterproto.int64_field(2)
+    """Current revision (0 when the spec was never applied)."""
+
+    deleted: bool = betterproto.bool_field(3)
+    next_revision: int = betterproto.int64_field(4)
+    """The revision the next apply must be signed with."""
+
+    updated_at: int = betterproto.int64_field(5)
+    updated_by: str = betterproto.string_field(6)
+    """Admin identity of the last change, e.g. "admin/alice"."""
+
+    target_labels: Dict[str, str] = betterproto.map_field(
+        7, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    """The current revision's content, for display: target and agent ids."""
+
+    target_nodes: List[str] = betterproto.string_field(8)
+    agent_ids: List[str] = betterproto.string_field(9)
+    node_count: int = betterproto.int32_field(10)
+    """Nodes targeted now, and how many of them run the current revision."""
+
+    converged_count: int = betterproto.int32_field(11)
+
+
+@dataclass(eq=False, repr=False)
+class SpecRevision(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    revision: int = betterproto.int64_field(2)
+    kind: str = betterproto.string_field(3)
+    """apply", "rollback" (a pre-signed rollback that was used), "delete"."""
+
+    signed: "__daemon_v1__.SignedSpec" = betterproto.message_field(4)
+    """The signed document (empty for "delete")."""
+
+    signed_by: str = betterproto.string_field(5)
+    """
+    Admin identity in the signing certificate, and the admin who sent it to the Manager.
+    """
+
+    applied_by: str = betterproto.string_field(6)
+    created_at: int = betterproto.int64_field(7)
+
+
+@dataclass(eq=False, repr=False)
+class SpecNodeStatus(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    target_revision: int = betterproto.int64_field(2)
+    """
+    The revision the Manager wants the node to run now (0: not targeted any more).
+    """
+
+    running_revision: int = betterproto.int64_field(3)
+    """What the node reports running (0: none)."""
+
+    state: str = betterproto.string_field(4)
+    """converged", "pending", "rolling", "refused", "failed", "offline"."""
+
+    reason: str = betterproto.string_field(5)
+    updated_at: int = betterproto.int64_field(6)
+
+
+@dataclass(eq=False, repr=False)
+class Rollout(betterproto.Message):
+    spec: str = betterproto.string_field(1)
+    revision: int = betterproto.int64_field(2)
+    from_revision: int = betterproto.int64_field(3)
+    state: str = betterproto.string_field(4)
+    """
+    "running", "paused", "succeeded", "failed", "rolled_back", "interrupted".
+    """
+
+    reason: str = betterproto.string_field(5)
+    policy: "RolloutPolicy" = betterproto.message_field(6)
+    total: int = betterproto.int32_field(7)
+    done: int = betterproto.int32_field(8)
+    failed: int = betterproto.int32_field(9)
+    in_progress: int = betterproto.int32_field(10)
+    pending: int = betterproto.int32_field(11)
+    failed_nodes: List[str] = betterproto.string_field(12)
+    started_at: int = betterproto.int64_field(13)
+    updated_at: int = betterproto.int64_field(14)
+    started_by: str = betterproto.string_field(15)
+
+
+@dataclass(eq=False, repr=False)
+class NodePlan(betterproto.Message):
+    """Per node, what an apply (or delete) changes."""
+
+    node_id: str = betterproto.string_field(1)
+    changes: List["__daemon_v1__.AgentChange"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ApplySpecRequest(betterproto.Message):
+    spec: "__daemon_v1__.SignedSpec" = betterproto.message_field(1)
+    dry_run: bool = betterproto.bool_field(2)
+    """Plan only: return what would change per node and touch nothing."""
+
+    policy: "RolloutPolicy" = betterproto.message_field(3)
+    rollback: "__daemon_v1__.SignedSpec" = betterproto.message_field(4)
+    """
+    Optional: the previous revision's content signed as revision + 1, used only if this
+     rollout stops and policy.auto_rollback is set (the Manager cannot sign one itself).
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ApplySpecResponse(betterproto.Message):
+    spec: "Spec" = betterproto.message_field(1)
+    changed: bool = betterproto.bool_field(2)
+    """
+    False when the content equals the current revision (nothing was stored).
+    """
+
+    plan: List["NodePlan"] = betterproto.message_field(3)
+    rollout: "Rollout" = betterproto.message_field(4)
+    """
+    The rollout this apply started (unset for a dry run or when nothing changed).
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ListSpecsRequest(betterproto.Message):
+    include_deleted: bool = betterproto.bool_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListSpecsResponse(betterproto.Message):
+    specs: List["Spec"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class GetSpecRequest(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    history_limit: int = betterproto.int32_field(2)
+    """Revisions of history to return, newest first (default 20)."""
+
+
+@dataclass(eq=False, repr=False)
+class GetSpecResponse(betterproto.Message):
+    spec: "Spec" = betterproto.message_field(1)
+    current: "SpecRevision" = betterproto.message_field(2)
+    """The current revision (unset when deleted or never applied)."""
+
+    history: List["SpecRevision"] = betterproto.message_field(3)
+    nodes: List["SpecNodeStatus"] = betterproto.message_field(4)
+    rollout: "Rollout" = betterproto.message_field(5)
+    """The latest rollout (unset when there was none)."""
+
+
+@dataclass(eq=False, repr=False)
+class DeleteSpecRequest(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    dry_run: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteSpecResponse(betterproto.Message):
+    spec: "Spec" = betterproto.message_field(1)
+    plan: List["NodePlan"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class GetRolloutRequest(betterproto.Message):
+    spec: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class GetRolloutResponse(betterproto.Message):
+    rollout: "Rollout" = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class SetRolloutStateRequest(betterproto.Message):
+    spec: str = betterproto.string_field(1)
+    action: str = betterproto.string_field(2)
+    """pause" or "resume"."""
+
+
+@dataclass(eq=False, repr=False)
+class SetRolloutStateResponse(betterproto.Message):
+    rollout: "Rollout" = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ReloadDaemonRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    dry_run: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ReloadDaemonResponse(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    result: "__daemon_v1__.ReloadConfigResponse" = betterproto.message_field(2)
+
+
 class AdminServiceStub(betterproto.ServiceStub):
     async def list_nodes(
         self,
@@ -426,6 +658,125 @@ class AdminServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def apply_spec(
+        self,
+        apply_spec_request: "ApplySpecRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ApplySpecResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/ApplySpec",
+            apply_spec_request,
+            ApplySpecResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_specs(
+        self,
+        list_specs_request: "ListSpecsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListSpecsResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/ListSpecs",
+            list_specs_request,
+            ListSpecsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_spec(
+        self,
+        get_spec_request: "GetSpecRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetSpecResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/GetSpec",
+            get_spec_request,
+            GetSpecResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_spec(
+        self,
+        delete_spec_request: "DeleteSpecRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "DeleteSpecResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/DeleteSpec",
+            delete_spec_request,
+            DeleteSpecResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_rollout(
+        self,
+        get_rollout_request: "GetRolloutRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetRolloutResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/GetRollout",
+            get_rollout_request,
+            GetRolloutResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def set_rollout_state(
+        self,
+        set_rollout_state_request: "SetRolloutStateRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "SetRolloutStateResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/SetRolloutState",
+            set_rollout_state_request,
+            SetRolloutStateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def reload_daemon(
+        self,
+        reload_daemon_request: "ReloadDaemonRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ReloadDaemonResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/ReloadDaemon",
+            reload_daemon_request,
+            ReloadDaemonResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class AdminServiceBase(ServiceBase):
 
@@ -475,6 +826,39 @@ class AdminServiceBase(ServiceBase):
     async def remove_node(
         self, remove_node_request: "RemoveNodeRequest"
     ) -> "RemoveNodeResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def apply_spec(
+        self, apply_spec_request: "ApplySpecRequest"
+    ) -> "ApplySpecResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_specs(
+        self, list_specs_request: "ListSpecsRequest"
+    ) -> "ListSpecsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_spec(self, get_spec_request: "GetSpecRequest") -> "GetSpecResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_spec(
+        self, delete_spec_request: "DeleteSpecRequest"
+    ) -> "DeleteSpecResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_rollout(
+        self, get_rollout_request: "GetRolloutRequest"
+    ) -> "GetRolloutResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def set_rollout_state(
+        self, set_rollout_state_request: "SetRolloutStateRequest"
+    ) -> "SetRolloutStateResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def reload_daemon(
+        self, reload_daemon_request: "ReloadDaemonRequest"
+    ) -> "ReloadDaemonResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_list_nodes(
@@ -550,6 +934,56 @@ class AdminServiceBase(ServiceBase):
         response = await self.remove_node(request)
         await stream.send_message(response)
 
+    async def __rpc_apply_spec(
+        self, stream: "grpclib.server.Stream[ApplySpecRequest, ApplySpecResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.apply_spec(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_specs(
+        self, stream: "grpclib.server.Stream[ListSpecsRequest, ListSpecsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_specs(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_spec(
+        self, stream: "grpclib.server.Stream[GetSpecRequest, GetSpecResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_spec(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_spec(
+        self, stream: "grpclib.server.Stream[DeleteSpecRequest, DeleteSpecResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.delete_spec(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_rollout(
+        self, stream: "grpclib.server.Stream[GetRolloutRequest, GetRolloutResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_rollout(request)
+        await stream.send_message(response)
+
+    async def __rpc_set_rollout_state(
+        self,
+        stream: "grpclib.server.Stream[SetRolloutStateRequest, SetRolloutStateResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.set_rollout_state(request)
+        await stream.send_message(response)
+
+    async def __rpc_reload_daemon(
+        self, stream: "grpclib.server.Stream[ReloadDaemonRequest, ReloadDaemonResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.reload_daemon(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.admin.v1.AdminService/ListNodes": grpclib.const.Handler(
@@ -611,5 +1045,47 @@ class AdminServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 RemoveNodeRequest,
                 RemoveNodeResponse,
+            ),
+            "/fleet.admin.v1.AdminService/ApplySpec": grpclib.const.Handler(
+                self.__rpc_apply_spec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ApplySpecRequest,
+                ApplySpecResponse,
+            ),
+            "/fleet.admin.v1.AdminService/ListSpecs": grpclib.const.Handler(
+                self.__rpc_list_specs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListSpecsRequest,
+                ListSpecsResponse,
+            ),
+            "/fleet.admin.v1.AdminService/GetSpec": grpclib.const.Handler(
+                self.__rpc_get_spec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetSpecRequest,
+                GetSpecResponse,
+            ),
+            "/fleet.admin.v1.AdminService/DeleteSpec": grpclib.const.Handler(
+                self.__rpc_delete_spec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteSpecRequest,
+                DeleteSpecResponse,
+            ),
+            "/fleet.admin.v1.AdminService/GetRollout": grpclib.const.Handler(
+                self.__rpc_get_rollout,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetRolloutRequest,
+                GetRolloutResponse,
+            ),
+            "/fleet.admin.v1.AdminService/SetRolloutState": grpclib.const.Handler(
+                self.__rpc_set_rollout_state,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SetRolloutStateRequest,
+                SetRolloutStateResponse,
+            ),
+            "/fleet.admin.v1.AdminService/ReloadDaemon": grpclib.const.Handler(
+                self.__rpc_reload_daemon,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReloadDaemonRequest,
+                ReloadDaemonResponse,
             ),
         }

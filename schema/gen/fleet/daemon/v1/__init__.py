@@ -15,6 +15,8 @@ import betterproto
 import grpclib
 from betterproto.grpc.grpclib_server import ServiceBase
 
+from ...manager import v1 as __manager_v1__
+
 if TYPE_CHECKING:
     import grpclib.server
     from betterproto.grpc.grpclib_client import MetadataLike
@@ -170,6 +172,13 @@ class AgentInfo(betterproto.Message):
     last_exit_code: int = betterproto.int32_field(11)
     """Exit code of the last run (when it exited), -N for signal N."""
 
+    spec: str = betterproto.string_field(12)
+    """
+    The central spec this agent comes from and its revision ("" / 0: daemon.toml).
+    """
+
+    spec_revision: int = betterproto.int64_field(13)
+
 
 @dataclass(eq=False, repr=False)
 class AgentOperationRequest(betterproto.Message):
@@ -271,6 +280,96 @@ class AgentLogResponse(betterproto.Message):
     """The log file on the Daemon's host, and its current size in bytes."""
 
     size_bytes: int = betterproto.int64_field(7)
+
+
+@dataclass(eq=False, repr=False)
+class FieldChange(betterproto.Message):
+    """
+    One field of an agent definition that differs, values as JSON text ("" when absent).
+    """
+
+    field: str = betterproto.string_field(1)
+    old: str = betterproto.string_field(2)
+    new: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class AgentChange(betterproto.Message):
+    """What applying a definition set does (or would do) to one agent."""
+
+    agent_id: str = betterproto.string_field(1)
+    action: str = betterproto.string_field(2)
+    """added", "changed" or "removed"."""
+
+    fields: List["FieldChange"] = betterproto.message_field(3)
+    """For "changed": the fields that differ."""
+
+    source: str = betterproto.string_field(4)
+    """
+    Where the definition comes from: "local" (daemon.toml) or "spec:<name>@<revision>".
+    """
+
+    error: str = betterproto.string_field(5)
+    """Set when applying it failed (e.g. the new command did not start)."""
+
+
+@dataclass(eq=False, repr=False)
+class ReloadConfigRequest(betterproto.Message):
+    dry_run: bool = betterproto.bool_field(1)
+    """Report what would change and touch nothing."""
+
+
+@dataclass(eq=False, repr=False)
+class ReloadConfigResponse(betterproto.Message):
+    success: bool = betterproto.bool_field(1)
+    error_message: str = betterproto.string_field(2)
+    """
+    Why the reload was refused (file, line and key; or the settings that need a restart).
+    """
+
+    changes: List["AgentChange"] = betterproto.message_field(3)
+    unchanged: List[str] = betterproto.string_field(4)
+    """Agents left alone (their processes keep running, pids unchanged)."""
+
+    config_file: str = betterproto.string_field(5)
+    """The file that was re-read."""
+
+
+@dataclass(eq=False, repr=False)
+class SignedSpec(betterproto.Message):
+    """
+    An operator-signed spec revision exactly as fleetctl made it. The Manager stores and
+     relays it; it cannot alter, forge or roll it back (docs/specs.md).
+    """
+
+    payload: bytes = betterproto.bytes_field(1)
+    """The spec document as canonical JSON (UTF-8, sorted keys, no spaces)."""
+
+    signature: bytes = betterproto.bytes_field(2)
+    """
+    The signer's signature over `payload` (ECDSA P-256 with SHA-256, DER; or Ed25519).
+    """
+
+    signer_cert: bytes = betterproto.bytes_field(3)
+    """
+    The signer's certificate, PEM: an admin certificate issued by the fleet CA.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ApplySpecsRequest(betterproto.Message):
+    specs: List["SignedSpec"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ApplySpecsResponse(betterproto.Message):
+    specs: List["__manager_v1__.SpecState"] = betterproto.message_field(1)
+    """
+    One per central spec on the node after applying (offered now or held before).
+    """
+
+    changes: List["AgentChange"] = betterproto.message_field(2)
+    """What changed on the node's agents."""
 
 
 class DaemonServiceStub(betterproto.ServiceStub):
@@ -461,6 +560,40 @@ class DaemonServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def reload_config(
+        self,
+        reload_config_request: "ReloadConfigRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ReloadConfigResponse":
+        return await self._unary_unary(
+            "/fleet.daemon.v1.DaemonService/ReloadConfig",
+            reload_config_request,
+            ReloadConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def apply_specs(
+        self,
+        apply_specs_request: "ApplySpecsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ApplySpecsResponse":
+        return await self._unary_unary(
+            "/fleet.daemon.v1.DaemonService/ApplySpecs",
+            apply_specs_request,
+            ApplySpecsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class DaemonServiceBase(ServiceBase):
 
@@ -511,6 +644,16 @@ class DaemonServiceBase(ServiceBase):
     async def get_agent_log(
         self, agent_log_request: "AgentLogRequest"
     ) -> "AgentLogResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def reload_config(
+        self, reload_config_request: "ReloadConfigRequest"
+    ) -> "ReloadConfigResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def apply_specs(
+        self, apply_specs_request: "ApplySpecsRequest"
+    ) -> "ApplySpecsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_register(
@@ -592,6 +735,20 @@ class DaemonServiceBase(ServiceBase):
         response = await self.get_agent_log(request)
         await stream.send_message(response)
 
+    async def __rpc_reload_config(
+        self, stream: "grpclib.server.Stream[ReloadConfigRequest, ReloadConfigResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.reload_config(request)
+        await stream.send_message(response)
+
+    async def __rpc_apply_specs(
+        self, stream: "grpclib.server.Stream[ApplySpecsRequest, ApplySpecsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.apply_specs(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.daemon.v1.DaemonService/Register": grpclib.const.Handler(
@@ -659,5 +816,17 @@ class DaemonServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 AgentLogRequest,
                 AgentLogResponse,
+            ),
+            "/fleet.daemon.v1.DaemonService/ReloadConfig": grpclib.const.Handler(
+                self.__rpc_reload_config,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReloadConfigRequest,
+                ReloadConfigResponse,
+            ),
+            "/fleet.daemon.v1.DaemonService/ApplySpecs": grpclib.const.Handler(
+                self.__rpc_apply_specs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ApplySpecsRequest,
+                ApplySpecsResponse,
             ),
         }

@@ -118,6 +118,37 @@ class AgentState(betterproto.Message):
     """
 
     config_hash: str = betterproto.string_field(10)
+    spec: str = betterproto.string_field(11)
+    """
+    The central spec this agent comes from and the revision it runs ("" / 0: the
+     Daemon's own daemon.toml).
+    """
+
+    spec_revision: int = betterproto.int64_field(12)
+
+
+@dataclass(eq=False, repr=False)
+class SpecState(betterproto.Message):
+    """
+    How one central spec (an operator-signed agent set held by the Manager) stands on a node.
+    """
+
+    name: str = betterproto.string_field(1)
+    revision: int = betterproto.int64_field(2)
+    """
+    The newest revision the Daemon was offered; `status` is about this one.
+    """
+
+    status: str = betterproto.string_field(3)
+    """
+    "APPLIED": its agents run from this revision; "REFUSED": not run (signature, host
+     policy, id clash, stale revision...; the previous revision, if any, keeps running);
+     "FAILED": accepted, but an agent did not start.
+    """
+
+    reason: str = betterproto.string_field(4)
+    running_revision: int = betterproto.int64_field(5)
+    """The revision whose agents run now (0: none)."""
 
 
 @dataclass(eq=False, repr=False)
@@ -128,6 +159,11 @@ class SyncAgentStatesRequest(betterproto.Message):
     """
     Fleet extension: true when `states` is the node's complete agent list (agents the
      Manager knows that are absent are removed); false for a partial update.
+    """
+
+    specs: List["SpecState"] = betterproto.message_field(4)
+    """
+    Fleet extension: the state of every central spec on the node (sent when `full`).
     """
 
 

@@ -56,6 +56,34 @@ class AdminServiceBase(abc.ABC):
     async def RemoveNode(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def ApplySpec(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ApplySpecRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ApplySpecResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListSpecs(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ListSpecsRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ListSpecsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetSpec(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.GetSpecRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.GetSpecResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DeleteSpec(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.DeleteSpecRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.DeleteSpecResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetRollout(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.GetRolloutRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.GetRolloutResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SetRolloutState(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.SetRolloutStateRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.SetRolloutStateResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ReloadDaemon(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/fleet.admin.v1.AdminService/ListNodes': grpclib.const.Handler(
@@ -117,6 +145,48 @@ class AdminServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeRequest,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeResponse,
+            ),
+            '/fleet.admin.v1.AdminService/ApplySpec': grpclib.const.Handler(
+                self.ApplySpec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ApplySpecRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ApplySpecResponse,
+            ),
+            '/fleet.admin.v1.AdminService/ListSpecs': grpclib.const.Handler(
+                self.ListSpecs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListSpecsRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListSpecsResponse,
+            ),
+            '/fleet.admin.v1.AdminService/GetSpec': grpclib.const.Handler(
+                self.GetSpec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetSpecRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetSpecResponse,
+            ),
+            '/fleet.admin.v1.AdminService/DeleteSpec': grpclib.const.Handler(
+                self.DeleteSpec,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.DeleteSpecRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.DeleteSpecResponse,
+            ),
+            '/fleet.admin.v1.AdminService/GetRollout': grpclib.const.Handler(
+                self.GetRollout,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetRolloutRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetRolloutResponse,
+            ),
+            '/fleet.admin.v1.AdminService/SetRolloutState': grpclib.const.Handler(
+                self.SetRolloutState,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.SetRolloutStateRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.SetRolloutStateResponse,
+            ),
+            '/fleet.admin.v1.AdminService/ReloadDaemon': grpclib.const.Handler(
+                self.ReloadDaemon,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonResponse,
             ),
         }
 
@@ -183,4 +253,46 @@ class AdminServiceStub:
             '/fleet.admin.v1.AdminService/RemoveNode',
             schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeRequest,
             schema.gen.pb2.fleet.admin.v1.admin_pb2.RemoveNodeResponse,
+        )
+        self.ApplySpec = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/ApplySpec',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ApplySpecRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ApplySpecResponse,
+        )
+        self.ListSpecs = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/ListSpecs',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListSpecsRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListSpecsResponse,
+        )
+        self.GetSpec = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/GetSpec',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetSpecRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetSpecResponse,
+        )
+        self.DeleteSpec = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/DeleteSpec',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.DeleteSpecRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.DeleteSpecResponse,
+        )
+        self.GetRollout = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/GetRollout',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetRolloutRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetRolloutResponse,
+        )
+        self.SetRolloutState = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/SetRolloutState',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.SetRolloutStateRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.SetRolloutStateResponse,
+        )
+        self.ReloadDaemon = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/ReloadDaemon',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonResponse,
         )

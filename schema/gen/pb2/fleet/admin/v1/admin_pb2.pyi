@@ -64,7 +64,7 @@ class NodeEvent(_message.Message):
     def __init__(self, timestamp: _Optional[int] = ..., old_status: _Optional[str] = ..., new_status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("node_id", "id", "type", "status", "pid", "version", "start_time", "restart_count", "last_heartbeat", "status_reason", "config_hash", "updated_at", "node_status")
+    __slots__ = ("node_id", "id", "type", "status", "pid", "version", "start_time", "restart_count", "last_heartbeat", "status_reason", "config_hash", "updated_at", "node_status", "spec", "spec_revision")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class Agent(_message.Message):
     CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     id: str
     type: str
@@ -91,7 +93,9 @@ class Agent(_message.Message):
     config_hash: str
     updated_at: int
     node_status: str
-    def __init__(self, node_id: _Optional[str] = ..., id: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_heartbeat: _Optional[int] = ..., status_reason: _Optional[str] = ..., config_hash: _Optional[str] = ..., updated_at: _Optional[int] = ..., node_status: _Optional[str] = ...) -> None: ...
+    spec: str
+    spec_revision: int
+    def __init__(self, node_id: _Optional[str] = ..., id: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_heartbeat: _Optional[int] = ..., status_reason: _Optional[str] = ..., config_hash: _Optional[str] = ..., updated_at: _Optional[int] = ..., node_status: _Optional[str] = ..., spec: _Optional[str] = ..., spec_revision: _Optional[int] = ...) -> None: ...
 
 class NodeError(_message.Message):
     __slots__ = ("node_id", "code", "message")
@@ -295,3 +299,240 @@ class GetAgentLogResponse(_message.Message):
     node_id: str
     log: _daemon_pb2.AgentLogResponse
     def __init__(self, node_id: _Optional[str] = ..., log: _Optional[_Union[_daemon_pb2.AgentLogResponse, _Mapping]] = ...) -> None: ...
+
+class RolloutPolicy(_message.Message):
+    __slots__ = ("max_unavailable", "max_failures", "auto_rollback", "healthy_deadline_seconds")
+    MAX_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max_unavailable: str
+    max_failures: int
+    auto_rollback: bool
+    healthy_deadline_seconds: int
+    def __init__(self, max_unavailable: _Optional[str] = ..., max_failures: _Optional[int] = ..., auto_rollback: _Optional[bool] = ..., healthy_deadline_seconds: _Optional[int] = ...) -> None: ...
+
+class Spec(_message.Message):
+    __slots__ = ("name", "revision", "deleted", "next_revision", "updated_at", "updated_by", "target_labels", "target_nodes", "agent_ids", "node_count", "converged_count")
+    class TargetLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LABELS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    deleted: bool
+    next_revision: int
+    updated_at: int
+    updated_by: str
+    target_labels: _containers.ScalarMap[str, str]
+    target_nodes: _containers.RepeatedScalarFieldContainer[str]
+    agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    node_count: int
+    converged_count: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ..., deleted: _Optional[bool] = ..., next_revision: _Optional[int] = ..., updated_at: _Optional[int] = ..., updated_by: _Optional[str] = ..., target_labels: _Optional[_Mapping[str, str]] = ..., target_nodes: _Optional[_Iterable[str]] = ..., agent_ids: _Optional[_Iterable[str]] = ..., node_count: _Optional[int] = ..., converged_count: _Optional[int] = ...) -> None: ...
+
+class SpecRevision(_message.Message):
+    __slots__ = ("name", "revision", "kind", "signed", "signed_by", "applied_by", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    kind: str
+    signed: _daemon_pb2.SignedSpec
+    signed_by: str
+    applied_by: str
+    created_at: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ..., kind: _Optional[str] = ..., signed: _Optional[_Union[_daemon_pb2.SignedSpec, _Mapping]] = ..., signed_by: _Optional[str] = ..., applied_by: _Optional[str] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class SpecNodeStatus(_message.Message):
+    __slots__ = ("node_id", "target_revision", "running_revision", "state", "reason", "updated_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REVISION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    target_revision: int
+    running_revision: int
+    state: str
+    reason: str
+    updated_at: int
+    def __init__(self, node_id: _Optional[str] = ..., target_revision: _Optional[int] = ..., running_revision: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., updated_at: _Optional[int] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("spec", "revision", "from_revision", "state", "reason", "policy", "total", "done", "failed", "in_progress", "pending", "failed_nodes", "started_at", "updated_at", "started_by")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_NODES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BY_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    revision: int
+    from_revision: int
+    state: str
+    reason: str
+    policy: RolloutPolicy
+    total: int
+    done: int
+    failed: int
+    in_progress: int
+    pending: int
+    failed_nodes: _containers.RepeatedScalarFieldContainer[str]
+    started_at: int
+    updated_at: int
+    started_by: str
+    def __init__(self, spec: _Optional[str] = ..., revision: _Optional[int] = ..., from_revision: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., policy: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., failed: _Optional[int] = ..., in_progress: _Optional[int] = ..., pending: _Optional[int] = ..., failed_nodes: _Optional[_Iterable[str]] = ..., started_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., started_by: _Optional[str] = ...) -> None: ...
+
+class NodePlan(_message.Message):
+    __slots__ = ("node_id", "changes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    changes: _containers.RepeatedCompositeFieldContainer[_daemon_pb2.AgentChange]
+    def __init__(self, node_id: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[_daemon_pb2.AgentChange, _Mapping]]] = ...) -> None: ...
+
+class ApplySpecRequest(_message.Message):
+    __slots__ = ("spec", "dry_run", "policy", "rollback")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    spec: _daemon_pb2.SignedSpec
+    dry_run: bool
+    policy: RolloutPolicy
+    rollback: _daemon_pb2.SignedSpec
+    def __init__(self, spec: _Optional[_Union[_daemon_pb2.SignedSpec, _Mapping]] = ..., dry_run: _Optional[bool] = ..., policy: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., rollback: _Optional[_Union[_daemon_pb2.SignedSpec, _Mapping]] = ...) -> None: ...
+
+class ApplySpecResponse(_message.Message):
+    __slots__ = ("spec", "changed", "plan", "rollout")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    spec: Spec
+    changed: bool
+    plan: _containers.RepeatedCompositeFieldContainer[NodePlan]
+    rollout: Rollout
+    def __init__(self, spec: _Optional[_Union[Spec, _Mapping]] = ..., changed: _Optional[bool] = ..., plan: _Optional[_Iterable[_Union[NodePlan, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class ListSpecsRequest(_message.Message):
+    __slots__ = ("include_deleted",)
+    INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    include_deleted: bool
+    def __init__(self, include_deleted: _Optional[bool] = ...) -> None: ...
+
+class ListSpecsResponse(_message.Message):
+    __slots__ = ("specs",)
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[Spec]
+    def __init__(self, specs: _Optional[_Iterable[_Union[Spec, _Mapping]]] = ...) -> None: ...
+
+class GetSpecRequest(_message.Message):
+    __slots__ = ("name", "history_limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    history_limit: int
+    def __init__(self, name: _Optional[str] = ..., history_limit: _Optional[int] = ...) -> None: ...
+
+class GetSpecResponse(_message.Message):
+    __slots__ = ("spec", "current", "history", "nodes", "rollout")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    spec: Spec
+    current: SpecRevision
+    history: _containers.RepeatedCompositeFieldContainer[SpecRevision]
+    nodes: _containers.RepeatedCompositeFieldContainer[SpecNodeStatus]
+    rollout: Rollout
+    def __init__(self, spec: _Optional[_Union[Spec, _Mapping]] = ..., current: _Optional[_Union[SpecRevision, _Mapping]] = ..., history: _Optional[_Iterable[_Union[SpecRevision, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[SpecNodeStatus, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class DeleteSpecRequest(_message.Message):
+    __slots__ = ("name", "dry_run")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dry_run: bool
+    def __init__(self, name: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DeleteSpecResponse(_message.Message):
+    __slots__ = ("spec", "plan")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    spec: Spec
+    plan: _containers.RepeatedCompositeFieldContainer[NodePlan]
+    def __init__(self, spec: _Optional[_Union[Spec, _Mapping]] = ..., plan: _Optional[_Iterable[_Union[NodePlan, _Mapping]]] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    def __init__(self, spec: _Optional[str] = ...) -> None: ...
+
+class GetRolloutResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: Rollout
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class SetRolloutStateRequest(_message.Message):
+    __slots__ = ("spec", "action")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    action: str
+    def __init__(self, spec: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
+class SetRolloutStateResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: Rollout
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class ReloadDaemonRequest(_message.Message):
+    __slots__ = ("node_id", "dry_run")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    dry_run: bool
+    def __init__(self, node_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReloadDaemonResponse(_message.Message):
+    __slots__ = ("node_id", "result")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    result: _daemon_pb2.ReloadConfigResponse
+    def __init__(self, node_id: _Optional[str] = ..., result: _Optional[_Union[_daemon_pb2.ReloadConfigResponse, _Mapping]] = ...) -> None: ...

@@ -9,6 +9,7 @@ import grpclib.client
 if typing.TYPE_CHECKING:
     import grpclib.server
 
+import schema.gen.pb2.fleet.manager.v1.manager_pb2
 import schema.gen.pb2.fleet.daemon.v1.daemon_pb2
 
 
@@ -56,6 +57,14 @@ class DaemonServiceBase(abc.ABC):
 
     @abc.abstractmethod
     async def GetAgentLog(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ReloadConfig(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ApplySpecs(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ApplySpecsRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ApplySpecsResponse]') -> None:
         pass
 
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
@@ -125,6 +134,18 @@ class DaemonServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
                 schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse,
+            ),
+            '/fleet.daemon.v1.DaemonService/ReloadConfig': grpclib.const.Handler(
+                self.ReloadConfig,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigRequest,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigResponse,
+            ),
+            '/fleet.daemon.v1.DaemonService/ApplySpecs': grpclib.const.Handler(
+                self.ApplySpecs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ApplySpecsRequest,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ApplySpecsResponse,
             ),
         }
 
@@ -197,4 +218,16 @@ class DaemonServiceStub:
             '/fleet.daemon.v1.DaemonService/GetAgentLog',
             schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
             schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse,
+        )
+        self.ReloadConfig = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.daemon.v1.DaemonService/ReloadConfig',
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigRequest,
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigResponse,
+        )
+        self.ApplySpecs = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.daemon.v1.DaemonService/ApplySpecs',
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ApplySpecsRequest,
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ApplySpecsResponse,
         )

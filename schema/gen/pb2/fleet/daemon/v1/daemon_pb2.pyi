@@ -1,3 +1,4 @@
+from schema.gen.pb2.fleet.manager.v1 import manager_pb2 as _manager_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -157,7 +158,7 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("id", "type", "status", "pid", "version", "start_time", "restart_count", "last_heartbeat", "status_reason", "config_hash", "last_exit_code")
+    __slots__ = ("id", "type", "status", "pid", "version", "start_time", "restart_count", "last_heartbeat", "status_reason", "config_hash", "last_exit_code", "spec", "spec_revision")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +170,8 @@ class AgentInfo(_message.Message):
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
     LAST_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     status: str
@@ -180,7 +183,9 @@ class AgentInfo(_message.Message):
     status_reason: str
     config_hash: str
     last_exit_code: int
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_heartbeat: _Optional[int] = ..., status_reason: _Optional[str] = ..., config_hash: _Optional[str] = ..., last_exit_code: _Optional[int] = ...) -> None: ...
+    spec: str
+    spec_revision: int
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., last_heartbeat: _Optional[int] = ..., status_reason: _Optional[str] = ..., config_hash: _Optional[str] = ..., last_exit_code: _Optional[int] = ..., spec: _Optional[str] = ..., spec_revision: _Optional[int] = ...) -> None: ...
 
 class AgentOperationRequest(_message.Message):
     __slots__ = ("agent_id", "operation")
@@ -295,3 +300,71 @@ class AgentLogResponse(_message.Message):
     path: str
     size_bytes: int
     def __init__(self, agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ..., line_count: _Optional[int] = ..., truncated: _Optional[bool] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class FieldChange(_message.Message):
+    __slots__ = ("field", "old", "new")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    old: str
+    new: str
+    def __init__(self, field: _Optional[str] = ..., old: _Optional[str] = ..., new: _Optional[str] = ...) -> None: ...
+
+class AgentChange(_message.Message):
+    __slots__ = ("agent_id", "action", "fields", "source", "error")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    action: str
+    fields: _containers.RepeatedCompositeFieldContainer[FieldChange]
+    source: str
+    error: str
+    def __init__(self, agent_id: _Optional[str] = ..., action: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldChange, _Mapping]]] = ..., source: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ReloadConfigRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReloadConfigResponse(_message.Message):
+    __slots__ = ("success", "error_message", "changes", "unchanged", "config_file")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    error_message: str
+    changes: _containers.RepeatedCompositeFieldContainer[AgentChange]
+    unchanged: _containers.RepeatedScalarFieldContainer[str]
+    config_file: str
+    def __init__(self, success: _Optional[bool] = ..., error_message: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[AgentChange, _Mapping]]] = ..., unchanged: _Optional[_Iterable[str]] = ..., config_file: _Optional[str] = ...) -> None: ...
+
+class SignedSpec(_message.Message):
+    __slots__ = ("payload", "signature", "signer_cert")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_CERT_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    signature: bytes
+    signer_cert: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., signer_cert: _Optional[bytes] = ...) -> None: ...
+
+class ApplySpecsRequest(_message.Message):
+    __slots__ = ("specs",)
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[SignedSpec]
+    def __init__(self, specs: _Optional[_Iterable[_Union[SignedSpec, _Mapping]]] = ...) -> None: ...
+
+class ApplySpecsResponse(_message.Message):
+    __slots__ = ("specs", "changes")
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[_manager_pb2.SpecState]
+    changes: _containers.RepeatedCompositeFieldContainer[AgentChange]
+    def __init__(self, specs: _Optional[_Iterable[_Union[_manager_pb2.SpecState, _Mapping]]] = ..., changes: _Optional[_Iterable[_Union[AgentChange, _Mapping]]] = ...) -> None: ...

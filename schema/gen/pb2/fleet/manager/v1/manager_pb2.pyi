@@ -101,7 +101,7 @@ class ReportMetricsResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ..., accepted: _Optional[int] = ...) -> None: ...
 
 class AgentState(_message.Message):
-    __slots__ = ("agent_id", "status", "pid", "last_heartbeat", "type", "version", "start_time", "restart_count", "status_reason", "config_hash")
+    __slots__ = ("agent_id", "status", "pid", "last_heartbeat", "type", "version", "start_time", "restart_count", "status_reason", "config_hash", "spec", "spec_revision")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class AgentState(_message.Message):
     RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     status: str
     pid: int
@@ -122,17 +124,35 @@ class AgentState(_message.Message):
     restart_count: int
     status_reason: str
     config_hash: str
-    def __init__(self, agent_id: _Optional[str] = ..., status: _Optional[str] = ..., pid: _Optional[int] = ..., last_heartbeat: _Optional[int] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., status_reason: _Optional[str] = ..., config_hash: _Optional[str] = ...) -> None: ...
+    spec: str
+    spec_revision: int
+    def __init__(self, agent_id: _Optional[str] = ..., status: _Optional[str] = ..., pid: _Optional[int] = ..., last_heartbeat: _Optional[int] = ..., type: _Optional[str] = ..., version: _Optional[str] = ..., start_time: _Optional[int] = ..., restart_count: _Optional[int] = ..., status_reason: _Optional[str] = ..., config_hash: _Optional[str] = ..., spec: _Optional[str] = ..., spec_revision: _Optional[int] = ...) -> None: ...
+
+class SpecState(_message.Message):
+    __slots__ = ("name", "revision", "status", "reason", "running_revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    status: str
+    reason: str
+    running_revision: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., running_revision: _Optional[int] = ...) -> None: ...
 
 class SyncAgentStatesRequest(_message.Message):
-    __slots__ = ("node_id", "states", "full")
+    __slots__ = ("node_id", "states", "full", "specs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     states: _containers.RepeatedCompositeFieldContainer[AgentState]
     full: bool
-    def __init__(self, node_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ..., full: _Optional[bool] = ...) -> None: ...
+    specs: _containers.RepeatedCompositeFieldContainer[SpecState]
+    def __init__(self, node_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ..., full: _Optional[bool] = ..., specs: _Optional[_Iterable[_Union[SpecState, _Mapping]]] = ...) -> None: ...
 
 class SyncAgentStatesResponse(_message.Message):
     __slots__ = ("success", "message")
