@@ -15,21 +15,16 @@ through the Manager, which dials every Daemon over mTLS (first contact: a handsh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpclib.client import Channel
-from grpclib.server import Server
 
 from bench._common import (
     DEFAULT_CACHE,
@@ -42,8 +37,8 @@ from bench._common import (
     raise_fd_limit,
     spawn_manager,
 )
-from common.rpc import GuardedService, current_call
-from common.tls import TLSFiles, client_context, server_context
+from bench._fakefleet import serve_in_thread
+from common.rpc import current_call
 from schema import daemon_pb, manager_pb
 
 TARGET_SECONDS = 10.0
@@ -84,90 +79,6 @@ class FakeDaemon(daemon_pb.DaemonServiceBase):
 POLICY = {"ListAgents": {"manager", "admin"}, "OperateAgent": {"manager", "admin"}}
 
 
-async def _start_fleet(
-    address: str, cert_dir: Path, names: list[str]
-) -> tuple[list[Server], list[FakeDaemon]]:
-    """Start a DaemonService per node and register it with the Manager."""
-    host, _, port = address.rpartition(":")
-    servers: list[Server] = []
-    daemons: list[FakeDaemon] = []
-    sem = asyncio.Semaphore(50)
-
-    async def one(name: str) -> None:
-        files = TLSFiles(cert_dir / f"{name}.crt", cert_dir / f"{name}.key", cert_dir / "ca.crt")
-        daemon = FakeDaemon(name)
-        server = Server([GuardedService(daemon, policy=POLICY)])
-        await server.start("127.0.0.1", 0, ssl=server_context(files))
-        listen_port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        servers.append(server)
-        daemons.append(daemon)
-        async with sem:
-            channel = Channel(host, int(port), ssl=client_context(files, expect_role="manager"))
-            try:
-                stub = manager_pb.ManagerServiceStub(channel, timeout=60)
-                await stub.register_node(
-                    manager_pb.RegisterNodeRequest(
-                        node_id=name, hostname=name, ip="127.0.0.1", os="linux", arch="x86_64",
-                        labels={"bench": "restart"}, daemon_version="0.1.0",
-                        daemon_address=f"127.0.0.1:{listen_port}",
-                        heartbeat_interval_seconds=3600, instance_id=f"bench-{name}",
-                    )
-                )  # fmt: skip
-                await stub.sync_agent_states(
-                    manager_pb.SyncAgentStatesRequest(
-                        node_id=name, full=True,
-                        states=[manager_pb.AgentState(agent_id=AGENT, status="RUNNING", pid=4242,
-                                                      type="web", version="1.0.0")],
-                    )
-                )  # fmt: skip
-            finally:
-                channel.close()
-
-    await asyncio.gather(*(one(n) for n in names))
-    return servers, daemons
-
-
-def _serve_in_thread(
-    address: str, cert_dir: Path, names: list[str]
-) -> tuple[threading.Thread, list[FakeDaemon], Any, Any]:
-    """Run the simulated Daemons on an event loop in a thread (fleetctl runs meanwhile)."""
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    def main() -> None:
-        loop = asyncio.new_event_loop()
-        state["loop"] = loop
-        stop = asyncio.Event()
-        state["stop"] = stop
-
-        async def run() -> None:
-            try:
-                servers, daemons = await _start_fleet(address, cert_dir, names)
-                state["daemons"] = daemons
-            except Exception as exc:
-                state["error"] = exc
-                ready.set()
-                return
-            ready.set()
-            try:
-                await asyncio.wait_for(stop.wait(), 3600)
-            finally:
-                for s in servers:
-                    s.close()
-                await asyncio.gather(*(s.wait_closed() for s in servers))
-
-        loop.run_until_complete(run())
-        loop.close()
-
-    thread = threading.Thread(target=main, name="fake-daemons", daemon=True)
-    thread.start()
-    if not ready.wait(600):
-        raise RuntimeError("simulated daemons did not start within 600 s")
-    if "error" in state:
-        raise state["error"]
-    return thread, state["daemons"], state["loop"], state["stop"]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleet_restart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
@@ -184,7 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     with spawn_manager(cert_dir=cert_dir, db_url=args.db) as manager:
         node_dir = ensure_node_certs(cert_dir, names, cache_dir=args.cache_dir)
         t = time.perf_counter()
-        thread, daemons, loop, stop = _serve_in_thread(manager.address, node_dir, names)
+        fleet = serve_in_thread(
+            address=manager.address,
+            cert_dir=node_dir,
+            names=names,
+            make=FakeDaemon,
+            policy=POLICY,
+            labels=lambda _name: {"bench": "restart"},
+            states=lambda _daemon: [
+                manager_pb.AgentState(
+                    agent_id=AGENT, status="RUNNING", pid=4242, type="web", version="1.0.0"
+                )
+            ],
+        )
+        daemons = fleet.daemons
         setup = time.perf_counter() - t
         print(f"{args.nodes} simulated daemons up and registered in {setup:.1f}s", file=sys.stderr)
         env = {
@@ -228,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.returncode != 0:
                     print(proc.stderr[-2000:], file=sys.stderr)
         finally:
-            loop.call_soon_threadsafe(stop.set)
-            thread.join(60)
+            fleet.close()
     out = sys.stderr if args.json else sys.stdout
     print(f"fleetctl agent restart {AGENT} --all across {args.nodes:,} simulated Daemons",
           file=out)  # fmt: skip
