@@ -130,7 +130,37 @@ ca_file = "{certs / "ca.crt"}"
 listen = "127.0.0.1:{args.daemon_port}"
 {agents}"""
     )
+    write_sample_spec(agent)
     return manager_toml, daemon_toml
+
+
+def write_sample_spec(agent: Path) -> Path:
+    """A central spec for the quick start: one more sample agent on every role=demo node."""
+    specs = WORK / "specs"
+    specs.mkdir(exist_ok=True)
+    path = specs / "hello.toml"
+    path.write_text(
+        f"""# Written by tools/dev.py run: a central spec (docs/specs.md). Apply it with
+#   fleetctl apply -f {path.relative_to(ROOT)}
+# then change `greeting` or the command and apply again: it rolls out.
+name = "hello"
+
+[target]
+labels = {{ role = "demo" }}
+
+[[agents]]
+id = "hello-1"
+type = "sample"
+version = "1.0.0"
+command = ["{BIN / "python"}", "{agent}"]
+start_seconds = "2s"
+
+[agents.config]
+greeting = "hello from a central spec"
+work_interval = 3
+"""
+    )
+    return path
 
 
 def wait_for_line(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -230,6 +260,10 @@ In another shell, try:
   {fleetctl} agents list
   {fleetctl} agent restart {node} web-1
   {fleetctl} metrics web-1 --since 5m
+  {fleetctl} apply -f .fleet/specs/hello.toml --dry-run    # what a central spec would change
+  {fleetctl} apply -f .fleet/specs/hello.toml              # sign it, roll it out, watch
+  {fleetctl} specs status hello
+  {fleetctl} daemon reload {node}          # after editing .fleet/daemon.toml (or kill -HUP)
 
 Ctrl-C stops both.""",
         flush=True,
