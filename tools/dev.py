@@ -108,6 +108,14 @@ work_interval = {interval}
 """
         for agent_id, greeting, interval in (("web-1", "hello", 2), ("worker-1", "busy", 5))
     )
+    # Central specs may not run agents as root unless the host allows it; this Daemon runs
+    # them as its own user, which is root when `run` is started as root.
+    specs_policy = (
+        "\n[specs]\n# This Daemon runs as root: let central specs run agents as root too.\n"
+        "allow_root = true\n"
+        if os.geteuid() == 0
+        else ""
+    )
     daemon_toml.write_text(
         f"""# Written by tools/dev.py run: a Daemon supervising two sample agents.
 node_id = "{node}"
@@ -128,7 +136,7 @@ ca_file = "{certs / "ca.crt"}"
 
 [grpc]
 listen = "127.0.0.1:{args.daemon_port}"
-{agents}"""
+{specs_policy}{agents}"""
     )
     write_sample_spec(agent)
     return manager_toml, daemon_toml
