@@ -66,6 +66,9 @@ class Agent(Model):
     status_reason = fields.CharField(max_length=1024, default="")
     config_hash = fields.CharField(max_length=128, default="")
     updated_at = fields.FloatField(default=0)
+    # The central spec the agent comes from and the revision it runs ("" / 0: daemon.toml).
+    spec = fields.CharField(max_length=128, default="", db_default="")
+    spec_revision = fields.BigIntField(default=0, db_default=0)
 
     class Meta:
         table = "fleet_agent"
@@ -104,3 +107,123 @@ class NodeEvent(Model):
     class Meta:
         table = "fleet_node_event"
         indexes = (("node_id", "timestamp"),)
+
+
+# ---- desired state (docs/specs.md) ----
+
+# Revision kinds.
+APPLY = "apply"
+ROLLBACK = "rollback"
+DELETE = "delete"
+
+# Rollout states: the first two are active (they drive waves).
+RUNNING = "running"
+PAUSED = "paused"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+ROLLED_BACK = "rolled_back"
+INTERRUPTED = "interrupted"
+ACTIVE_ROLLOUT_STATES = (RUNNING, PAUSED)
+
+# Rollout node states.
+NODE_IN_PROGRESS = "in_progress"
+NODE_DONE = "done"
+NODE_FAILED = "failed"
+
+
+class Spec(Model):
+    """A central spec: its current and next revision."""
+
+    name = fields.CharField(max_length=128, primary_key=True)
+    # Current revision (the delete revision once deleted; 0 before the first apply).
+    revision = fields.BigIntField(default=0)
+    next_revision = fields.BigIntField(default=1)
+    deleted = fields.BooleanField(default=False)
+    updated_at = fields.FloatField(default=0)
+    # Who made the last change, e.g. "admin/alice".
+    updated_by = fields.CharField(max_length=255, default="")
+
+    class Meta:
+        table = "fleet_spec"
+
+
+class SpecRevision(Model):
+    """One revision of a spec exactly as signed, with who and when."""
+
+    id = fields.BigIntField(primary_key=True)
+    name = fields.CharField(max_length=128)
+    revision = fields.BigIntField()
+    kind = fields.CharField(max_length=16)
+    payload = fields.BinaryField()
+    signature = fields.BinaryField()
+    signer_cert = fields.BinaryField()
+    signed_by = fields.CharField(max_length=255, default="")
+    applied_by = fields.CharField(max_length=255, default="")
+    created_at = fields.FloatField()
+
+    class Meta:
+        table = "fleet_spec_revision"
+        unique_together = (("name", "revision"),)
+
+
+class SpecNodeState(Model):
+    """How one spec stands on one node, as its Daemon reported it."""
+
+    id = fields.BigIntField(primary_key=True)
+    node_id = fields.CharField(max_length=128)
+    name = fields.CharField(max_length=128, db_index=True)
+    # The newest revision the node was offered, and the one whose agents run (0: none).
+    revision = fields.BigIntField(default=0)
+    running_revision = fields.BigIntField(default=0)
+    status = fields.CharField(max_length=16, default="")
+    reason = fields.CharField(max_length=1024, default="")
+    updated_at = fields.FloatField(default=0)
+
+    class Meta:
+        table = "fleet_spec_node_state"
+        unique_together = (("node_id", "name"),)
+
+
+class Rollout(Model):
+    """Moving a spec's nodes to a new revision in waves."""
+
+    id = fields.BigIntField(primary_key=True)
+    spec = fields.CharField(max_length=128, db_index=True)
+    revision = fields.BigIntField()
+    from_revision = fields.BigIntField(default=0)
+    state = fields.CharField(max_length=16, db_index=True)
+    reason = fields.TextField(default="")
+    # RolloutPolicy: max_unavailable, max_failures, auto_rollback, healthy_deadline.
+    policy: fields.Field[dict[str, object]] = fields.JSONField(default=dict)
+    # The last wave started (nodes moved at once are wave 0).
+    wave = fields.IntField(default=0)
+    # The pre-signed rollback revision (revision + 1, the previous content), kept
+    # unused unless this rollout stops with auto_rollback; 0 / empty when none was sent.
+    rollback_revision = fields.BigIntField(default=0)
+    rollback_payload = fields.BinaryField(null=True)
+    rollback_signature = fields.BinaryField(null=True)
+    rollback_signer_cert = fields.BinaryField(null=True)
+    rollback_signed_by = fields.CharField(max_length=255, default="")
+    started_at = fields.FloatField(default=0)
+    updated_at = fields.FloatField(default=0)
+    started_by = fields.CharField(max_length=255, default="")
+
+    class Meta:
+        table = "fleet_rollout"
+
+
+class RolloutNode(Model):
+    """A node a rollout moved: when, in which wave, how it went."""
+
+    id = fields.BigIntField(primary_key=True)
+    rollout_id = fields.BigIntField(db_index=True)
+    node_id = fields.CharField(max_length=128)
+    wave = fields.IntField(default=0)
+    state = fields.CharField(max_length=16, default=NODE_IN_PROGRESS)
+    pushed_at = fields.FloatField(default=0)
+    finished_at = fields.FloatField(default=0)
+    reason = fields.CharField(max_length=1024, default="")
+
+    class Meta:
+        table = "fleet_rollout_node"
+        unique_together = (("rollout_id", "node_id"),)

@@ -23,7 +23,16 @@ from common.errors import Unavailable
 
 from .database import DB_ERRORS, Database, db_errors_unavailable
 from .group_commit import GroupCommit
-from .models import OFFLINE, ONLINE, REGISTERING, Agent, MetricSample, Node, NodeEvent
+from .models import (
+    OFFLINE,
+    ONLINE,
+    REGISTERING,
+    Agent,
+    MetricSample,
+    Node,
+    NodeEvent,
+    SpecNodeState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,9 @@ class AgentRecord:
     restart_count: int = 0
     status_reason: str = ""
     config_hash: str = ""
+    # The central spec it comes from and the revision it runs ("" / 0: daemon.toml).
+    spec: str = ""
+    spec_revision: int = 0
 
 
 class NodeRow(NamedTuple):
@@ -109,6 +121,8 @@ class AgentRow(NamedTuple):
     config_hash: str
     updated_at: float
     node_status: str
+    spec: str
+    spec_revision: int
 
 
 # The list views read raw rows (one query each, agent counts and node statuses joined
@@ -133,7 +147,7 @@ _NODE_ROWS_SQL = {
 _AGENT_ROWS_SQL = (
     "SELECT a.node_id, a.agent_id, a.type, a.status, a.pid, a.version, a.start_time, "
     "a.restart_count, a.last_heartbeat, a.status_reason, a.config_hash, a.updated_at, "
-    "COALESCE(n.status, '') "
+    "COALESCE(n.status, ''), a.spec, a.spec_revision "
     "FROM fleet_agent a LEFT JOIN fleet_node n ON n.node_id = a.node_id{where} "
     "ORDER BY a.node_id, a.agent_id"
 )
@@ -160,6 +174,8 @@ _AGENT_FIELDS = (
     "restart_count",
     "status_reason",
     "config_hash",
+    "spec",
+    "spec_revision",
 )
 
 
@@ -640,10 +656,12 @@ class Store:
 
     @db_errors_unavailable
     async def remove_node(self, node_id: str) -> bool:
-        """Delete a node with its agents and events; False when it did not exist."""
+        """Delete a node with its agents, events and spec states; False when it did not
+        exist (the rollouts that moved it keep their record of it)."""
         async with in_transaction():
             await Agent.filter(node_id=node_id).delete()
             await NodeEvent.filter(node_id=node_id).delete()
+            await SpecNodeState.filter(node_id=node_id).delete()
             return bool(await Node.filter(node_id=node_id).delete())
 
     @db_errors_unavailable
