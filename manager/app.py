@@ -2,7 +2,8 @@
 
 Start order: database (migrations) → heartbeat flusher → retention loop → gRPC server
 (ManagerService, AdminService, grpc.health.v1, reflection) → liveness loop (its restart
-guard counts from here) → HTTP side, then one ``manager ready`` log line.
+guard counts from here) → spec controller and rollout driver → HTTP side, then one
+``manager ready`` log line.
 ``close()`` stops intake; ``wait_closed()`` writes the pending heartbeats, answers the
 calls waiting on them, then stops the rest in reverse order.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 from grpclib.health.check import ServiceCheck
@@ -19,6 +21,7 @@ from grpclib.health.service import Health
 from grpclib.server import Server
 
 from common.rpc import GuardedService, Transport, wait_server_closed
+from common.specdoc import load_ca_certs
 from common.tls import client_context, server_context, warn_insecure
 
 from .config import ManagerConfig, split_host_port
@@ -31,7 +34,12 @@ from .metrics import ManagerMetrics
 from .reflection import with_reflection
 from .retention import MetricRetention
 from .services import AdminService, ManagerService
+from .services.spec_admin import SpecAdmin
+from .specs.catalog import RevisionCatalog
+from .specs.controller import SpecController
+from .specs.rollouts import RolloutDriver
 from .store import Database, Store
+from .store.specs import SpecStore
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,13 @@ ADMIN_POLICY = {
         "GetAgentConfig",
         "GetAgentLog",
         "RemoveNode",
+        "ApplySpec",
+        "ListSpecs",
+        "GetSpec",
+        "DeleteSpec",
+        "GetRollout",
+        "SetRolloutState",
+        "ReloadDaemon",
     )
 }
 
@@ -95,6 +110,22 @@ class ManagerApp:
             backoff_initial=config.daemon_backoff_initial,
             backoff_max=config.daemon_backoff_max,
         )
+        self.spec_store = SpecStore()
+        self.catalog = RevisionCatalog(store=self.spec_store)
+        self.specs = SpecController(
+            store=self.spec_store,
+            catalog=self.catalog,
+            pool=self.pool,
+            sweep_interval=config.spec_sweep_interval,
+            concurrency=config.spec_push_concurrency,
+            on_reported=lambda node_id: self.rollouts.node_reported(node_id),
+        )
+        self.rollouts = RolloutDriver(
+            store=self.spec_store,
+            catalog=self.catalog,
+            controller=self.specs,
+            interval=config.rollout_interval,
+        )
         self.grpc: Server | None = None
         self.http: HttpServer | None = None
         self.grpc_address = ""
@@ -137,8 +168,19 @@ class ManagerApp:
             pool=self.pool,
             known=self.known_nodes,
             metrics=self.metrics,
+            specs=self.specs,
         )
-        admin_service = AdminService(store=self.store, pool=self.pool, known=self.known_nodes)
+        spec_admin = SpecAdmin(
+            store=self.spec_store,
+            catalog=self.catalog,
+            controller=self.specs,
+            rollouts=self.rollouts,
+            # Signed specs are verified against the fleet CA: none without TLS.
+            ca_certs=load_ca_certs(Path(cfg.ca_file)) if cfg.tls_enabled else None,
+        )
+        admin_service = AdminService(
+            store=self.store, pool=self.pool, known=self.known_nodes, specs=spec_admin
+        )
         guarded_manager = GuardedService(
             manager_service,
             policy=MANAGER_POLICY,
@@ -160,6 +202,9 @@ class ManagerApp:
         self.grpc = grpc
         # The restart guard counts from when heartbeats can arrive again.
         await self.liveness.start()
+        # Desired state: converge nodes (a sweep at once) and resume rollouts.
+        await self.specs.start()
+        await self.rollouts.start()
         # Port 0 asks the OS for a free port: report the one actually bound.
         sockets = getattr(grpc._server, "sockets", None) or ()
         bound_port = sockets[0].getsockname()[1] if sockets else port
@@ -203,6 +248,8 @@ class ManagerApp:
         self.heartbeats.close()
         self.liveness.close()
         self.retention.close()
+        self.rollouts.close()
+        self.specs.close()
         if self.http is not None:
             self.http.close()
 
@@ -219,6 +266,8 @@ class ManagerApp:
                 await wait_server_closed(self.grpc)
             await self.liveness.wait_closed()
             await self.retention.wait_closed()
+            await self.rollouts.wait_closed()
+            await self.specs.wait_closed()
             if self.http is not None:
                 await self.http.wait_closed()
             self.pool.close()

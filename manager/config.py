@@ -75,6 +75,10 @@ class ManagerConfig:
     daemon_connect_attempts: int = 3
     daemon_backoff_initial: float = 1.0
     daemon_backoff_max: float = 120.0
+    # Desired state: drift sweep, rollout steps, ApplySpecs calls in flight at once.
+    spec_sweep_interval: float = 60.0
+    rollout_interval: float = 1.0
+    spec_push_concurrency: int = 64
     # Process.
     event_loop: str = "auto"
     log_level: str = "info"
@@ -95,6 +99,8 @@ class ManagerConfig:
             "daemon_call_timeout",
             "daemon_connect_timeout",
             "daemon_backoff_initial",
+            "spec_sweep_interval",
+            "rollout_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -109,6 +115,7 @@ class ManagerConfig:
             "max_samples_per_report",
             "max_values_per_sample",
             "daemon_connect_attempts",
+            "spec_push_concurrency",
         )
         for name in ints:
             if getattr(self, name) < 1:
@@ -184,6 +191,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "daemons.connect_attempts": ("daemon_connect_attempts", "int"),
     "daemons.backoff_initial": ("daemon_backoff_initial", "duration"),
     "daemons.backoff_max": ("daemon_backoff_max", "duration"),
+    "specs.sweep_interval": ("spec_sweep_interval", "duration"),
+    "specs.rollout_interval": ("rollout_interval", "duration"),
+    "specs.push_concurrency": ("spec_push_concurrency", "int"),
     "log.level": ("log_level", "str"),
 }
 

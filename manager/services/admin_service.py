@@ -1,8 +1,10 @@
 """AdminService: what fleetctl calls (admin certificates only).
 
 Node, agent and host-metric views come from the Manager's database. OperateAgent,
-GetAgentMetrics, PushUpdate, GetAgentConfig, GetAgentLog and ListAgents(live=true) are
-proxied to the owning Daemon through the :class:`~manager.daemon_pool.DaemonClientPool`.
+GetAgentMetrics, PushUpdate, GetAgentConfig, GetAgentLog, ReloadDaemon and
+ListAgents(live=true) are proxied to the owning Daemon through the
+:class:`~manager.daemon_pool.DaemonClientPool`. The spec and rollout RPCs are
+:class:`~manager.services.spec_admin.SpecAdmin`'s.
 
 Agent resolution: with ``node_id`` given the agent is looked for on that node; without
 it, an agent id that exists on exactly one node (in the synced view) is enough; on
@@ -27,6 +29,7 @@ from ..daemon_pool import DaemonClientPool
 from ..known_nodes import KnownNodes
 from ..store import NODE_STATUSES, OFFLINE, ONLINE, AgentRecord, AgentRow, NodeRow, Store
 from ..store.models import Agent, Node, NodeEvent
+from .spec_admin import SpecAdmin
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ def agent_message(agent: Agent, node_status: str = "") -> admin_pb.Agent:
         config_hash=agent.config_hash,
         updated_at=int(agent.updated_at),
         node_status=node_status,
+        spec=agent.spec,
+        spec_revision=agent.spec_revision,
     )
 
 
@@ -99,6 +104,8 @@ def _live_agent_fields(node_id: str, info: daemon_pb.AgentInfo, now: float) -> d
         "config_hash": info.config_hash,
         "updated_at": int(now),
         "node_status": ONLINE,  # the Daemon just answered
+        "spec": info.spec,
+        "spec_revision": info.spec_revision,
     }
 
 
@@ -147,6 +154,8 @@ def add_agent_rows(reply: admin_pb2.ListAgentsResponse, rows: Iterable[AgentRow]
             config_hash=a.config_hash,
             updated_at=int(a.updated_at),
             node_status=a.node_status,
+            spec=a.spec,
+            spec_revision=a.spec_revision,
         )
 
 
@@ -163,6 +172,8 @@ def agent_record(info: daemon_pb.AgentInfo) -> AgentRecord:
         restart_count=info.restart_count,
         status_reason=info.status_reason,
         config_hash=info.config_hash,
+        spec=info.spec,
+        spec_revision=info.spec_revision,
     )
 
 
@@ -196,11 +207,13 @@ class AdminService(admin_pb.AdminServiceBase):
         store: Store,
         pool: DaemonClientPool,
         known: KnownNodes,
+        specs: SpecAdmin,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._pool = pool
         self._known = known
+        self._specs = specs
         self._clock = clock
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -324,6 +337,7 @@ class AdminService(admin_pb.AdminServiceBase):
         removed = await self._store.remove_node(node.node_id)
         self._known.discard(node.node_id)
         self._pool.forget(node.node_id)
+        self._specs.node_removed(node.node_id)
         log.info("node %s removed (was %s)", node.node_id, node.status)
         return admin_pb.RemoveNodeResponse(
             removed=removed, message=f"node {node.node_id} removed" if removed else "gone"
@@ -414,6 +428,46 @@ class AdminService(admin_pb.AdminServiceBase):
             ),
         )
         return admin_pb.GetAgentLogResponse(node_id=node.node_id, log=reply)
+
+    async def reload_daemon(
+        self, request: admin_pb.ReloadDaemonRequest
+    ) -> admin_pb.ReloadDaemonResponse:
+        node = await self._node(request.node_id)
+        reply = await self._pool.call(
+            node.node_id,
+            node.daemon_address,
+            "reload_config",
+            daemon_pb.ReloadConfigRequest(dry_run=request.dry_run),
+        )
+        log.info(
+            "reload daemon %s%s: %s",
+            node.node_id,
+            " (dry run)" if request.dry_run else "",
+            f"{len(reply.changes)} change(s)" if reply.success else reply.error_message,
+        )
+        return admin_pb.ReloadDaemonResponse(node_id=node.node_id, result=reply)
+
+    # ---- desired state (spec_admin.py) ----
+
+    async def apply_spec(self, request: admin_pb.ApplySpecRequest) -> admin_pb.ApplySpecResponse:
+        return await self._specs.apply_spec(request)
+
+    async def list_specs(self, request: admin_pb.ListSpecsRequest) -> admin_pb.ListSpecsResponse:
+        return await self._specs.list_specs(request)
+
+    async def get_spec(self, request: admin_pb.GetSpecRequest) -> admin_pb.GetSpecResponse:
+        return await self._specs.get_spec(request)
+
+    async def delete_spec(self, request: admin_pb.DeleteSpecRequest) -> admin_pb.DeleteSpecResponse:
+        return await self._specs.delete_spec(request)
+
+    async def get_rollout(self, request: admin_pb.GetRolloutRequest) -> admin_pb.GetRolloutResponse:
+        return await self._specs.get_rollout(request)
+
+    async def set_rollout_state(
+        self, request: admin_pb.SetRolloutStateRequest
+    ) -> admin_pb.SetRolloutStateResponse:
+        return await self._specs.set_rollout_state(request)
 
     # ---- helpers ----
 

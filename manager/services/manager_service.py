@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import grpclib.const
 
@@ -35,7 +35,10 @@ from ..heartbeats import HeartbeatBuffer
 from ..known_nodes import KnownNodes
 from ..liveness import log_transitions
 from ..metrics import ManagerMetrics
+from ..specs.controller import SpecController
+from ..specs.desired import SPEC_STATUSES
 from ..store import ONLINE, AgentRecord, Store, Transition
+from ..store.specs import SpecStateRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ AGENT_STATUSES = frozenset(
     {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
 )
 MAX_AGENTS_PER_SYNC = 1000
+MAX_SPECS_PER_SYNC = 1000
 MAX_HEARTBEAT_INTERVAL = 86_400
 _MAX_TRACKED = 10_000
 _MAX_CACHED_NAMES = 4096
@@ -81,9 +85,11 @@ class ManagerService(manager_pb.ManagerServiceBase):
         pool: DaemonClientPool,
         known: KnownNodes,
         metrics: ManagerMetrics,
+        specs: SpecController,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._specs = specs
         self._store = store
         self._heartbeats = heartbeats
         self._pool = pool
@@ -150,6 +156,8 @@ class ManagerService(manager_pb.ManagerServiceBase):
             self._pool.forget(node_id)
         if result.transition is not None:
             log_transitions([result.transition], self._metrics)
+        # New, back, restarted or relabelled: the node may need other specs.
+        self._specs.node_registered(node_id)
         log.info(
             "node %s %s (daemon %s at %s, instance %s)",
             node_id,
@@ -310,7 +318,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
                     f"{where}.status {s.status[:32]!r} is not one of "
                     f"{', '.join(sorted(AGENT_STATUSES))}"
                 )
-            for name in ("pid", "restart_count", "start_time", "last_heartbeat"):
+            for name in ("pid", "restart_count", "start_time", "last_heartbeat", "spec_revision"):
                 if getattr(s, name) < 0:
                     raise InvalidArgument(f"{where}.{name} must not be negative")
             records.append(
@@ -327,15 +335,49 @@ class ManagerService(manager_pb.ManagerServiceBase):
                     config_hash=validate.check_text(
                         f"{where}.config_hash", s.config_hash, max_len=128
                     ),
+                    spec=validate.check_id(f"{where}.spec", s.spec) if s.spec else "",
+                    spec_revision=s.spec_revision,
                 )
             )
+        spec_states = self._check_spec_states(request.specs) if request.full else None
         await self._require_registered(node_id)
         upserted, removed = await self._store.sync_agents(
             node_id=node_id, states=records, full=request.full, now=self._clock()
         )
+        await self._specs.node_synced(node_id, spec_states)
         return manager_pb.SyncAgentStatesResponse(
             success=True, message=f"synced {upserted} agents, removed {removed}"
         )
+
+    @staticmethod
+    def _check_spec_states(specs: Sequence[manager_pb.SpecState]) -> list[SpecStateRecord]:
+        """A full sync's spec states, validated (one per spec, known statuses)."""
+        if len(specs) > MAX_SPECS_PER_SYNC:
+            raise InvalidArgument(f"specs has {len(specs)} entries (max {MAX_SPECS_PER_SYNC})")
+        records: list[SpecStateRecord] = []
+        seen: set[str] = set()
+        for i, s in enumerate(specs):
+            where = f"specs[{i}]"
+            name = validate.check_id(f"{where}.name", s.name)
+            if name in seen:
+                raise InvalidArgument(f"spec {name} appears twice in specs")
+            seen.add(name)
+            if s.status not in SPEC_STATUSES:
+                raise InvalidArgument(
+                    f"{where}.status {s.status[:32]!r} is not one of {', '.join(SPEC_STATUSES)}"
+                )
+            if s.revision < 0 or s.running_revision < 0:
+                raise InvalidArgument(f"{where}: revisions must not be negative")
+            records.append(
+                SpecStateRecord(
+                    name=name,
+                    revision=s.revision,
+                    status=s.status,
+                    reason=validate.check_text(f"{where}.reason", s.reason),
+                    running_revision=s.running_revision,
+                )
+            )
+        return records
 
     @staticmethod
     def _check_address(address: str) -> str:
