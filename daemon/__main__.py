@@ -3,21 +3,30 @@
 Configuration comes from the TOML file, then ``FLEET_*`` environment variables, then
 flags (see ``docs/daemon.md``). The first SIGINT/SIGTERM shuts down gracefully (agents
 are stopped unless ``stop_agents_on_exit = false``); a second one exits at once.
+
+SIGHUP reloads: the same file is read again with the environment and flags of the
+start (so flags still win) and the difference is applied (:mod:`daemon.desired`). A HUP
+never stops the Daemon: one that arrives while it is starting is applied once it is up,
+and several in a row coalesce into one reload.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from .app import DaemonApp, StartupError
-from .config import ConfigError, DaemonConfig, build_config, load_toml
+from .config import ConfigError, DaemonConfig, load_config_file
 
 log = logging.getLogger("daemon")
 
@@ -63,16 +72,51 @@ def _flags(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
     }
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where the config comes from: kept so that a reload reads it the same way."""
+
+    path: Path | None
+    env: Mapping[str, str]
+    flags: Mapping[tuple[str, ...], Any]
+
+    def load(self) -> DaemonConfig:
+        """The validated config (ConfigError naming file, line and key if wrong)."""
+        return load_config_file(self.path, self.env, self.flags)
+
+
+def source(argv: list[str] | None = None) -> Source:
+    args = _parser().parse_args(argv)
+    return Source(path=args.config, env=dict(os.environ), flags=_flags(args))
+
+
 def load(argv: list[str] | None = None) -> DaemonConfig:
     """The validated config from file, environment and flags (ConfigError if wrong)."""
-    args = _parser().parse_args(argv)
-    file_data = load_toml(args.config) if args.config else {}
-    return build_config(file_data, os.environ, _flags(args))
+    return source(argv).load()
 
 
-async def _serve(config: DaemonConfig) -> int:
+def _set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+    log.info("log level is now %s", level)
+
+
+async def _reloads(app: DaemonApp, wanted: asyncio.Event) -> None:
+    """Run a reload for every SIGHUP (coalesced); the outcome is logged by the reload."""
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        try:
+            await app.reload()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reload failed")
+
+
+async def _serve(config: DaemonConfig, src: Source, hup_pending: Callable[[], bool]) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    reload_wanted = asyncio.Event()
     signals = 0
 
     def on_signal(signum: int) -> None:
@@ -87,9 +131,25 @@ async def _serve(config: DaemonConfig) -> int:
             log.warning("received %s again: exiting now", signal.Signals(signum).name)
             os._exit(1)
 
+    def on_hup() -> None:
+        if src.path is None:
+            log.warning("received SIGHUP: no config file to reload (started without --config)")
+            return
+        log.info("received SIGHUP: reloading %s", src.path)
+        reload_wanted.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    app = DaemonApp(config=config, base_env=dict(os.environ))
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if hup_pending():
+        on_hup()
+    app = DaemonApp(
+        config=config,
+        base_env=dict(src.env),
+        load_config=src.load if src.path is not None else None,
+        config_file=src.path,
+        set_log_level=_set_log_level,
+    )
     try:
         await app.start()
     except (StartupError, OSError, ValueError) as exc:
@@ -97,15 +157,30 @@ async def _serve(config: DaemonConfig) -> int:
         app.close()
         await app.wait_closed()
         return 1
+    reloader = asyncio.create_task(_reloads(app, reload_wanted), name="sighup-reloads")
     await stopping.wait()
+    reloader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reloader
     app.close()
     await app.wait_closed()
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Until the event loop takes SIGHUP over, its default action would kill the Daemon:
+    # note it instead and reload once running. (A Python handler, unlike SIG_IGN, is not
+    # inherited by the agents we spawn.)
+    early_hup = False
+
+    def note_hup(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal early_hup
+        early_hup = True
+
+    signal.signal(signal.SIGHUP, note_hup)
+    src = source(argv)
     try:
-        config = load(argv)
+        config = src.load()
     except ConfigError as exc:
         print(f"fleet-daemon: config error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -113,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    sys.exit(asyncio.run(_serve(config)))
+    sys.exit(asyncio.run(_serve(config, src, lambda: early_hup)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""All agents of this Daemon: start-up (adopt or autostart), serialised operations,
-config updates with rollback, heartbeat watchdog, log rotation, resource sampling, and
-persistence of what must survive a Daemon restart.
+"""All agents of this Daemon: start-up (adopt or autostart), reconciling to a new desired
+set, serialised operations, config updates with rollback, heartbeat watchdog, log
+rotation, resource sampling, and persistence of what must survive a Daemon restart.
 """
 
 from __future__ import annotations
@@ -12,15 +12,21 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 
-from .config import AgentSpec
 from .history import GroupSampler, History
 from .process import LogFile, ManagedProcess, same_process
+from .reconcile import ADDED, REMOVED, Change, Desired, Result, plan
 from .state import AgentRecord, StateStore
 from .supervisor import ACTIVE, RUNNING, AgentRunner
 
@@ -41,7 +47,7 @@ class Agents:
     def __init__(
         self,
         *,
-        specs: tuple[AgentSpec, ...],
+        desired: Sequence[Desired],
         state_dir: Path,
         base_env: Mapping[str, str],
         history: History,
@@ -49,7 +55,7 @@ class Agents:
         check_peer: bool = True,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self._specs = specs
+        self._desired = tuple(desired)
         self._store = StateStore(path=state_dir / "agents.json")
         self._log_dir = state_dir / "logs"
         self._base_env = dict(base_env)
@@ -60,7 +66,9 @@ class Agents:
         self._sampler = GroupSampler()
         self.runners: dict[str, AgentRunner] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._reconcile_lock = asyncio.Lock()
         self._started = False
+        self._closing = False
 
     # ---- lifecycle ----
 
@@ -71,16 +79,8 @@ class Agents:
         self._started = True
         self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         records = self._store.load()
-        for spec in self._specs:
-            record = records.get(spec.id, AgentRecord())
-            runner = AgentRunner(
-                spec=spec,
-                record=record,
-                log_dir=self._log_dir,
-                base_env=self._base_env,
-                on_change=self._changed,
-            )
-            self.runners[spec.id] = runner
+        for desired in self._desired:
+            self.runners[desired.id] = self._runner(desired, records.get(desired.id))
         for stale in set(records) - set(self.runners):
             self._stop_orphan(stale, records[stale])
         starting = []
@@ -127,8 +127,20 @@ class Agents:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(record.pid, signal.SIGKILL)
 
+    def _runner(self, desired: Desired, record: AgentRecord | None) -> AgentRunner:
+        return AgentRunner(
+            spec=desired.spec,
+            record=record or AgentRecord(),
+            log_dir=self._log_dir,
+            base_env=self._base_env,
+            on_change=self._changed,
+            origin=desired.origin,
+        )
+
     async def _autostart(self, runner: AgentRunner) -> None:
         async with runner.lock:
+            if runner.forgotten:
+                return
             error = await runner.start()
         if error:
             log.warning("agent %s did not start: %s", runner.id, error)
@@ -136,11 +148,14 @@ class Agents:
     async def _apply_changed(self, runner: AgentRunner) -> None:
         log.info("agent %s: its command, env, cwd or user changed: restarting it", runner.id)
         async with runner.lock:
+            if runner.forgotten:
+                return
             error = await runner.restart()
         if error:
             log.warning("agent %s did not restart with its new definition: %s", runner.id, error)
 
     def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
 
@@ -151,6 +166,8 @@ class Agents:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        async with self._reconcile_lock:
+            pass  # a reconcile under way finishes first; new ones are refused (closing)
         if self._stop_on_exit:
             await asyncio.gather(*(self._stop_for_exit(r) for r in self.runners.values()))
         else:
@@ -195,6 +212,104 @@ class Agents:
             raise NotFound(f"agent {agent_id!r} is not configured on this node")
         return runner
 
+    def current(self) -> dict[str, Desired]:
+        """What runs now: agent id → its definition and origin."""
+        return {r.id: Desired(r.spec, r.origin) for r in self.runners.values()}
+
+    def spec_owners(self) -> dict[str, str]:
+        """Agent id → the central spec it runs from (agents of daemon.toml left out)."""
+        return {r.id: r.origin.spec for r in self.runners.values() if r.origin.spec}
+
+    def set_stop_on_exit(self, value: bool) -> None:
+        self._stop_on_exit = value
+
+    # ---- reconciling ----
+
+    def plan(self, desired: Sequence[Desired]) -> Result:
+        """What :meth:`reconcile` would do, touching nothing (a dry run)."""
+        return plan(self.current(), desired)
+
+    async def reconcile(self, desired: Sequence[Desired]) -> Result:
+        """Make ``desired`` the running set (see :mod:`daemon.reconcile`); one at a time.
+
+        Removed agents stop first, then changed and added ones are applied in parallel,
+        each under its runner's lock. The result carries, per agent, the error of a
+        start that failed (the agent is then in BACKOFF or FATAL, as after any start).
+        """
+        async with self._reconcile_lock:
+            if self._closing:
+                raise FailedPrecondition("the Daemon is shutting down")
+            if not self._started:
+                raise Unavailable("the Daemon is still starting")
+            result = self.plan(desired)
+            wanted = {d.id: d for d in desired}
+            await asyncio.gather(
+                *(self._remove(self.runners[c.agent_id]) for c in result.of(REMOVED))
+            )
+            outcomes = await asyncio.gather(
+                *(self._apply(c, wanted[c.agent_id]) for c in result.changes if c.action != REMOVED)
+            )
+            errors = {agent_id: error for agent_id, error in outcomes if error}
+            for d in desired:  # a new revision of an unchanged agent: same process
+                self.runners[d.id].origin = d.origin
+            # ListAgents lists agents in the desired order (daemon.toml, then specs).
+            self.runners = {d.id: self.runners[d.id] for d in desired}
+            self._save()
+            self._notify()
+            return result.with_errors(errors)
+
+    async def _remove(self, runner: AgentRunner) -> None:
+        async with runner.lock:
+            await runner.stop("removed from the configuration")
+            runner.forgotten = True
+            self.runners.pop(runner.id, None)
+            self.history.forget(runner.id)
+        log.info("agent %s: removed (stopped and forgotten; its logs are kept)", runner.id)
+
+    async def _apply(self, change: Change, desired: Desired) -> tuple[str, str | None]:
+        if change.action == ADDED:
+            runner = self._runner(desired, None)
+            self.runners[runner.id] = runner
+            log.info("agent %s: added (%s)", runner.id, desired.origin.label)
+            if not desired.spec.autostart:
+                return runner.id, None
+            async with runner.lock:
+                return runner.id, await runner.start()
+        runner = self.runners[change.agent_id]
+        fields_ = set(change.field_names)
+        async with runner.lock:
+            if not change.needs_restart:
+                self._redefine(runner, desired, fields_)
+                log.info(
+                    "agent %s: %s updated in place (no restart)",
+                    runner.id,
+                    ", ".join(change.field_names),
+                )
+                return runner.id, None
+            was_active = runner.state in ACTIVE
+            if was_active:
+                await runner.stop("definition changed: restarting")
+            self._redefine(runner, desired, fields_)
+            log.info(
+                "agent %s: definition changed (%s)%s",
+                runner.id,
+                ", ".join(change.field_names),
+                ": restarting" if was_active else "",
+            )
+            if was_active or (desired.spec.autostart and not runner.record.held_stopped):
+                return runner.id, await runner.start()
+            return runner.id, None
+
+    def _redefine(self, runner: AgentRunner, desired: Desired, fields_: set[str]) -> None:
+        runner.spec = desired.spec
+        runner.origin = desired.origin
+        # A new config or version in the file replaces whatever PushUpdate set before.
+        if "config" in fields_:
+            runner.record.pushed_config = None
+        if "version" in fields_:
+            runner.record.pushed_version = None
+        self._changed(runner)
+
     # ---- operations ----
 
     async def operate(self, agent_id: str, operation: str) -> tuple[AgentRunner, str | None]:
@@ -203,6 +318,8 @@ class Agents:
             raise InvalidArgument(f"operation {operation!r} is not one of {', '.join(OPERATIONS)}")
         runner = self.get(agent_id)
         async with runner.lock:
+            if runner.forgotten:
+                raise NotFound(f"agent {agent_id!r} was removed from this node")
             runner.record.held_stopped = operation == "stop"
             if operation == "start":
                 error = await runner.start()
@@ -232,6 +349,8 @@ class Agents:
         if new_config is None and not version and not restart:
             raise InvalidArgument("update carries no config, no version and no restart")
         async with runner.lock:
+            if runner.forgotten:
+                raise NotFound(f"agent {agent_id!r} was removed from this node")
             record = runner.record
             previous = (record.pushed_config, record.pushed_version)
             was_active = runner.state in ACTIVE

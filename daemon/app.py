@@ -1,4 +1,5 @@
-"""The Daemon assembled: agents, their two gRPC listeners, the Manager link, /metrics.
+"""The Daemon assembled: agents, central specs, their two gRPC listeners, the Manager
+link, /metrics, and live reload (:meth:`DaemonApp.reload`).
 
 One grpclib ``Server`` serves one listener, so there are two: DaemonService on TCP with
 mutual TLS for the Manager and admins (:mod:`daemon.services.control_service`), and the
@@ -15,23 +16,26 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from grpclib.server import Server
 from prometheus_client.core import Metric
 
 from common.rpc import GuardedService, Transport, wait_server_closed
+from common.specdoc import SpecError, load_ca_certs
 from common.tls import TLSFiles, client_context, server_context, warn_insecure
 
 from .agents import Agents
 from .config import DaemonConfig, split_hostport
+from .desired import ConfigLoader, DesiredState, ReloadOutcome, initial
 from .history import History
 from .hostinfo import HostMetrics, host_facts
 from .manager_client import ManagerClient, NodeIdentity
 from .metrics_http import MetricsServer, counter, gauge
 from .outbox import Outbox
 from .services import agent_service, control_service
+from .specs import SpecBook
 from .supervisor import ACTIVE, AgentRunner
 
 log = logging.getLogger(__name__)
@@ -99,13 +103,32 @@ def lock_state_dir(state_dir: Path) -> int:
 
 
 class DaemonApp:
-    """Everything one ``fleet-daemon`` runs; lifecycle start/close/wait_closed."""
+    """Everything one ``fleet-daemon`` runs; lifecycle start/close/wait_closed.
 
-    def __init__(self, *, config: DaemonConfig, base_env: Mapping[str, str]) -> None:
+    ``load_config`` re-reads the configuration exactly as ``__main__`` first built it
+    (the same file, environment and flags) for :meth:`reload`; ``None`` when the Daemon
+    runs without a config file. ``set_log_level`` applies a reloaded ``log.level``
+    (logging belongs to the entry point).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: DaemonConfig,
+        base_env: Mapping[str, str],
+        load_config: ConfigLoader | None = None,
+        config_file: Path | None = None,
+        set_log_level: Callable[[str], None] = lambda _level: None,
+    ) -> None:
         self.config = config
         self._base_env = dict(base_env)
+        self._load_config = load_config
+        self._config_file = config_file
+        self._set_log_level = set_log_level
         self.socket_path = agent_socket_path(config)
         self.agents: Agents | None = None
+        self.specs: SpecBook | None = None
+        self.desired: DesiredState | None = None
         self.manager: ManagerClient | None = None
         self.outbox: Outbox | None = None
         self._control: Server | None = None
@@ -125,12 +148,14 @@ class DaemonApp:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = lock_state_dir(cfg.state_dir)
         tls = None
+        ca_certs = []
         if cfg.tls_enabled:
             t = cfg.manager.tls
             tls = TLSFiles(Path(t.cert_file), Path(t.key_file), Path(t.ca_file))
             try:
                 tls.check_readable()
-            except FileNotFoundError as exc:
+                ca_certs = load_ca_certs(Path(t.ca_file))  # what central specs chain to
+            except (FileNotFoundError, SpecError) as exc:
                 raise StartupError(str(exc)) from None
         else:
             warn_insecure("fleet-daemon")
@@ -142,8 +167,17 @@ class DaemonApp:
         env = dict(self._base_env)
         env["FLEET_AGENT_SOCKET"] = str(self.socket_path)
         env["FLEET_NODE_ID"] = cfg.node_id
+        self.specs = SpecBook(
+            path=cfg.state_dir / "specs.json",
+            ca_certs=ca_certs,
+            base_env=env,
+            euid=os.geteuid(),
+            cwd=os.getcwd(),
+        )
+        self.specs.load()
+        desired, first_plan = initial(cfg, self.specs)
         self.agents = Agents(
-            specs=cfg.agents,
+            desired=desired,
             state_dir=cfg.state_dir,
             base_env=env,
             history=history,
@@ -151,9 +185,21 @@ class DaemonApp:
             check_peer=cfg.agent_check_peer,
             on_change=self._agents_changed,
         )
+        self.desired = DesiredState(
+            config=cfg,
+            agents=self.agents,
+            specs=self.specs,
+            load_config=self._load_config,
+            config_file=self._config_file,
+            on_reload=self._reloaded,
+            request_sync=self._request_sync,
+        )
 
         control = control_service.ControlService(
-            node_id=cfg.node_id, agents=self.agents, request_sync=self._request_sync
+            node_id=cfg.node_id,
+            agents=self.agents,
+            desired=self.desired,
+            request_sync=self._request_sync,
         )
         control_server = Server(
             [
@@ -200,8 +246,10 @@ class DaemonApp:
             outbox=self.outbox,
             host_metrics=host_metrics,
             agent_states=lambda: [r.to_state() for r in self._runners()],
+            spec_states=self.specs.states,
         )
         await self.agents.start()
+        self.specs.commit(first_plan, {})
         await self.manager.start()
         if cfg.http_listen:
             self._http = MetricsServer(listen=cfg.http_listen, collect=self._collect)
@@ -214,7 +262,7 @@ class DaemonApp:
             self.grpc_port,
             self.advertise,
             self.socket_path,
-            len(cfg.agents),
+            len(self.agents.runners),
             cfg.manager.address,
             f", metrics on http://{cfg.http_listen.rsplit(':', 1)[0]}:{self._http.port}/metrics"
             if self._http
@@ -236,8 +284,26 @@ class DaemonApp:
         if self.manager is not None:
             self.manager.request_sync()
 
+    async def reload(self, *, dry_run: bool = False) -> ReloadOutcome:
+        """Re-read the config file and apply the difference (SIGHUP, ReloadConfig)."""
+        if self.desired is None:
+            return ReloadOutcome("", error="the Daemon has not started yet")
+        return await self.desired.reload(dry_run=dry_run)
+
+    def _reloaded(self, old: DaemonConfig, new: DaemonConfig) -> None:
+        self.config = new
+        if new.labels != old.labels and self.manager is not None:
+            log.info("labels changed: registering again with the Manager")
+            self.manager.update_labels(new.labels)
+        if new.log_level != old.log_level:
+            self._set_log_level(new.log_level)
+        if new.stop_agents_on_exit != old.stop_agents_on_exit and self.agents is not None:
+            self.agents.set_stop_on_exit(new.stop_agents_on_exit)
+
     def close(self) -> None:
         """Stop taking requests; agents are stopped (or left running) in wait_closed."""
+        if self.desired is not None:
+            self.desired.close()
         for server in (self._control, self._local):
             if server is not None:
                 server.close()
@@ -250,6 +316,8 @@ class DaemonApp:
         await asyncio.gather(
             *(wait_server_closed(s) for s in (self._control, self._local) if s is not None)
         )
+        if self.desired is not None:
+            await self.desired.wait_closed()
         if self.agents is not None:
             self.agents.close()
             await self.agents.wait_closed()

@@ -9,9 +9,10 @@ Every key and default is documented in ``docs/daemon.md``.
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,19 @@ class ManagerSettings:
 
 
 @dataclass(frozen=True)
+class SpecPolicy:
+    """``[specs]``: whether this host runs central specs, and what they may run."""
+
+    enabled: bool = True
+    # fnmatch globs for argv[0] resolved to an absolute path; () = any executable.
+    allow_commands: tuple[str, ...] = ()
+    # Users central agents may run as; () = any user but root.
+    allow_users: tuple[str, ...] = ()
+    # root (user "root", or no user while the Daemon runs as root) must be allowed explicitly.
+    allow_root: bool = False
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything the Daemon needs, validated; built once in ``__main__``."""
 
@@ -69,6 +83,7 @@ class DaemonConfig:
     stop_agents_on_exit: bool = True
     log_level: str = "info"
     agents: tuple[AgentSpec, ...] = ()
+    specs: SpecPolicy = field(default_factory=SpecPolicy)
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.node_id):
@@ -148,6 +163,7 @@ _SCHEMA: dict[str, Any] = {
     "history": {"interval": "duration", "retention": "duration"},
     "outbox": {"max_reports": int},
     "log": {"level": str},
+    "specs": {"enabled": bool, "allow_commands": list, "allow_users": list, "allow_root": bool},
     "agents": list,
 }
 
@@ -260,6 +276,12 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         tls=tls,
     )
     labels = d.get("labels", {})
+    specs = d.get("specs", {})
+    for key in ("allow_commands", "allow_users"):
+        if not all(isinstance(v, str) and v for v in specs.get(key, [])):
+            raise ConfigError(f"key 'specs.{key}' must be a list of non-empty strings")
+    if not all(p.startswith("/") for p in specs.get("allow_commands", [])):
+        raise ConfigError("key 'specs.allow_commands': patterns must be absolute paths")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise ConfigError("key 'labels' must be a table of strings")
     agents_raw = d.get("agents", [])
@@ -289,6 +311,12 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         stop_agents_on_exit=d.get("stop_agents_on_exit", True),
         log_level=d.get("log", {}).get("level", "info").lower(),
         agents=agents,
+        specs=SpecPolicy(
+            enabled=specs.get("enabled", True),
+            allow_commands=tuple(specs.get("allow_commands", ())),
+            allow_users=tuple(specs.get("allow_users", ())),
+            allow_root=specs.get("allow_root", False),
+        ),
     )
 
 
@@ -296,3 +324,180 @@ def _replace(spec: AgentSpec, **changes: Any) -> AgentSpec:
     from dataclasses import replace
 
     return replace(spec, **changes)
+
+
+# ---- loading a file, with errors that say where ----
+
+
+def load_config_file(
+    path: Path | None,
+    env: Mapping[str, str],
+    flags: Mapping[tuple[str, ...], Any],
+) -> DaemonConfig:
+    """The config from ``path`` (if any), then ``env``, then ``flags``.
+
+    A mistake in the file raises :class:`ConfigError` naming the file and, when it can
+    be found, the line: ``/etc/fleet/daemon.toml line 23: agent 'web': key 'autorestart'
+    must be one of always, on-failure, never``. Used at start and by every reload, so
+    both read the file the same way.
+    """
+    if path is None:
+        return build_config({}, env, flags)
+    try:
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_syntax_error(path, text, str(exc))) from None
+    try:
+        return build_config(data, env, flags)
+    except ConfigError as exc:
+        overridden = {".".join(p) for v, p in ENV_KEYS.items() if env.get(v)}
+        overridden |= {".".join(p) for p, value in flags.items() if value is not None}
+        key = _key_in(str(exc))
+        if key is not None and key[1] in overridden and key[0] is None:
+            raise  # the value came from the environment or a flag, not the file
+        line = locate(text, str(exc))
+        where = f"{path} line {line}" if line else str(path)
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+_SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_ASSIGNMENT = re.compile(r"""^\s*([A-Za-z0-9_.\-"' ]+?)\s*=""")
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_AGENT_IN_MESSAGE = re.compile(r"^agent (['\"])(.*?)\1: |^agents\[(\d+)\]")
+_KEY_IN_MESSAGE = re.compile(r"key '([^']+)'")
+
+
+def _syntax_error(path: Path, text: str, message: str) -> str:
+    found = _SYNTAX_AT.search(message)
+    if not found:
+        return f"config file {path}: {message}"
+    line, column = int(found.group(1)), int(found.group(2))
+    reason = message[: found.start()]
+    lines = text.splitlines()
+    key = _ASSIGNMENT.match(lines[line - 1]) if 0 < line <= len(lines) else None
+    what = f"key {key.group(1).strip()!r}: " if key else ""
+    return f"{path} line {line}: {what}{reason} (column {column})"
+
+
+def _key_in(message: str) -> tuple[str | None, str] | None:
+    """(agent id or index, key) named by a validation message, if any."""
+    agent = _AGENT_IN_MESSAGE.match(message)
+    key = _KEY_IN_MESSAGE.search(message)
+    if key is None and agent is None:
+        return None
+    agent_ref = None
+    if agent is not None:
+        agent_ref = agent.group(2) if agent.group(2) is not None else agent.group(3)
+    return agent_ref, key.group(1) if key else ""
+
+
+def locate(text: str, message: str) -> int | None:
+    """Best effort: the line of ``text`` (TOML) that a validation ``message`` is about.
+
+    Understands the messages of :mod:`daemon.config` and :mod:`common.agentspec`:
+    ``agent 'web': key 'x' ...`` (the ``x =`` line in the ``[[agents]]`` block whose id is
+    ``web``), ``agents[2]: ...`` (the third block) and ``key 'manager.timeout' ...``.
+    """
+    named = _key_in(message)
+    if named is None:
+        return None
+    agent_ref, key = named
+    blocks = _blocks(text.splitlines())
+    if agent_ref is not None:
+        agent_blocks = [b for b in blocks if b.array and b.name == "agents"]
+        if agent_ref.isdigit() and message.startswith("agents["):
+            index = int(agent_ref)
+            chosen = [agent_blocks[index]] if index < len(agent_blocks) else []
+        else:
+            chosen = [b for b in agent_blocks if b.value_of("id") == agent_ref]
+        if not chosen:
+            return None
+        block = chosen[-1] if "declared twice" in message else chosen[0]
+        return block.line_of(key.split(".")[0]) or block.header_line
+    parts = key.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        table, rest = ".".join(parts[:i]), parts[i:]
+        for block in blocks:
+            if block.name == table and not block.array:
+                line = block.line_of(".".join(rest)) or block.line_of(rest[0])
+                if line:
+                    return line
+    for block in blocks:
+        if block.name == key and not block.array:
+            return block.header_line
+    return None
+
+
+@dataclass
+class _Block:
+    """One table of a TOML text: its header (0 for the top level) and body lines."""
+
+    name: str
+    array: bool
+    header_line: int
+    lines: list[tuple[int, str]] = field(default_factory=list)
+
+    def line_of(self, key: str) -> int | None:
+        for number, text in self.lines:
+            found = _ASSIGNMENT.match(text)
+            if found and found.group(1).strip().strip("\"'") == key:
+                return number
+        return None
+
+    def value_of(self, key: str) -> str | None:
+        for _, text in self.lines:
+            found = re.match(rf"""^\s*{re.escape(key)}\s*=\s*(["'])(.*?)\1""", text)
+            if found:
+                return found.group(2)
+        return None
+
+
+def _blocks(lines: list[str]) -> list[_Block]:
+    blocks = [_Block(name="", array=False, header_line=0)]
+    for number, text in enumerate(lines, start=1):
+        header = _HEADER.match(text)
+        if header and not _ASSIGNMENT.match(text):
+            blocks.append(
+                _Block(name=header.group(2), array=header.group(1) == "[[", header_line=number)
+            )
+        else:
+            blocks[-1].lines.append((number, text))
+    return blocks
+
+
+# ---- what a reload may change ----
+
+_RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
+    ("node_id", lambda c: c.node_id),
+    ("state_dir", lambda c: c.state_dir),
+    ("manager.address", lambda c: c.manager.address),
+    ("manager.timeout", lambda c: c.manager.timeout),
+    ("manager.heartbeat_interval", lambda c: c.manager.heartbeat_interval),
+    ("manager.reconnect_interval", lambda c: c.manager.reconnect_interval),
+    ("manager.metrics_interval", lambda c: c.manager.metrics_interval),
+    ("manager.sync_interval", lambda c: c.manager.sync_interval),
+    ("manager.tls.enabled", lambda c: c.manager.tls.enabled),
+    ("manager.tls.cert_file", lambda c: c.manager.tls.cert_file),
+    ("manager.tls.key_file", lambda c: c.manager.tls.key_file),
+    ("manager.tls.ca_file", lambda c: c.manager.tls.ca_file),
+    ("grpc.listen", lambda c: c.listen),
+    ("grpc.advertise", lambda c: c.advertise),
+    ("agent_api.socket", lambda c: c.agent_socket),
+    ("agent_api.check_peer", lambda c: c.agent_check_peer),
+    ("http.listen", lambda c: c.http_listen),
+    ("history.interval", lambda c: c.history_interval),
+    ("history.retention", lambda c: c.history_retention),
+    ("outbox.max_reports", lambda c: c.outbox_max_reports),
+)
+# Reloadable: agents, labels, specs (policy), log.level, stop_agents_on_exit.
+
+
+def restart_needed(old: DaemonConfig, new: DaemonConfig) -> list[str]:
+    """The keys that differ between ``old`` and ``new`` and only a Daemon restart applies."""
+    return [key for key, get in _RESTART_KEYS if get(old) != get(new)]

@@ -197,6 +197,10 @@ class History:
         ring = self._rings.get(agent_id)
         return ring.latest() if ring is not None else None
 
+    def forget(self, agent_id: str) -> None:
+        """Drop an agent's points (it was removed from the node)."""
+        self._rings.pop(agent_id, None)
+
     @property
     def nbytes(self) -> int:
         return sum(r.nbytes for r in self._rings.values())

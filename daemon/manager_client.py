@@ -10,7 +10,10 @@ Four tasks share one grpclib channel:
 * **metrics** samples host metrics every ``metrics_interval`` into the on-disk outbox.
 * **sender** drains the outbox oldest-first whenever the Manager is reachable.
 * **sync** pushes the full agent list on every change (coalesced), on every reconnect and
-  every ``sync_interval``; agent states are never queued, only the latest is sent.
+  every ``sync_interval``; agent states are never queued, only the latest is sent. Each
+  full sync carries the state of every central spec too.
+
+New labels (a reload changed them) are sent by registering again at once.
 
 Every call carries ``manager.timeout`` as its deadline.
 """
@@ -23,8 +26,8 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -40,6 +43,7 @@ from .outbox import Outbox
 log = logging.getLogger(__name__)
 
 StatesProvider = Callable[[], Sequence[manager_pb.AgentState]]
+SpecStatesProvider = Callable[[], Sequence[manager_pb.SpecState]]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class ManagerClient:
         outbox: Outbox,
         host_metrics: HostMetrics,
         agent_states: StatesProvider,
+        spec_states: SpecStatesProvider = lambda: (),
     ) -> None:
         self._settings = settings
         self._node = node
@@ -81,6 +86,8 @@ class ManagerClient:
         self._outbox = outbox
         self._host_metrics = host_metrics
         self._agent_states = agent_states
+        self._spec_states = spec_states
+        self._reregister = False
         self._channel: Channel | None = None
         self._stub: manager_pb.ManagerServiceStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,13 +150,25 @@ class ManagerClient:
         """Push the agent list soon (called on every agent state change)."""
         self._sync_wanted.set()
 
+    def update_labels(self, labels: Mapping[str, str]) -> None:
+        """New labels (after a reload): register again at once so the Manager has them."""
+        self._node = replace(self._node, labels=dict(labels))
+        self._reregister = True
+        self._wake_link.set()
+
+    def _full_sync(self) -> manager_pb.SyncAgentStatesRequest:
+        return manager_pb.SyncAgentStatesRequest(
+            node_id=self._node.node_id,
+            states=list(self._agent_states()),
+            full=True,
+            specs=list(self._spec_states()),
+        )
+
     async def flush_states(self, *, timeout: float) -> None:
         """Best effort at shutdown: tell the Manager the agents' final states."""
         if self._stub is None or not self._connected.is_set():
             return
-        request = manager_pb.SyncAgentStatesRequest(
-            node_id=self._node.node_id, states=list(self._agent_states()), full=True
-        )
+        request = self._full_sync()
         try:
             await self._stub.sync_agent_states(
                 request, timeout=min(timeout, self._settings.timeout)
@@ -206,6 +225,9 @@ class ManagerClient:
         backoff = self._new_backoff()
         must_register = True
         while True:
+            if self._reregister:
+                self._reregister = False
+                must_register = True
             try:
                 if must_register:
                     await self._register()
@@ -230,6 +252,8 @@ class ManagerClient:
                 self._up()
                 backoff.reset()
                 self._wake_link.clear()
+                if self._reregister:
+                    continue  # labels changed while we were talking
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wake_link.wait(), self._settings.heartbeat_interval
@@ -334,9 +358,7 @@ class ManagerClient:
             if not self._connected.is_set():
                 continue
             self._sync_wanted.clear()
-            request = manager_pb.SyncAgentStatesRequest(
-                node_id=self._node.node_id, states=list(self._agent_states()), full=True
-            )
+            request = self._full_sync()
             try:
                 await self._stub.sync_agent_states(request, timeout=self._settings.timeout)
             except asyncio.CancelledError:

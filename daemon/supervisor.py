@@ -41,6 +41,7 @@ from schema import daemon_pb, manager_pb
 
 from .config import AgentSpec
 from .process import LogFile, ManagedProcess, SpawnError, user_env
+from .reconcile import LOCAL, Origin
 from .state import AgentRecord
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,13 @@ class AgentRunner:
         log_dir: Path,
         base_env: Mapping[str, str],
         on_change: Callable[[AgentRunner], None],
+        origin: Origin = LOCAL,
     ) -> None:
         self.spec = spec
+        self.origin = origin
+        # Set once a reconcile removed the agent: an operation that was waiting for the
+        # lock must not bring it back.
+        self.forgotten = False
         self.record = record
         self.lock = asyncio.Lock()
         self._log_dir = log_dir
@@ -191,6 +197,8 @@ class AgentRunner:
             status_reason=self.status_reason,
             config_hash=self.config_hash,
             last_exit_code=self.last_exit_code,
+            spec=self.origin.spec,
+            spec_revision=self.origin.revision,
         )
 
     def to_state(self) -> manager_pb.AgentState:
@@ -206,6 +214,8 @@ class AgentRunner:
             restart_count=info.restart_count,
             status_reason=info.status_reason,
             config_hash=info.config_hash,
+            spec=info.spec,
+            spec_revision=info.spec_revision,
         )
 
     # ---- transitions ----

@@ -4,6 +4,12 @@
 answers at once and then sends its full, authoritative list through
 ``ManagerService.SyncAgentStates``. Any states in the request are ignored — the Daemon
 is the authority on what runs on its host.
+
+``ReloadConfig`` and ``ApplySpecs`` change what runs (:mod:`daemon.desired`). A refused
+reload is answered in-band (``success = false`` and the reason), so the caller sees which
+file, line and key; a refused spec is a ``REFUSED`` SpecState with its reason. For
+ApplySpecs the caller's role is only the first gate: every spec must carry an admin's
+signature that chains to the fleet CA.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from schema import daemon_pb
 
 from .. import logtail
 from ..agents import Agents, UpdateFailed
+from ..desired import DesiredState
+from ..specs import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +40,32 @@ POLICY = {
         "SyncAgentStates",
         "GetAgentConfig",
         "GetAgentLog",
+        "ReloadConfig",
+        "ApplySpecs",
     )
 }
+MAX_SPECS = 1000
 
 
 class ControlService(daemon_pb.DaemonServiceBase):
     """ListAgents, OperateAgent, GetAgentMetrics, SyncAgentStates, PushUpdate, GetAgentConfig,
-    GetAgentLog.
+    GetAgentLog, ReloadConfig, ApplySpecs.
 
     The agent-facing methods are left to the base class (``UNIMPLEMENTED``) and are in
     any case outside this listener's policy.
     """
 
-    def __init__(self, *, node_id: str, agents: Agents, request_sync: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        agents: Agents,
+        desired: DesiredState,
+        request_sync: Callable[[], None],
+    ) -> None:
         self._node_id = node_id
         self._agents = agents
+        self._desired = desired
         self._request_sync = request_sync
 
     async def list_agents(
@@ -139,6 +158,29 @@ class ControlService(daemon_pb.DaemonServiceBase):
             truncated=found.truncated,
             path=str(path),
             size_bytes=found.size,
+        )
+
+    async def reload_config(
+        self, reload_config_request: daemon_pb.ReloadConfigRequest
+    ) -> daemon_pb.ReloadConfigResponse:
+        outcome = await self._desired.reload(dry_run=reload_config_request.dry_run)
+        return daemon_pb.ReloadConfigResponse(
+            success=outcome.success,
+            error_message=outcome.error,
+            changes=[c.to_pb() for c in outcome.result.changes],
+            unchanged=list(outcome.result.unchanged),
+            config_file=outcome.config_file,
+        )
+
+    async def apply_specs(
+        self, apply_specs_request: daemon_pb.ApplySpecsRequest
+    ) -> daemon_pb.ApplySpecsResponse:
+        signed = apply_specs_request.specs
+        if len(signed) > MAX_SPECS:
+            raise InvalidArgument(f"{len(signed)} specs in one set; at most {MAX_SPECS}")
+        states, result = await self._desired.apply_specs([Envelope.from_pb(s) for s in signed])
+        return daemon_pb.ApplySpecsResponse(
+            specs=states, changes=[c.to_pb() for c in result.changes]
         )
 
 

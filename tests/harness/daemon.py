@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,18 @@ class DaemonProc(Proc):
         code = super().stop(timeout)
         cleanup_socket_dir(self)
         return code
+
+    def reload_by_signal(self, *, timeout: float = 30.0) -> str:
+        """SIGHUP, then wait for the reload's outcome line (``reloaded …`` or
+        ``… refused …``); the log written since the signal."""
+        offset = len(self.output())
+        self.signal(signal.SIGHUP)
+
+        def outcome() -> str | None:
+            text = self.output()[offset:]
+            return text if ("reloaded " in text or " refused" in text) else None
+
+        return str(wait_until(outcome, timeout=timeout, what="the reload's outcome in the log"))
 
     def restart(self, *, timeout: float = 30.0) -> DaemonProc:
         """Start a new Daemon process with the same config (after stop() or kill())."""
@@ -237,8 +251,24 @@ __all__ = [
     "cleanup_socket_dir",
     "daemon_channel",
     "list_agents",
+    "read_config",
     "start_daemon",
+    "write_config",
 ]
+
+
+def read_config(daemon: DaemonProc) -> dict[str, Any]:
+    """The Daemon's config file as data (to change it and write it back)."""
+    return tomllib.loads(daemon.config_path.read_text())
+
+
+def write_config(daemon: DaemonProc, data: Mapping[str, Any]) -> str:
+    """Replace the Daemon's config file (takes effect on reload); returns its text."""
+    text = to_toml(data)
+    tmp = daemon.config_path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, daemon.config_path)
+    return text
 
 
 def call_daemon(
