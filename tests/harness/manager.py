@@ -5,6 +5,8 @@ Used by every tier's tests (daemon, fleetctl, end-to-end): keep the signatures s
     mgr = start_manager(tmp_path, certs)          # waits for "manager ready"
     async with admin_channel(certs, mgr.grpc_port) as ch: ...
     mgr.stop()
+
+    signed = sign_spec(certs, spec_document("web", 1, agents, labels={"role": "web"}))
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +211,45 @@ def stored_nodes(db_url: str) -> dict[str, dict[str, Any]]:
     return asyncio.run(read())
 
 
+def spec_document(
+    name: str,
+    revision: int,
+    agents: Sequence[Mapping[str, Any]],
+    *,
+    labels: Mapping[str, str] | None = None,
+    nodes: Sequence[str] = (),
+    rollback_of: int = 0,
+    expires_at: int = 0,
+) -> dict[str, Any]:
+    """A complete spec document (docs/specs.md) ready to sign, e.g.
+    ``spec_document("web", 1, [{"id": "web", "command": ["/bin/sleep", "60"]}],
+    labels={"role": "web"})``."""
+    from common.specdoc import KIND
+
+    return {
+        "kind": KIND,
+        "name": name,
+        "revision": revision,
+        "target": {"labels": dict(labels or {}), "nodes": sorted(nodes)},
+        "agents": [dict(a) for a in agents],
+        "signed_at": int(time.time()),
+        "expires_at": expires_at,
+        "rollback_of": rollback_of,
+    }
+
+
+def sign_spec(certs: Path, document: Mapping[str, Any], signer: str = "admin") -> Any:
+    """``document`` signed with ``certs/<signer>.key`` as a ``daemon_pb.SignedSpec``
+    (what fleetctl apply sends); ``signer`` may be any certificate's name there."""
+    from common.specdoc import load_signing_key, sign
+    from schema import daemon_pb
+
+    payload, signature = sign(document, load_signing_key(certs / f"{signer}.key"))
+    return daemon_pb.SignedSpec(
+        payload=payload, signature=signature, signer_cert=(certs / f"{signer}.crt").read_bytes()
+    )
+
+
 def _channel(certs: Path, port: int, name: str, host: str = "127.0.0.1") -> Channel:
     files = TLSFiles(certs / f"{name}.crt", certs / f"{name}.key", certs / "ca.crt")
     return Channel(host, port, ssl=client_context(files, expect_role="manager"))
@@ -235,6 +277,8 @@ __all__ = [
     "manager_rpc",
     "manager_rpc_error",
     "node_channel",
+    "sign_spec",
+    "spec_document",
     "start_manager",
     "stored_nodes",
     "write_manager_config",
