@@ -435,7 +435,8 @@ class Agents:
                 log.exception("resource sampling failed")
                 continue
             for agent_id, point in points.items():
-                self.history.add(agent_id, point)
+                if agent_id in self.runners:  # not removed while we sampled
+                    self.history.add(agent_id, point)
 
 
 def _rotate_all(files: list[LogFile]) -> None:

@@ -213,14 +213,16 @@ class SpecBook:
             candidate: Held | None = None
             if len(group) > 1:
                 reasons[name] = f"the set holds {len(group)} documents named {name!r}"
+                revisions[name] = max(e.claimed()[1] for e in group)
             else:
                 candidate, reasons[name], revisions[name] = self._check_offered(
                     group[0], held, seen, host, now
                 )
             options[name] = [candidate] if candidate is not None else []
-            if held is not None and held.envelope not in group:
-                # The revision running now, should the offered one be refused (or lose
-                # an id to another spec): it keeps running while this host still takes it.
+            # The revision running now, should the offered one be refused (or lose an id
+            # to another spec), keeps running while this host still takes it — unless it
+            # is the very revision offered (then it was just checked).
+            if held is not None and group != [held.envelope]:
                 why = self._host_refusal(held.doc, host)
                 if why is None:
                     options[name].append(held)
