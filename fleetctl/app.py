@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from ._click import click_exceptions
-from .commands import agents, config, metrics, nodes
+from .commands import agents, apply, config, daemon, metrics, nodes, rollout, specs
 from .commands._shared import State
 from .errors import CliError, ExitCode
 
@@ -117,8 +117,8 @@ class FleetGroup(TyperGroup):
 app = typer.Typer(
     cls=FleetGroup,
     name="fleetctl",
-    help="Operate a Fleet: nodes, agents, metrics and configuration, through the Manager "
-    "(or one Daemon with --daemon).",
+    help="Operate a Fleet: nodes, agents, metrics, configuration and central specs, through "
+    "the Manager (or one Daemon with --daemon).",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -203,6 +203,11 @@ app.add_typer(agents.agents_app, name="agents")
 app.add_typer(agents.agent_app, name="agent")
 app.command("metrics", no_args_is_help=True)(metrics.agent_metrics)
 app.add_typer(config.app, name="config")
+app.command("apply", no_args_is_help=True)(apply.apply_cmd)
+app.command("diff", no_args_is_help=True)(apply.diff_cmd)
+app.add_typer(specs.app, name="specs")
+app.add_typer(rollout.app, name="rollout")
+app.add_typer(daemon.app, name="daemon")
 
 
 @app.command("version")

@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     NOT_FOUND = 3  # unknown node or agent
     PERMISSION_DENIED = 4  # the certificate was refused or lacks the admin role
     UNAVAILABLE = 5  # manager/daemon unreachable, timed out, or its dependency is down
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 class CliError(Exception):

@@ -83,10 +83,23 @@ def agent_json(a: Any, *, node_id: str | None = None) -> dict[str, Any]:
         "last_exit_code": getattr(a, "last_exit_code", None),
         "updated_at": iso(getattr(a, "updated_at", 0)),
         "node_status": getattr(a, "node_status", "") or None,
+        # The central spec it comes from ("" and 0: the Daemon's own daemon.toml).
+        "spec": a.spec,
+        "spec_revision": a.spec_revision,
     }
 
 
-AGENT_HEADERS = ["NODE", "AGENT", "TYPE", "STATUS", "PID", "RESTARTS", "UPTIME", "HEARTBEAT"]
+AGENT_HEADERS = [
+    "NODE",
+    "AGENT",
+    "TYPE",
+    "STATUS",
+    "PID",
+    "RESTARTS",
+    "UPTIME",
+    "HEARTBEAT",
+    "SPEC",
+]
 AGENT_WIDE_HEADERS = [*AGENT_HEADERS, "VERSION", "CONFIG", "REASON"]
 AGENT_RIGHT = ("PID", "RESTARTS")
 
@@ -107,6 +120,7 @@ def agent_row(a: Any, *, node_id: str = "", wide: bool = False) -> list[Cell]:
         str(a.restart_count),
         age(a.start_time) if running else "-",
         ago(a.last_heartbeat) if a.last_heartbeat else "-",
+        f"{a.spec}@{a.spec_revision}" if a.spec else "-",
     ]
     if wide:
         row += [a.version or "-", (a.config_hash or "-")[:12], a.status_reason or "-"]

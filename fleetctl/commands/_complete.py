@@ -1,4 +1,4 @@
-"""Shell completion of node and agent ids, asked from the Manager.
+"""Shell completion of node and agent ids and spec names, asked from the Manager.
 
 Completion runs without the root callback (Click parses in resilient mode), so the
 connection settings are rebuilt here from the parsed global options and the environment.
@@ -88,3 +88,27 @@ def complete_agent(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]
     for a in agents:
         seen.setdefault(a.id, a.status)
     return sorted((aid, st) for aid, st in seen.items() if aid.startswith(incomplete))
+
+
+def complete_spec(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Spec names, with their revision as the help text."""
+    from schema import admin_pb2
+
+    from ._shared import run
+
+    st = _state(ctx)
+
+    async def go() -> list[Any]:
+        async with st.connect() as conn:
+            reply = await conn.call(
+                conn.admin().ListSpecs(admin_pb2.ListSpecsRequest(), timeout=conn.timeout)
+            )
+            return list(reply.specs)
+
+    try:
+        specs = run(go())
+    except Exception:
+        return []
+    return sorted(
+        (s.name, f"spec, revision {s.revision}") for s in specs if s.name.startswith(incomplete)
+    )
