@@ -475,7 +475,7 @@ def test_waves_never_exceed_max_unavailable(tmp_path: Path, fleet_certs: Path) -
 
 
 def test_failures_stop_the_rollout_and_auto_rollback_reverts(
-    tmp_path: Path, fleet_certs: Path
+    tmp_path: Path, fleet_certs: Path, db_url: str
 ) -> None:
     async def scenario(mgr: ManagerProc) -> None:
         async with fleet_of(fleet_certs, mgr) as fleet:
@@ -540,7 +540,7 @@ def test_failures_stop_the_rollout_and_auto_rollback_reverts(
                 assert not daemon.offered("api", 2)
                 assert daemon.holds("api") == (3, "APPLIED", 3)
 
-    run_with_manager(tmp_path, fleet_certs, scenario, grace=10)
+    run_with_manager(tmp_path, fleet_certs, scenario, grace=10, db_url=db_url)
 
 
 def test_pause_stops_new_waves_and_resume_continues(tmp_path: Path, fleet_certs: Path) -> None:
@@ -595,10 +595,13 @@ def test_pause_stops_new_waves_and_resume_continues(tmp_path: Path, fleet_certs:
     run_with_manager(tmp_path, fleet_certs, scenario, grace=10)
 
 
-def test_rollout_resumes_after_manager_restart(tmp_path: Path, fleet_certs: Path) -> None:
+def test_rollout_resumes_after_manager_restart(
+    tmp_path: Path, fleet_certs: Path, db_url: str
+) -> None:
     port = free_port()
     args = manager_args(tmp_path)
-    mgr = start_manager(tmp_path, fleet_certs, grpc_port=port, grace=10, extra_args=args)
+    kw: dict[str, Any] = {"grpc_port": port, "grace": 10, "extra_args": args, "db_url": db_url}
+    mgr = start_manager(tmp_path, fleet_certs, **kw)
     restarted: list[ManagerProc] = []
 
     async def scenario() -> None:
@@ -624,13 +627,7 @@ def test_rollout_resumes_after_manager_restart(tmp_path: Path, fleet_certs: Path
             # n2 is in progress: restart the Manager on the same database and port.
             assert await asyncio.to_thread(mgr.stop) == 0
             mgr = await asyncio.to_thread(
-                start_manager,
-                tmp_path,
-                fleet_certs,
-                grpc_port=port,
-                grace=10,
-                extra_args=args,
-                log_name="manager2.log",
+                start_manager, tmp_path, fleet_certs, log_name="manager2.log", **kw
             )
             restarted.append(mgr)
             fleet.mgr = mgr

@@ -368,6 +368,8 @@ class ManagerService(manager_pb.ManagerServiceBase):
                 )
             if s.revision < 0 or s.running_revision < 0:
                 raise InvalidArgument(f"{where}: revisions must not be negative")
+            if not s.revision and not s.running_revision:
+                continue  # a spec the node holds nothing of (just removed)
             records.append(
                 SpecStateRecord(
                     name=name,

@@ -305,7 +305,8 @@ class SpecController:
                 running_revision=max(0, s.running_revision),
             )
             for s in reply.specs
-            if s.name
+            # A spec just removed may be reported with revision 0: it holds nothing.
+            if s.name and (s.revision > 0 or s.running_revision > 0)
         ]
         await self._record(node_id, states, only_if_changed=False)
         self._on_reported(node_id)

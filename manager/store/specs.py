@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from tortoise.exceptions import IntegrityError
+from tortoise.functions import Max
 from tortoise.transactions import in_transaction
 
 from common.errors import FailedPrecondition
@@ -247,7 +248,13 @@ class SpecStore:
         """The latest rollout of each spec named (specs without one are absent)."""
         latest: dict[str, Rollout] = {}
         for chunk in _chunks(list(names)):
-            for rollout in await Rollout.filter(spec__in=list(chunk)).order_by("id"):
+            ids = (
+                await Rollout.filter(spec__in=list(chunk))
+                .annotate(last=Max("id"))
+                .group_by("spec")
+                .values_list("last", flat=True)
+            )
+            for rollout in await Rollout.filter(id__in=list(ids)):
                 latest[rollout.spec] = rollout
         return latest
 
