@@ -897,15 +897,13 @@ def test_progress_bar_on_a_terminal_then_the_summary(
         rollout("running", revision=1, total=4, done=3),
         rollout("succeeded", revision=1, total=4, done=4),
     )
-    result = cli(
-        manager, certs, "apply", "-f", str(write(tmp_path, WEB_TOML)), FORCE_COLOR="1",
-        COLUMNS="120",
-    )  # fmt: skip
+    # FORCE_COLOR: stderr counts as a terminal (80 columns: the counts fit with the bar).
+    result = cli(manager, certs, "apply", "-f", str(write(tmp_path, WEB_TOML)), FORCE_COLOR="1")
     assert result.exit_code == 0, result.output
     bar = result.stderr
     assert "web revision 1" in bar and "━" in bar
-    assert "2/4 done · 0 failed · 0 in progress · 2 pending · paused" in bar
-    assert "3/4 done · 0 failed · 1 in progress · 0 pending · running" in bar
+    assert "2/4 done · 2 pending · paused" in bar
+    assert "3/4 done · 1 in progress · running" in bar
     assert "spec web revision 1 rolled out to 4 of 4 node(s)" in result.stdout
 
 
@@ -915,6 +913,7 @@ def test_progress_lines_from_rollout_messages() -> None:
 
     r = rollout("running", total=10, done=6, failed=1, in_progress=2)
     assert RolloutProgress.detail(r) == "6/10 done · 1 failed · 2 in progress · 1 pending · running"
+    assert RolloutProgress.detail(rollout("succeeded", done=3)) == "3/3 done · succeeded"
     assert rollout_counts(r) == "6/10 done, 1 failed, 2 in progress, 1 pending"
     fields = dict(rollout_fields(rollout("rolled_back", failed_nodes=["b", "a"], reason="why")))
     assert fields["State"] == ("rolled_back", "bold red")
@@ -1191,11 +1190,16 @@ def test_rollout_status_pause_resume(manager: StandIn, certs: Path) -> None:
     )
     paused = cli(manager, certs, "rollout", "pause", "web")
     assert paused.stdout == (
-        "rollout of web revision 4 paused: paused (1/3 done, 0 failed, 1 in progress, 1 pending)\n"
+        "paused the rollout of web revision 4 (1/3 done, 0 failed, 1 in progress, 1 pending)\n"
     )
     resumed = cli(manager, certs, "rollout", "resume", "web", "-o", "json")
     assert json.loads(resumed.stdout)["state"] == "running"
-    assert [r.action for r in manager.asked("SetRolloutState")] == ["pause", "resume"]
+    manager.handlers["SetRolloutState"] = lambda r: admin_pb2.SetRolloutStateResponse(
+        rollout=rollout("succeeded", done=3)  # it ended before the pause arrived
+    )
+    late = cli(manager, certs, "rollout", "pause", "web")
+    assert late.stdout.endswith("0 pending); it is succeeded\n")
+    assert [r.action for r in manager.asked("SetRolloutState")] == ["pause", "resume", "pause"]
 
 
 def test_rollout_status_without_a_rollout_and_watch(manager: StandIn, certs: Path) -> None:
@@ -1627,15 +1631,24 @@ def test_e2e_failing_rollout_exits_1(real_fleet: RealFleet) -> None:
 
 def test_e2e_pause_resume_and_delete(real_fleet: RealFleet) -> None:
     f = real_fleet
-    path = real_spec(f, "slow", "v1", start_seconds=4.0)
+    real_ok(f, "apply", "-f", str(real_spec(f, "slow", "v1")))
+    # A change rolls out in waves of one node, each taking its start_seconds (4 s) to be
+    # healthy: paused during the first wave, the second node stays pending until resumed.
+    path = real_spec(f, "slow", "v2", start_seconds=4.0)
     real_ok(f, "apply", "-f", str(path), "--max-unavailable", "1", "--detach")
     paused = real_json(f, "rollout", "pause", "slow")
     assert paused["state"] == "paused", paused
-    assert real_json(f, "rollout", "status", "slow")["state"] == "paused"
-    real_ok(f, "rollout", "resume", "slow")
+    # The first wave finishes; the second does not start while paused.
+    status = wait_until(
+        lambda: (r := real_json(f, "rollout", "status", "slow"))["done"] == 1 and r,
+        timeout=30,
+        what="the first wave done",
+    )
+    assert status["state"] == "paused" and status["pending"] == 1, status
+    assert real_ok(f, "rollout", "resume", "slow").startswith("resumed the rollout of slow")
     watched = real(f, "rollout", "status", "slow", "--watch")
     assert watched.exit_code == 0, watched.output
-    assert "State:    succeeded" in watched.stdout
+    assert re.search(r"State: +succeeded", watched.stdout)
 
     dry = real_ok(f, "specs", "delete", "slow", "--dry-run")
     assert "  - slow-app" in dry

@@ -59,11 +59,19 @@ class RolloutProgress:
 
     @staticmethod
     def detail(r: Any) -> str:
-        """``6/10 done · 1 failed · 2 in progress · 1 pending · running``."""
-        return (
-            f"{r.done}/{r.total} done · {r.failed} failed · {r.in_progress} in progress · "
-            f"{r.pending} pending · {r.state.replace('_', ' ') or '?'}"
-        )
+        """``6/10 done · 1 failed · 2 in progress · 1 pending · running``, without the counts
+        that are zero (it has to fit an 80-column terminal with the bar)."""
+        parts = [f"{r.done}/{r.total} done"]
+        parts += [
+            f"{count} {what}"
+            for count, what in (
+                (r.failed, "failed"),
+                (r.in_progress, "in progress"),
+                (r.pending, "pending"),
+            )
+            if count
+        ]
+        return " · ".join([*parts, r.state.replace("_", " ") or "?"])
 
     def update(self, r: Any) -> None:
         self._note = ""

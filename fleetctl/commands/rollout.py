@@ -104,7 +104,7 @@ def rollout_status(
         )
 
 
-def _set_state(action: str, past: str) -> Any:
+def _set_state(action: str, past: str, expected: str) -> Any:
     def command(ctx: typer.Context, spec: SpecArg, output: OutputOpt = Format.table) -> None:
         from schema import admin_pb2
 
@@ -127,7 +127,10 @@ def _set_state(action: str, past: str) -> Any:
         if output is Format.json:
             out.json(rollout_json(r))
             return
-        out.line(f"rollout of {spec} revision {r.revision} {past}: {r.state} ({rollout_counts(r)})")
+        text = f"{past} the rollout of {spec} revision {r.revision} ({rollout_counts(r)})"
+        if r.state != expected:
+            text += f"; it is {r.state.replace('_', ' ')}"
+        out.line(text)
 
     command.__doc__ = (
         "Pause SPEC's rollout: nodes being changed finish, no new wave starts."
@@ -137,8 +140,8 @@ def _set_state(action: str, past: str) -> Any:
     return command
 
 
-app.command("pause", no_args_is_help=True)(_set_state("pause", "paused"))
-app.command("resume", no_args_is_help=True)(_set_state("resume", "resumed"))
+app.command("pause", no_args_is_help=True)(_set_state("pause", "paused", "paused"))
+app.command("resume", no_args_is_help=True)(_set_state("resume", "resumed", "running"))
 
 
 @app.command("undo", no_args_is_help=True)
