@@ -62,6 +62,7 @@ def compose(config: DaemonConfig, plan: SpecPlan) -> list[Desired]:
 
 
 def host_context(config: DaemonConfig, running_owner: dict[str, str]) -> HostContext:
+    """What the spec checks need from ``config`` (and who runs which central agent now)."""
     return HostContext(
         node_id=config.node_id,
         labels=dict(config.labels),

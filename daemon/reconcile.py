@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from common.agentspec import AgentSpec, changed_fields
@@ -109,8 +109,6 @@ class Result:
 
     changes: tuple[Change, ...] = ()
     unchanged: tuple[str, ...] = ()
-    # Origins of the desired agents (the new source of each one).
-    origins: Mapping[str, Origin] = field(default_factory=dict)
 
     def of(self, action: str) -> list[Change]:
         return [c for c in self.changes if c.action == action]
@@ -143,7 +141,6 @@ class Result:
                 for c in self.changes
             ),
             unchanged=self.unchanged,
-            origins=self.origins,
         )
 
 
@@ -169,11 +166,7 @@ def plan(current: Mapping[str, Desired], desired: Sequence[Desired]) -> Result:
     for agent_id, now in current.items():
         if agent_id not in wanted:
             changes.append(Change(agent_id, REMOVED, now.origin.label))
-    return Result(
-        changes=tuple(changes),
-        unchanged=tuple(unchanged),
-        origins={d.id: d.origin for d in desired},
-    )
+    return Result(changes=tuple(changes), unchanged=tuple(unchanged))
 
 
 def _json(value: Any) -> str:

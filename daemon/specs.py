@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import fnmatch
 import hashlib
 import json
 import logging
 import os
-import pwd
-import shutil
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +37,13 @@ from typing import Any
 
 from cryptography import x509
 
-from common.agentspec import ID_PATTERN, AgentSpec
+from common.agentspec import ID_PATTERN
 from common.specdoc import SpecDoc, SpecError, verify
 from schema import daemon_pb, manager_pb
 
 from .config import SpecPolicy
 from .reconcile import Desired, Origin
+from .specpolicy import policy_refusal
 
 log = logging.getLogger(__name__)
 
@@ -423,53 +421,6 @@ def _resolve_clashes(
             why = f"agent id {agent_id!r} is also in spec {keeper!r}, which keeps it"
             reasons[name] = f"{reasons[name]}; {why}" if reasons[name] else why
             choice[name] += 1
-
-
-# ---- host policy ----
-
-
-def command_path(argv0: str, *, path_env: str, cwd: str) -> str | None:
-    """``argv0`` as the absolute path a spawn runs (PATH lookup as exec does), or None."""
-    if "/" in argv0:
-        return os.path.normpath(os.path.join(cwd, argv0))
-    found = shutil.which(argv0, path=path_env)
-    return os.path.normpath(os.path.abspath(found)) if found else None
-
-
-def policy_refusal(
-    agent: AgentSpec, policy: SpecPolicy, *, euid: int, path_env: str, cwd: str
-) -> str | None:
-    """Why ``[specs]`` does not let a central spec run ``agent`` (None: it does)."""
-    if policy.allow_commands:
-        argv0 = agent.command[0]
-        path = command_path(argv0, path_env=path_env, cwd=cwd)
-        if path is None:
-            return (
-                f"agent {agent.id!r}: command {argv0!r} is not found on PATH, so it cannot "
-                "be checked against [specs] allow_commands"
-            )
-        if not any(fnmatch.fnmatchcase(path, pattern) for pattern in policy.allow_commands):
-            return f"agent {agent.id!r}: executable {path} is not allowed by [specs] allow_commands"
-    if agent.user:
-        name = agent.user
-        try:
-            uid = pwd.getpwnam(name).pw_uid
-        except KeyError:
-            uid = -1  # an unknown user cannot be root; spawning will say it is unknown
-    else:
-        uid = euid
-        try:
-            name = pwd.getpwuid(euid).pw_name
-        except KeyError:
-            name = str(euid)
-    if uid == 0:
-        if not policy.allow_root:
-            how = f"user {agent.user!r}" if agent.user else "no user while the Daemon runs as root"
-            return f"agent {agent.id!r} would run as root ({how}): [specs] allow_root is false"
-        return None
-    if policy.allow_users and name not in policy.allow_users:
-        return f"agent {agent.id!r}: user {name!r} is not in [specs] allow_users"
-    return None
 
 
 # ---- persistence ----

@@ -22,15 +22,14 @@ from grpclib.exceptions import GRPCError
 from harness import REPO, console_script, free_port, wait_until
 from harness.daemon import (
     DaemonProc,
-    _launch,
     agent,
     all_running,
     call_daemon,
     list_agents,
     lone_daemon,
     read_config,
-    short_socket_dir,
     start_daemon,
+    start_daemon_without_config,
     write_config,
 )
 from harness.manager import admin_channel, start_manager
@@ -350,31 +349,7 @@ def test_labels_reload_reaches_the_manager(tmp_path: Path, certs: Path) -> None:
 def test_daemon_without_a_config_file_survives_sighup_and_says_so(
     tmp_path: Path, certs: Path
 ) -> None:
-    state_dir = tmp_path / "state"
-    port = free_port()
-    sock = short_socket_dir() / "run" / "agent.sock"
-    argv = [
-        console_script("fleet-daemon"),
-        "--node-id",
-        "node-a",
-        "--manager",
-        f"127.0.0.1:{free_port()}",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--state-dir",
-        str(state_dir),
-        "--agent-socket",
-        str(sock),
-        "--cert",
-        str(certs / "node-a.crt"),
-        "--key",
-        str(certs / "node-a.key"),
-        "--ca",
-        str(certs / "ca.crt"),
-    ]
-    daemon = _launch(
-        argv, tmp_path / "daemon.log", "node-a", port, state_dir, tmp_path / "none", sock, 30
-    )
+    daemon = start_daemon_without_config(tmp_path, certs, node_id="node-a")
     try:
         offset = len(daemon.output())
         daemon.signal(signal.SIGHUP)

@@ -92,13 +92,13 @@ class DaemonProc(Proc):
 
     def reload_by_signal(self, *, timeout: float = 30.0) -> str:
         """SIGHUP, then wait for the reload's outcome line (``reloaded …`` or
-        ``… refused …``); the log written since the signal."""
+        ``reload refused …``); the log written since the signal."""
         offset = len(self.output())
         self.signal(signal.SIGHUP)
 
         def outcome() -> str | None:
             text = self.output()[offset:]
-            return text if ("reloaded " in text or " refused" in text) else None
+            return text if ("reloaded " in text or "reload refused" in text) else None
 
         return str(wait_until(outcome, timeout=timeout, what="the reload's outcome in the log"))
 
@@ -142,6 +142,34 @@ def _launch(
         proc.stop()
         raise
     return proc
+
+
+def start_daemon_without_config(
+    tmp_path: Path, certs: Path, *, node_id: str, timeout: float = 30.0
+) -> DaemonProc:
+    """A Daemon configured by flags alone (no ``--config``), its Manager away."""
+    base = tmp_path / f"daemon-{node_id}"
+    base.mkdir(parents=True, exist_ok=True)
+    grpc_port = free_port()
+    agent_socket = short_socket_dir() / "run" / "agent.sock"
+    argv = [
+        console_script("fleet-daemon"),
+        *("--node-id", node_id, "--manager", f"127.0.0.1:{free_port()}"),
+        *("--listen", f"127.0.0.1:{grpc_port}", "--state-dir", str(base / "state")),
+        *("--agent-socket", str(agent_socket)),
+        *("--cert", str(certs / f"{node_id}.crt"), "--key", str(certs / f"{node_id}.key")),
+        *("--ca", str(certs / "ca.crt")),
+    ]
+    return _launch(
+        argv,
+        base / "daemon.log",
+        node_id,
+        grpc_port,
+        base / "state",
+        base / "no-config-file",
+        agent_socket,
+        timeout,
+    )
 
 
 def short_socket_dir() -> Path:
@@ -253,6 +281,7 @@ __all__ = [
     "list_agents",
     "read_config",
     "start_daemon",
+    "start_daemon_without_config",
     "write_config",
 ]
 
