@@ -9,7 +9,14 @@ and, for every call, before the service sees it:
   per method, so a method missing from the policy is refused to everyone;
 * reads the request itself with a size bound, so an oversized message is refused from its
   5-byte length prefix before it is buffered (grpclib alone would buffer it whole), and a
-  compressed or malformed one gets a clear status;
+  compressed or malformed one gets a clear status; on a server built by
+  :func:`make_server` the announced length is also reserved from the connection's, the
+  peer's and the server's byte budgets (``RESOURCE_EXHAUSTED`` when one is spent), and a
+  body that stops arriving is dropped after the server's ``body_stall_timeout``
+  (``DEADLINE_EXCEEDED``), see :mod:`common.h2limits`;
+* bounds what the request may make the decoder build (repeated elements per field path,
+  field records) on the wire, before decoding: ``INVALID_ARGUMENT`` for a decode bomb,
+  in well under a millisecond (:mod:`common.wirelimits`);
 * sheds load: a method with a concurrency limit (``max_in_flight``) answers
   ``UNAVAILABLE`` at once, before reading the request, while that many of its calls are
   already running — the caller backs off and retries instead of queueing behind work
@@ -43,7 +50,21 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from .errors import FleetError
+from .h2limits import H2Limits, HardenedServer, ShieldedConnection, make_server
 from .tls import INSECURE, LOCAL, Identity, identity_from_cert
+from .wirelimits import DEFAULT_DECODE_LIMITS, DecodeLimits, DecodeRefused, Plan, plan_for
+
+__all__ = [
+    "CallContext",
+    "DecodeLimits",
+    "GuardedService",
+    "H2Limits",
+    "HardenedServer",
+    "Transport",
+    "current_call",
+    "make_server",
+    "wait_server_closed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +115,10 @@ class GuardedService:
     ``policy`` maps a method name as in the ``.proto`` (``"RegisterNode"``) to the roles
     allowed to call it. With ``transport=Transport.INSECURE`` every caller is ``insecure``
     and that pseudo-role is allowed everywhere — the operator asked for no security.
+
+    ``decode_limits`` maps a method name to the :class:`DecodeLimits` of its request,
+    over :data:`common.wirelimits.DEFAULT_DECODE_LIMITS` (by method path) and
+    ``default_decode_limits`` for every other method.
     """
 
     def __init__(
@@ -106,6 +131,8 @@ class GuardedService:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         observer: Observer | None = None,
         max_in_flight: Mapping[str, int] | None = None,
+        decode_limits: Mapping[str, DecodeLimits] | None = None,
+        default_decode_limits: DecodeLimits | None = None,
     ) -> None:
         self._service = service
         self._policy = {name: frozenset(roles) for name, roles in policy.items()}
@@ -122,14 +149,26 @@ class GuardedService:
         self._identities: weakref.WeakKeyDictionary[Any, Identity | None] = (
             weakref.WeakKeyDictionary()
         )
+        self._decode_limits = dict(decode_limits or {})
+        self._default_decode_limits = default_decode_limits or DecodeLimits()
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest request accepted (``make_server`` checks a connection can hold one)."""
+        return self._max
+
+    def _plan(self, path: str, name: str, request_type: Any) -> Plan:
+        limits = self._decode_limits.get(name) or DEFAULT_DECODE_LIMITS.get(path)
+        return plan_for(request_type, limits or self._default_decode_limits)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping = {}
         for path, handler in self._service.__mapping__().items():
             name = path.rsplit("/", 1)[-1]
             impl = getattr(self._service, snake_case(name))
+            plan = self._plan(path, name, handler.request_type)
             mapping[path] = grpclib.const.Handler(
-                self._wrap(name, impl, handler.request_type),
+                self._wrap(name, impl, handler.request_type, plan),
                 handler.cardinality,
                 handler.request_type,
                 handler.reply_type,
@@ -165,7 +204,7 @@ class GuardedService:
             )
             self._shed = dict.fromkeys(self._shed, 0)
 
-    def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: Any) -> Any:
+    def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: Any, plan: Plan) -> Any:
         limit = self._limits.get(name)
 
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -191,7 +230,7 @@ class GuardedService:
                     counted = True
                 try:
                     async with asyncio.timeout(self._request_timeout):
-                        request = await _recv_bounded(stream, request_type, self._max)
+                        request = await _recv_bounded(stream, request_type, self._max, plan)
                 except TimeoutError:
                     raise GRPCError(
                         Status.DEADLINE_EXCEEDED,
@@ -250,13 +289,17 @@ def _peer_addr(stream: grpclib.server.Stream[Any, Any]) -> str:
 
 
 async def _recv_bounded(
-    stream: grpclib.server.Stream[Any, Any], request_type: Any, max_bytes: int
+    stream: grpclib.server.Stream[Any, Any], request_type: Any, max_bytes: int, plan: Plan
 ) -> Any:
-    """Read one length-prefixed message, refusing it from its prefix when too large."""
+    """Read one length-prefixed message, refusing it from its prefix when too large, and
+    from its wire shape when it would cost too much to decode."""
     # grpclib has no receive-size limit of its own: read the frame here instead.
     raw = stream._stream
+    connection = raw.connection
+    shielded = connection if isinstance(connection, ShieldedConnection) else None
+    stall = shielded.stall_timeout if shielded is not None else None
     try:
-        prefix = await raw.recv_data(5)
+        prefix = await _read(raw, 5, stall)
     except AssertionError:  # grpclib's way of saying the stream ended early
         prefix = b""
     if len(prefix) < 5:
@@ -269,12 +312,22 @@ async def _recv_bounded(
             Status.RESOURCE_EXHAUSTED,
             f"request of {length} bytes exceeds the {max_bytes}-byte limit",
         )
+    if shielded is not None and raw.id is not None:
+        refused = shielded.admit(raw.id, 5 + length)
+        if refused is not None:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED, f"server busy: {refused}; retry with backoff"
+            )
     try:
-        body = await raw.recv_data(length) if length else b""
+        body = await _read(raw, length, stall) if length else b""
     except AssertionError:  # the stream ended before the announced length
         body = b""
     if len(body) != length:
         raise GRPCError(Status.INVALID_ARGUMENT, "request message is truncated")
+    try:
+        plan.check(body)
+    except DecodeRefused as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
     try:
         # ``FromString``: betterproto messages and protobuf's (upb) both have it, so a
         # handler table may name either kind of request class.
@@ -283,6 +336,43 @@ async def _recv_bounded(
         raise GRPCError(
             Status.INVALID_ARGUMENT, "request is not a valid protobuf message"
         ) from None
+
+
+# Bytes read at a time while watching a body for progress.
+_READ_CHUNK = 64 * 1024
+
+
+async def _read(raw: Any, size: int, stall: float | None) -> bytes:
+    """``size`` bytes of the request body; with ``stall``, give up once no bytes arrived
+    for that long (``DEADLINE_EXCEEDED``), however long the whole body takes."""
+    if stall is None or size <= 0:
+        return bytes(await raw.recv_data(size))
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        async with asyncio.timeout(stall) as timer:
+            while got < size:
+                chunk = await raw.recv_data(min(size - got, _READ_CHUNK))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+                timer.reschedule(loop.time() + stall)
+    except TimeoutError:
+        connection = raw.connection
+        connection.shield.count("stalled")
+        connection.shield.note(
+            "stalled",
+            connection.peer,
+            f"dropped a request body from {connection.label}: "
+            f"{got} of {size} bytes, nothing for {stall:g} s",
+        )
+        raise GRPCError(
+            Status.DEADLINE_EXCEEDED,
+            f"request body stalled: {got} of {size} bytes, nothing received for {stall:g} s",
+        ) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def wait_server_closed(server: grpclib.server.Server, *, timeout: float = 1.0) -> None:

@@ -1,0 +1,567 @@
+"""HTTP/2 limits for every Fleet gRPC server: buffered bodies, floods, abusive peers.
+
+grpclib's server accepts whatever its peer sends: request bodies are acknowledged (so
+the peer may send more) as fast as they are read, whatever they add up to; a peer may
+reset, ping or re-send SETTINGS as often as it likes, each costing the event loop the
+full h2 state machine (HTTP/2 rapid reset, CVE-2023-44487). :func:`make_server` builds
+a grpclib ``Server`` whose connections are bounded by an :class:`H2Limits`:
+
+* **what a connection may make the server hold.** The SETTINGS the server sends cap
+  concurrent streams and the flow-control windows (bytes a peer may send ahead of the
+  server reading them). Request bytes received on a connection's open streams are
+  charged to the connection, to the peer (its certificate identity, or its address
+  without TLS) and to the server; a stream that would take any of them over its budget
+  is refused — ``RESOURCE_EXHAUSTED`` from its length prefix when the guard
+  (:mod:`common.rpc`) reads it, else ``RST_STREAM(ENHANCE_YOUR_CALM)`` — and its bytes
+  are dropped. The charge is given back when the stream ends.
+* **stalled bodies.** The guard gives up on a request body that makes no progress for
+  ``body_stall_timeout`` seconds (``DEADLINE_EXCEEDED``; its stream is reset).
+* **floods.** Stream resets, PINGs, SETTINGS and other frames that carry no request
+  data (WINDOW_UPDATE, PRIORITY, empty DATA, unknown types) are counted per connection
+  over ``flood_window`` seconds; past a limit the connection gets GOAWAY with
+  ENHANCE_YOUR_CALM and is closed, as nginx, Go and grpc-go do, one rate-limited log
+  line names the peer and the reason, and that peer's new connections are turned away
+  the same way for ``abuse_cooldown`` seconds. Bytes are fed to h2 in slices, so a
+  burst of tiny frames is cut off within a slice of the limit rather than parsed whole,
+  and a stream reset in the same read as its HEADERS never gets a handler task.
+
+The seam is grpclib's per-server protocol factory: :class:`HardenedServer` subclasses
+``grpclib.server.Server`` and returns its own ``H2Protocol`` for each connection;
+nothing global is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import socket
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, fields
+from typing import Any
+
+import grpclib.protocol
+import grpclib.server
+from grpclib.config import Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    DataReceived,
+    Event,
+    PingAckReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamReset,
+    UnknownFrameReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
+
+from .tls import identity_from_cert
+
+log = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+_MIN_WINDOW, _MAX_WINDOW = 65_535, 2**31 - 1
+# Bytes handed to h2 at a time: how far past a flood limit parsing may run (~1,000 tiny
+# frames), while a 16 KiB DATA frame still costs one or two calls.
+_FEED_SLICE = 16 * 1024
+# Bytes fed per connection per event loop turn (see _ShieldedProtocol._feed).
+_FEED_PER_TURN = 64 * 1024
+_LOG_INTERVAL = 10.0
+# Memory handed back (malloc_trim) after _TRIM_AFTER bytes of requests were held and
+# released, once the server holds at most _TRIM_LOW, _TRIM_DELAY seconds later.
+_TRIM_AFTER = 16 * 1024 * 1024
+_TRIM_LOW = 1024 * 1024
+_TRIM_DELAY = 1.0
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+@dataclass(frozen=True)
+class H2Limits:
+    """Per-server HTTP/2 bounds (the apps' ``[grpc.limits]`` table). Defaults are safe for
+    a Manager serving thousands of Daemons; each is a plain number so it can be a
+    configuration key."""
+
+    # SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have open at once.
+    max_concurrent_streams: int = 100
+    # Flow-control windows: bytes a peer may send ahead of the server reading them, on
+    # one stream and on the whole connection.
+    stream_window: int = 1 * _MIB
+    connection_window: int = 2 * _MIB
+    # Request bytes held for open streams: per connection, per peer, per server. A
+    # connection must hold at least one request of the largest size allowed.
+    buffer_per_connection: int = 8 * _MIB
+    buffer_per_peer: int = 16 * _MIB
+    buffer_total: int = 64 * _MIB
+    # A request body that receives nothing for this long is dropped.
+    body_stall_timeout: float = 10.0
+    # Flood limits, per connection per flood_window seconds.
+    flood_window: float = 10.0
+    max_resets: int = 200
+    max_pings: int = 100
+    max_settings: int = 20
+    max_control_frames: int = 2000
+    # A peer whose connection was closed for a flood is turned away this long (0: never).
+    abuse_cooldown: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("stream_window", "connection_window"):
+            value = getattr(self, name)
+            if not _MIN_WINDOW <= value <= _MAX_WINDOW:
+                raise ValueError(f"{name} must be within {_MIN_WINDOW}..{_MAX_WINDOW}, not {value}")
+        for f in fields(self):
+            if getattr(self, f.name) < 0 or (
+                f.name != "abuse_cooldown" and not getattr(self, f.name)
+            ):
+                raise ValueError(f"{f.name} must be positive, not {getattr(self, f.name)}")
+        if not self.buffer_per_connection <= self.buffer_per_peer <= self.buffer_total:
+            raise ValueError(
+                "buffer_per_connection <= buffer_per_peer <= buffer_total must hold, not "
+                f"{self.buffer_per_connection}, {self.buffer_per_peer}, {self.buffer_total}"
+            )
+
+
+def make_server(handlers: Collection[Any], *, limits: H2Limits | None = None) -> HardenedServer:
+    """A grpclib ``Server`` for ``handlers`` whose connections obey ``limits``."""
+    return HardenedServer(handlers, limits=limits or H2Limits())
+
+
+class HardenedServer(grpclib.server.Server):
+    """``grpclib.server.Server`` whose connections are :class:`ShieldedConnection`."""
+
+    def __init__(self, handlers: Collection[Any], *, limits: H2Limits) -> None:
+        # GuardedService handlers say how large a request they accept: one must always
+        # fit beside what the flow-control window lets other streams send meanwhile.
+        largest = max([0, *(getattr(h, "max_message_bytes", 0) for h in handlers)])
+        if largest + 5 + limits.connection_window > limits.buffer_per_connection:
+            raise ValueError(
+                f"buffer_per_connection ({limits.buffer_per_connection}) must hold one "
+                f"request of the largest size accepted ({largest} bytes + 5) and a "
+                f"connection window ({limits.connection_window})"
+            )
+        super().__init__(
+            handlers,
+            config=Configuration(
+                http2_connection_window_size=limits.connection_window,
+                http2_stream_window_size=limits.stream_window,
+            ),
+        )
+        self.shield = Shield(limits)
+
+    def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
+        base = super()._protocol_factory()  # registers its handler with the server
+        return _ShieldedProtocol(base.handler, base.config, base.h2_config, shield=self.shield)
+
+
+class Shield:
+    """One server's shared state: bytes held per peer and in total, peers cooling down
+    after abuse, counters, and the rate-limited abuse log."""
+
+    def __init__(self, limits: H2Limits) -> None:
+        self.limits = limits
+        self.held = 0
+        self._per_peer: dict[str, int] = {}
+        self._cooling: dict[str, float] = {}
+        # What was refused or closed, by reason (tests and metrics read these).
+        self.counts: dict[str, int] = {}
+        # (category, peer) -> (when last logged, lines left out since)
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._since_trim = 0  # bytes charged since memory was last handed back
+        self._trimming = False
+
+    def take(self, peer: str, nbytes: int) -> str | None:
+        """Charge ``nbytes`` to ``peer`` and the server; the refusal reason if over budget."""
+        limits = self.limits
+        if self.held + nbytes > limits.buffer_total:
+            return (
+                f"the server already holds {self.held} request bytes (limit {limits.buffer_total})"
+            )
+        held = self._per_peer.get(peer, 0)
+        if held + nbytes > limits.buffer_per_peer:
+            return f"{peer} has {held} request bytes in progress (limit {limits.buffer_per_peer})"
+        self._per_peer[peer] = held + nbytes
+        self.held += nbytes
+        self._since_trim += nbytes
+        return None
+
+    def give(self, peer: str, nbytes: int) -> None:
+        """Return a charge."""
+        self.held -= nbytes
+        left = self._per_peer[peer] - nbytes
+        if left:
+            self._per_peer[peer] = left
+        else:
+            del self._per_peer[peer]
+        if self.held <= _TRIM_LOW and self._since_trim >= _TRIM_AFTER and not self._trimming:
+            self._trimming = True
+            asyncio.get_running_loop().call_later(_TRIM_DELAY, self._trim)
+
+    def _trim(self) -> None:
+        """Hand freed request buffers back to the OS once a burst of them is over.
+
+        glibc keeps what a burst of large requests freed in its arenas (an attack of
+        partial 4 MiB bodies left ~20 MiB of RSS behind for good); ``malloc_trim`` gives
+        it back: a second after the server's held bytes fall back near zero, and only
+        after _TRIM_AFTER bytes were held since the last time (a few ms per call).
+        """
+        self._trimming = False
+        if self.held > _TRIM_LOW:
+            return  # a new burst: its end will trim
+        self._since_trim = 0
+        if _malloc_trim is not None:
+            _malloc_trim(0)
+
+    def count(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def cooling(self, peer: str) -> bool:
+        """True while ``peer`` is turned away after abuse."""
+        until = self._cooling.get(peer)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._cooling[peer]
+        return False
+
+    def offended(self, key: str, peer: str, label: str, reason: str) -> None:
+        """A connection of ``peer`` was closed for abuse: cool the peer down (unless it was
+        turned away for cooling down already), count ``key``, log (rate-limited)."""
+        self.count(key)
+        if key != "cooling" and self.limits.abuse_cooldown and not peer.startswith("conn:"):
+            if len(self._cooling) >= 10_000:  # a bound, not a policy: forget the oldest
+                self._cooling.pop(next(iter(self._cooling)))
+            self._cooling[peer] = time.monotonic() + self.limits.abuse_cooldown
+        self.note(
+            key,
+            peer,
+            f"closed HTTP/2 connection from {label} with GOAWAY ENHANCE_YOUR_CALM: {reason}",
+        )
+
+    def note(self, category: str, peer: str, message: str) -> None:
+        """Log ``message`` unless a line of ``category`` about ``peer`` was logged within
+        the last 10 s (then count it, and say how many were left out on the next line)."""
+        now = time.monotonic()
+        key = (category, peer)
+        last, unlogged = self._logged.get(key, (-_LOG_INTERVAL, 0))
+        if now - last < _LOG_INTERVAL:
+            self._logged[key] = (last, unlogged + 1)
+            return
+        if len(self._logged) >= 1000:  # many peers: forget those quiet for 10 s
+            self._logged = {
+                k: v for k, v in self._logged.items() if now - v[0] < _LOG_INTERVAL or v[1]
+            }
+        self._logged[key] = (now, 0)
+        more = f" ({unlogged} more like it since the last such line)" if unlogged else ""
+        log.warning("%s%s", message, more)
+
+
+class ShieldedConnection(grpclib.protocol.Connection):
+    """A grpclib connection that charges its streams' request bytes to its budget.
+
+    :class:`common.rpc.GuardedService` finds it as ``stream._stream.connection`` and
+    reserves a request's announced length with :meth:`admit` before reading the body.
+    """
+
+    def __init__(
+        self, connection: H2Connection, transport: Any, *, config: Configuration,
+        shield: Shield, peer: str, label: str,
+    ) -> None:  # fmt: skip
+        super().__init__(connection, transport, config=config)
+        self.h2 = connection
+        self.shield = shield
+        self.peer = peer  # the budget and cool-down key
+        self.label = label  # for log lines: address and identity
+        self.held = 0
+        self._charges: dict[int, list[int]] = {}  # stream id -> [charge, bytes received]
+
+    @property
+    def stall_timeout(self) -> float:
+        return self.shield.limits.body_stall_timeout
+
+    def admit(self, stream_id: int, nbytes: int) -> str | None:
+        """Reserve ``nbytes`` for a stream's request; the refusal reason if over budget."""
+        entry = self._charges.setdefault(stream_id, [0, 0])
+        reason = self._raise(entry, nbytes)
+        if reason is not None:
+            self.shield.count("buffer")
+            self.shield.note(
+                "buffer",
+                self.peer,
+                f"refused a request of {nbytes} bytes from {self.label}: {reason}",
+            )
+        return reason
+
+    def received(self, stream_id: int, nbytes: int) -> bool:
+        """Charge bytes that arrived for an open stream; False if over budget."""
+        entry = self._charges.setdefault(stream_id, [0, 0])
+        entry[1] += nbytes
+        if entry[1] <= entry[0]:
+            return True
+        reason = self._raise(entry, entry[1])
+        if reason is None:
+            return True
+        self.shield.count("buffer")
+        self.shield.note("buffer", self.peer, f"reset a stream from {self.label}: {reason}")
+        return False
+
+    def release(self, stream_id: int) -> None:
+        entry = self._charges.pop(stream_id, None)
+        if entry is not None and entry[0]:
+            self.held -= entry[0]
+            self.shield.give(self.peer, entry[0])
+
+    def release_all(self) -> None:
+        for stream_id in list(self._charges):
+            self.release(stream_id)
+
+    def _raise(self, entry: list[int], charge: int) -> str | None:
+        delta = charge - entry[0]
+        if delta <= 0:
+            return None
+        limit = self.shield.limits.buffer_per_connection
+        if self.held + delta > limit:
+            return (
+                f"the connection already has {self.held} request bytes in progress (limit {limit})"
+            )
+        reason = self.shield.take(self.peer, delta)
+        if reason is None:
+            self.held += delta
+            entry[0] = charge
+        return reason
+
+
+# Event class -> flood counter: 0 resets, 1 pings, 2 settings, 3 other control frames.
+_COUNTED: dict[type[Event], int] = {
+    StreamReset: 0,
+    PingReceived: 1,
+    RemoteSettingsChanged: 2,
+    PingAckReceived: 3,
+    PriorityUpdated: 3,
+    WindowUpdated: 3,
+    UnknownFrameReceived: 3,
+}
+_FLOODS = ("stream resets", "PINGs", "SETTINGS frames", "control frames")
+_KEYS = ("resets", "pings", "settings", "control")
+_GOAWAY_DATA = (b"too_many_resets", b"too_many_pings", b"too_many_settings", b"too_many_frames")
+
+
+class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
+    """grpclib's event dispatch plus flood counting and the byte budget."""
+
+    connection: ShieldedConnection
+
+    def __init__(self, handler: Any, connection: ShieldedConnection) -> None:
+        super().__init__(handler, connection)
+        limits = connection.shield.limits
+        self._caps = (
+            limits.max_resets, limits.max_pings, limits.max_settings, limits.max_control_frames
+        )  # fmt: skip
+        self._counts = [0, 0, 0, 0]
+        self._window_start = time.monotonic()
+        self.abused = False
+        self._skip: set[int] = set()
+
+    def register(self, stream: grpclib.protocol.Stream) -> Callable[[], None]:
+        release = super().register(stream)
+        stream_id, connection = stream.id, self.connection
+        assert stream_id is not None
+
+        def release_stream() -> None:
+            connection.release(stream_id)
+            release()
+
+        return release_stream
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process one slice's events; streams reset within it get no handler at all."""
+        self._skip = {e.stream_id for e in events if type(e) is StreamReset and e.stream_id}
+        for event in events:
+            if self.abused:
+                return
+            self.process(event)
+        self._skip = set()
+
+    def process(self, event: Event) -> None:
+        kind = _COUNTED.get(type(event))
+        if kind is not None and self._flooded(kind):
+            return
+        if type(event) is UnknownFrameReceived:
+            return  # grpclib has no processor for it (it would raise NotImplementedError)
+        super().process(event)
+
+    def process_request_received(self, event: RequestReceived) -> None:
+        if event.stream_id in self._skip:
+            return  # rapid reset: HEADERS and RST_STREAM in one read, nothing to serve
+        super().process_request_received(event)
+
+    def process_data_received(self, event: DataReceived) -> None:
+        size = len(event.data)
+        if not size and event.stream_ended is None:
+            # Nothing to deliver (grpclib would even take it for the end of the body).
+            if not self._flooded(3) and event.flow_controlled_length:
+                self.connection.ack(event.stream_id, event.flow_controlled_length)
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and size and not self.connection.received(event.stream_id, size):
+            self._refuse(stream)
+            self.connection.ack(event.stream_id, event.flow_controlled_length)
+            return
+        super().process_data_received(event)
+
+    def _refuse(self, stream: grpclib.protocol.Stream) -> None:
+        """Reset a stream over its byte budget and cancel its handler."""
+        assert stream.id is not None
+        with contextlib.suppress(ProtocolError):
+            self.connection.h2.reset_stream(stream.id, error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+        self.connection.flush()
+        # Cancel the handler quietly: grpclib logs every "terminated" stream at INFO,
+        # which would be one line per refused stream of an attack (the shield logs one).
+        with contextlib.suppress(KeyError):  # already cancelled (reset by the peer)
+            self.handler.cancel(stream)
+
+    def _flooded(self, kind: int) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= self.connection.shield.limits.flood_window:
+            self._window_start, self._counts = now, [0, 0, 0, 0]
+        self._counts[kind] += 1
+        if self._counts[kind] <= self._caps[kind]:
+            return False
+        window = self.connection.shield.limits.flood_window
+        self.calm(
+            _KEYS[kind],
+            f"{self._counts[kind]} {_FLOODS[kind]} within {window:g} s (limit {self._caps[kind]})",
+            _GOAWAY_DATA[kind],
+        )
+        return True
+
+    def calm(self, key: str, reason: str, debug: bytes) -> None:
+        """GOAWAY(ENHANCE_YOUR_CALM), close the connection, log; nothing more is processed."""
+        if self.abused:
+            return
+        self.abused = True
+        connection = self.connection
+        with contextlib.suppress(ProtocolError):
+            connection.h2.close_connection(
+                error_code=ErrorCodes.ENHANCE_YOUR_CALM, additional_data=debug
+            )
+        if not connection.is_closing():
+            connection.flush()
+        connection.shield.offended(key, connection.peer, connection.label, reason)
+        self.close(f"closed for abuse: {reason}")
+
+    def close(self, reason: str = "Connection closed") -> None:
+        super().close(reason)
+        self.connection.release_all()
+
+
+class _ShieldedProtocol(grpclib.protocol.H2Protocol):
+    """grpclib's H2Protocol with Fleet's SETTINGS, budget and flood limits."""
+
+    connection: ShieldedConnection
+    processor: _ShieldedProcessor
+
+    def __init__(self, handler: Any, config: Any, h2_config: Any, *, shield: Shield) -> None:
+        super().__init__(handler, config, h2_config)
+        self.shield = shield
+        self._backlog = b""  # received, not yet fed to h2 (see _feed)
+
+    def connection_made(self, transport: Any) -> None:
+        # grpclib's connection_made, with the SETTINGS and classes of this module.
+        limits = self.shield.limits
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        h2 = H2Connection(config=self.h2_config)
+        h2.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
+                SettingCodes.MAX_HEADER_LIST_SIZE: H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE,
+            },
+        )
+        h2.initiate_connection()
+        if limits.connection_window > _MIN_WINDOW:
+            h2.increment_flow_control_window(limits.connection_window - _MIN_WINDOW)
+        self._transport = transport
+        peer, label = _peer_of(transport, self)
+        self.connection = ShieldedConnection(
+            h2, transport, config=self.config, shield=self.shield, peer=peer, label=label
+        )
+        self.connection.flush()
+        self.connection.initialize()
+        self.processor = _ShieldedProcessor(self.handler, self.connection)
+        if self.shield.cooling(peer):
+            self.processor.calm("cooling", "turned away: cooling down after abuse", b"cooling_down")
+
+    def data_received(self, data: bytes) -> None:
+        if self._backlog:  # delivered before the pause took effect: keep the order
+            self._backlog += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Hand ``data`` to h2 a slice at a time, at most _FEED_PER_TURN bytes per event
+        loop turn: a TLS read can deliver 256 KiB of tiny frames at once, and parsing
+        them in one go would keep every other connection waiting. The rest waits, with
+        this connection's reading paused, for the next turn."""
+        processor = self.processor
+        for start in range(0, len(data), _FEED_SLICE):
+            if processor.abused:
+                return
+            if start >= _FEED_PER_TURN:
+                self._backlog = data[start:]
+                self._transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._feed_backlog)
+                return
+            try:
+                events = self.connection.feed(data[start : start + _FEED_SLICE])
+            except ProtocolError:
+                log.debug("protocol error from %s", self.connection.label, exc_info=True)
+                processor.close("Protocol error")
+                return
+            self.connection.flush()
+            processor.process_batch(events)
+            if processor.abused:
+                return
+            self.connection.flush()
+
+    def _feed_backlog(self) -> None:
+        data, self._backlog = self._backlog, b""
+        if self.processor.abused or self._transport.is_closing():
+            return
+        self._feed(data)
+        if not self._backlog:
+            self._transport.resume_reading()
+
+
+def _peer_of(transport: Any, protocol: object) -> tuple[str, str]:
+    """(budget key, log label): the certificate identity, else the address, else the
+    connection itself (a Unix socket, whose callers are told apart later by token)."""
+    addr = transport.get_extra_info("peername")
+    where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else "local"
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is not None:
+        identity = identity_from_cert(ssl_object.getpeercert())
+        if identity is not None:
+            return str(identity), f"{where} ({identity})"
+    if isinstance(addr, tuple) and addr:
+        return f"addr:{addr[0]}", where
+    return f"conn:{id(protocol)}", where
