@@ -724,7 +724,7 @@ def test_failed_rollout_exits_1_naming_nodes_and_reasons(
                 rollout("running", done=1),
                 rollout("rolled_back", done=1, failed=1, failed_nodes=["web-2"]),
             ],
-            "(rolled back)",
+            "content",
         ),
         # … or the rollback (revision 5) shows as a rollout of its own: followed to its end.
         (
@@ -733,7 +733,7 @@ def test_failed_rollout_exits_1_naming_nodes_and_reasons(
                 rollout("running", revision=5),
                 rollout("succeeded", revision=5, done=3),
             ],
-            "(succeeded)",
+            "content (its rollout succeeded)",
         ),
     ],
 )
@@ -747,7 +747,7 @@ def test_rolled_back_rollout_exits_1(
     assert result.exit_code == ExitCode.FAILED, result.output
     first = result.stdout.splitlines()[0]
     assert first.startswith("the rollout of web revision 4 stopped (1/3 done, 1 failed")
-    assert first.endswith(f"was rolled back: revision 5 restores the previous content {ending}")
+    assert first.endswith(f"was rolled back: revision 5 restores the previous {ending}")
     assert "rollout rolled back; failed node(s): web-2" in one_line(result.stderr)
     assert len(manager.asked("GetRollout")) == len(steps)
 

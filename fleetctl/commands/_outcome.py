@@ -132,9 +132,10 @@ def report(st: State, o: Outcome, *, as_json: bool) -> None:
     elif result == "rolled_back":
         message = (
             f"the rollout of {o.name} revision {o.revision} stopped ({rollout_counts(r)}) and "
-            f"was rolled back: revision {o.rollback_revision} restores the previous content "
-            f"({final.state.replace('_', ' ')})"
+            f"was rolled back: revision {o.rollback_revision} restores the previous content"
         )
+        if final.revision == o.rollback_revision:  # the rollback's own rollout, followed
+            message += f" (its rollout {final.state.replace('_', ' ')})"
     else:
         message = (
             f"the rollout of {o.name} revision {o.revision} {result.replace('_', ' ')} "
