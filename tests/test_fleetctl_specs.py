@@ -43,7 +43,7 @@ from fleetctl.errors import ExitCode
 from schema import admin_pb2, daemon_pb2
 
 runner = CliRunner()
-NOW = int(time.time())
+NOW = int(time.time())  # for values whose age the tests do not print
 
 
 @pytest.fixture(autouse=True)
@@ -468,7 +468,7 @@ def spec_message(revision: int, **fields: Any) -> Any:
         name="web",
         revision=revision,
         next_revision=revision + 1,
-        updated_at=NOW - 60,
+        updated_at=int(time.time()) - 60,
         updated_by="admin/admin",
         target_labels={"role": "web"},
         target_nodes=["edge-07"],
@@ -869,8 +869,15 @@ def test_dry_run_and_diff_print_per_node_changes_and_touch_nothing(
         result = cli(manager, certs, *argv)
         assert result.exit_code == 0, result.output
         assert result.stdout.splitlines() == expected
+    from_stdin = runner.invoke(
+        app,
+        ["diff", "-f", "-"],
+        input=WEB_TOML,
+        env=admin_env(certs, FLEET_MANAGER=manager.address),
+    )
+    assert from_stdin.stdout.splitlines() == expected
     requests = manager.asked("ApplySpec")
-    assert len(requests) == 2 and all(r.dry_run for r in requests)
+    assert len(requests) == 3 and all(r.dry_run for r in requests)
     assert all(not r.HasField("rollback") for r in requests)
     assert manager.asked("GetRollout") == []
 
@@ -982,7 +989,7 @@ def test_specs_list_table_and_json(manager: StandIn, certs: Path) -> None:
             spec_message(4, node_count=10, converged_count=8),
             admin_pb2.Spec(name="db", revision=2, next_revision=3, target_nodes=["n1", "n2",
                            "n3", "n4", "n5"], agent_ids=["a", "b", "c", "d", "e"],
-                           node_count=5, converged_count=5, updated_at=NOW - 7200,
+                           node_count=5, converged_count=5, updated_at=int(time.time()) - 7200,
                            updated_by="admin/bob", deleted=r.include_deleted),
         ]
     )  # fmt: skip
@@ -1164,8 +1171,10 @@ def test_specs_delete_asks_on_a_terminal(manager: StandIn, certs: Path) -> None:
             os.close(primary)
             os.close(secondary)
         assert proc.returncode == code, (stdout, stderr)
-        assert "Delete spec web and remove 1 agent(s) from 1 node(s)? [y/N]" in stderr
-        assert "web-1\n  - old\n" in stdout
+        assert stderr.startswith("web-1\n  - old\nDelete spec web and remove 1 agent(s) from 1 ")
+        assert "node(s)? [y/N]" in stderr
+        assert stdout == ("" if answer == "n" else "spec web deleted: 1 agent(s) are being "
+                          "removed from 1 node(s)\n")  # fmt: skip
     assert [r.dry_run for r in manager.asked("DeleteSpec")] == [True, True, False]
 
 

@@ -279,15 +279,20 @@ def delete_spec(
     out = st.output()
     as_json = output is Format.json
     if not dry_run and not yes:
+        # The preview goes with the question, on stderr: stdout keeps only the result.
+        from ..render import Output
+
         plan = run(delete(True)).plan
         counts = plan_counts(plan)
         if counts["nodes"]:
-            print_plan(out, plan)
-        if not typer.confirm(
+            print_plan(Output(rich=st.stderr_is_terminal(), stream=sys.stderr), plan)
+        # Asked and answered on stderr/stdin by hand: click's prompt writes to stdout.
+        sys.stderr.write(
             f"Delete spec {name} and remove {counts['removed']} agent(s) from "
-            f"{counts['nodes']} node(s)?",
-            err=True,
-        ):
+            f"{counts['nodes']} node(s)? [y/N] "
+        )
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             raise CliError("not deleted", ExitCode.FAILED)
     resp = run(delete(dry_run))
     counts = plan_counts(resp.plan)
