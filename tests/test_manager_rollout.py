@@ -449,18 +449,24 @@ def test_waves_never_exceed_max_unavailable(tmp_path: Path, fleet_certs: Path) -
     async def scenario(mgr: ManagerProc) -> None:
         async with fleet_of(fleet_certs, mgr) as fleet:
             for node_id in NODES:
-                daemon = await fleet.add(node_id, {"role": "web"})
-                daemon.start_delay = 0.8
+                await fleet.add(node_id, {"role": "web"})
             await fleet.apply(spec_document("web", 1, [WEB], labels={"role": "web"}))
             await fleet.wait_states("web", converged(1, *NODES))
             await fleet.wait_rollout("web", "succeeded")
             assert fleet.watch.max_changing == 0  # a new spec goes everywhere at once
 
+            # The first wave's agents wait until two nodes are changing at once.
+            release = asyncio.Event()
+            for daemon in fleet.daemons.values():
+                daemon.hold = release
             reply = await fleet.apply(
                 spec_document("web", 2, [WEB2], labels={"role": "web"}),
                 policy=admin_pb.RolloutPolicy(max_unavailable="2"),
             )
             assert reply.rollout.from_revision == 1
+            await until(lambda: len(fleet.watch.changing) == 2, "two nodes changing")
+            assert fleet.watch.changing == {"n1", "n2"}  # in node-id order
+            release.set()
             await fleet.wait_states("web", converged(2, *NODES))
             rollout = await fleet.wait_rollout("web", "succeeded")
             assert (rollout.total, rollout.done, rollout.failed, rollout.pending) == (5, 5, 0, 0)
