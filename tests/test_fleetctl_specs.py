@@ -568,19 +568,27 @@ def current_is(server: StandIn, certs: Path, revision: int, agents: list[dict[st
         history=[revision_message(certs, revision, agents)],
         nodes=[
             admin_pb2.SpecNodeStatus(
-                node_id="edge-07", target_revision=revision, running_revision=revision,
+                node_id="edge-07",
+                target_revision=revision,
+                running_revision=revision,
                 state="converged",
             ),
             admin_pb2.SpecNodeStatus(
-                node_id="web-1", target_revision=revision + 1, running_revision=revision,
-                state="refused", reason="command /opt/nginx is not in allow_commands",
+                node_id="web-1",
+                target_revision=revision + 1,
+                running_revision=revision,
+                state="refused",
+                reason="command /opt/nginx is not in allow_commands",
             ),
             admin_pb2.SpecNodeStatus(
-                node_id="web-2", target_revision=revision + 1, running_revision=revision,
-                state="failed", reason="agent nginx exited within start_seconds: exit code 1",
+                node_id="web-2",
+                target_revision=revision + 1,
+                running_revision=revision,
+                state="failed",
+                reason="agent nginx exited within start_seconds: exit code 1",
             ),
         ],
-    )  # fmt: skip
+    )
 
 
 # ---- apply -----------------------------------------------------------------------------------
@@ -591,8 +599,11 @@ def test_first_apply_signs_revision_1_that_a_daemon_accepts(
 ) -> None:
     path = write(tmp_path, WEB_TOML)
     manager.handlers["GetSpec"] = not_found("spec web does not exist")
-    answer_apply(manager, plan_=plan("edge-07", "web-1", changes=[ADD_NGINX]),
-                 first=rollout("running", revision=1, total=2))  # fmt: skip
+    answer_apply(
+        manager,
+        plan_=plan("edge-07", "web-1", changes=[ADD_NGINX]),
+        first=rollout("running", revision=1, total=2),
+    )
     manager.handlers["GetRollout"] = rollouts(
         rollout("running", revision=1, total=2, done=1),
         rollout("succeeded", revision=1, total=2, done=2),
@@ -695,9 +706,14 @@ def test_failed_rollout_exits_1_naming_nodes_and_reasons(
     answer_apply(manager, first=rollout("running"))
     manager.handlers["GetRollout"] = rollouts(
         rollout("running", done=1),
-        rollout("failed", done=1, failed=2, failed_nodes=["web-2", "web-1"],
-                reason="2 nodes failed, max_failures is 1"),
-    )  # fmt: skip
+        rollout(
+            "failed",
+            done=1,
+            failed=2,
+            failed_nodes=["web-2", "web-1"],
+            reason="2 nodes failed, max_failures is 1",
+        ),
+    )
     result = cli(manager, certs, "apply", "-f", str(write(tmp_path, WEB_TOML)))
     assert result.exit_code == ExitCode.FAILED, result.output
     out = result.stdout.splitlines()
@@ -835,11 +851,16 @@ def test_apply_json_is_the_documented_shape(manager: StandIn, certs: Path, tmp_p
         {
             "node_id": "web-1",
             "changes": [
-                {"agent_id": "nginx", "action": "added", "fields": [], "source": "spec:web@4",
-                 "error": None}
+                {
+                    "agent_id": "nginx",
+                    "action": "added",
+                    "fields": [],
+                    "source": "spec:web@4",
+                    "error": None,
+                }
             ],
         }
-    ]  # fmt: skip
+    ]
     assert data["final_rollout"] is None and data["failed_nodes"] == []
 
 
@@ -987,27 +1008,42 @@ def test_specs_list_table_and_json(manager: StandIn, certs: Path) -> None:
     manager.handlers["ListSpecs"] = lambda r: admin_pb2.ListSpecsResponse(
         specs=[
             spec_message(4, node_count=10, converged_count=8),
-            admin_pb2.Spec(name="db", revision=2, next_revision=3, target_nodes=["n1", "n2",
-                           "n3", "n4", "n5"], agent_ids=["a", "b", "c", "d", "e"],
-                           node_count=5, converged_count=5, updated_at=int(time.time()) - 7200,
-                           updated_by="admin/bob", deleted=r.include_deleted),
+            admin_pb2.Spec(
+                name="db",
+                revision=2,
+                next_revision=3,
+                target_nodes=["n1", "n2", "n3", "n4", "n5"],
+                agent_ids=["a", "b", "c", "d", "e"],
+                node_count=5,
+                converged_count=5,
+                updated_at=int(time.time()) - 7200,
+                updated_by="admin/bob",
+                deleted=r.include_deleted,
+            ),
         ]
-    )  # fmt: skip
+    )
     result = cli(manager, certs, "specs", "list")
     assert result.exit_code == 0, result.output
     assert table(result.stdout) == [
         ["NAME", "REV", "TARGET", "AGENTS", "NODES", "UPDATED", "BY"],
-        ["db", "2", "node:n1,node:n2,node:n3,+2 nodes", "a,b,c,d,+1", "5/5", "2h ago",
-         "admin/bob"],
+        ["db", "2", "node:n1,node:n2,node:n3,+2 nodes", "a,b,c,d,+1", "5/5", "2h ago", "admin/bob"],
         ["web", "4", "role=web,node:edge-07", "nginx", "8/10", "1m ago", "admin/admin"],
-    ]  # fmt: skip
+    ]
     data = json.loads(cli(manager, certs, "specs", "list", "--deleted", "-o", "json").stdout)
     assert manager.asked("ListSpecs")[-1].include_deleted
     assert [s["name"] for s in data] == ["db", "web"]
     assert list(data[1]) == [
-        "name", "revision", "next_revision", "deleted", "target", "agents", "node_count",
-        "converged_count", "updated_at", "updated_by",
-    ]  # fmt: skip
+        "name",
+        "revision",
+        "next_revision",
+        "deleted",
+        "target",
+        "agents",
+        "node_count",
+        "converged_count",
+        "updated_at",
+        "updated_by",
+    ]
     assert data[1]["target"] == TARGET and data[1]["agents"] == ["nginx"]
     assert data[0]["deleted"] is True and data[1]["next_revision"] == 5
 
@@ -1037,8 +1073,13 @@ def test_specs_show_document_rollout_and_nodes(manager: StandIn, certs: Path) ->
     assert re.search(r"State: +running\n", text) and re.search(r"Progress: +1/3 done", text)
     nodes = table(text.split("Nodes (3)\n")[1])
     assert nodes[0] == ["NODE", "TARGET", "RUNNING", "STATE", "REASON"]
-    assert nodes[3] == ["web-2", "4", "3", "failed",
-                        "agent nginx exited within start_seconds: exit code 1"]  # fmt: skip
+    assert nodes[3] == [
+        "web-2",
+        "4",
+        "3",
+        "failed",
+        "agent nginx exited within start_seconds: exit code 1",
+    ]
 
     data = json.loads(cli(manager, certs, "specs", "show", "web", "-o", "json").stdout)
     assert list(data) == ["spec", "current", "rollout", "nodes"]
@@ -1046,9 +1087,13 @@ def test_specs_show_document_rollout_and_nodes(manager: StandIn, certs: Path) ->
     assert data["current"]["kind"] == "apply" and data["current"]["signed_by"] == "admin/admin"
     assert data["rollout"]["state"] == "running"
     assert data["nodes"][0] == {
-        "node_id": "edge-07", "target_revision": 3, "running_revision": 3,
-        "state": "converged", "reason": None, "updated_at": None,
-    }  # fmt: skip
+        "node_id": "edge-07",
+        "target_revision": 3,
+        "running_revision": 3,
+        "state": "converged",
+        "reason": None,
+        "updated_at": None,
+    }
 
 
 def test_unknown_spec_exits_3(manager: StandIn, certs: Path) -> None:
@@ -1102,13 +1147,22 @@ def test_specs_history_with_what_changed(manager: StandIn, certs: Path) -> None:
     data = json.loads(cli(manager, certs, "specs", "history", "web", "-o", "json").stdout)
     assert data["spec"] == "web" and [h["revision"] for h in data["history"]] == [5, 4, 3, 2, 1]
     assert list(data["history"][0]) == [
-        "revision", "kind", "signed_by", "applied_by", "created_at", "document", "changes",
-    ]  # fmt: skip
+        "revision",
+        "kind",
+        "signed_by",
+        "applied_by",
+        "created_at",
+        "document",
+        "changes",
+    ]
     assert data["history"][0]["document"]["rollback_of"] == 4
     assert data["history"][2]["document"] is None
     assert data["history"][4]["changes"] == {
-        "target": False, "added": ["old"], "changed": [], "removed": [],
-    }  # fmt: skip
+        "target": False,
+        "added": ["old"],
+        "changed": [],
+        "removed": [],
+    }
 
 
 def test_specs_status_shows_drift_and_exits_0(manager: StandIn, certs: Path) -> None:
@@ -1128,9 +1182,10 @@ def test_specs_status_shows_drift_and_exits_0(manager: StandIn, certs: Path) -> 
 def test_specs_delete_dry_run_and_yes(manager: StandIn, certs: Path) -> None:
     manager.handlers["DeleteSpec"] = lambda r: admin_pb2.DeleteSpecResponse(
         spec=spec_message(4, deleted=not r.dry_run),
-        plan=plan("web-1", "web-2", changes=[daemon_pb2.AgentChange(agent_id="nginx",
-                                                                     action="removed")]),
-    )  # fmt: skip
+        plan=plan(
+            "web-1", "web-2", changes=[daemon_pb2.AgentChange(agent_id="nginx", action="removed")]
+        ),
+    )
     dry = cli(manager, certs, "specs", "delete", "web", "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.splitlines() == [
@@ -1173,8 +1228,11 @@ def test_specs_delete_asks_on_a_terminal(manager: StandIn, certs: Path) -> None:
         assert proc.returncode == code, (stdout, stderr)
         assert stderr.startswith("web-1\n  - old\nDelete spec web and remove 1 agent(s) from 1 ")
         assert "node(s)? [y/N]" in stderr
-        assert stdout == ("" if answer == "n" else "spec web deleted: 1 agent(s) are being "
-                          "removed from 1 node(s)\n")  # fmt: skip
+        assert stdout == (
+            ""
+            if answer == "n"
+            else "spec web deleted: 1 agent(s) are being removed from 1 node(s)\n"
+        )
     assert [r.dry_run for r in manager.asked("DeleteSpec")] == [True, True, False]
 
 
@@ -1285,13 +1343,15 @@ RELOADED = daemon_pb2.ReloadConfigResponse(
     changes=[
         daemon_pb2.AgentChange(agent_id="cache", action="added", source="local"),
         daemon_pb2.AgentChange(
-            agent_id="web", action="changed", source="local",
+            agent_id="web",
+            action="changed",
+            source="local",
             fields=[daemon_pb2.FieldChange(field="env", old='{"A":"1"}', new='{"A":"2"}')],
         ),
         daemon_pb2.AgentChange(agent_id="old", action="removed", source="local"),
     ],
     unchanged=["worker", "solo"],
-)  # fmt: skip
+)
 
 
 def test_daemon_reload_through_the_manager(manager: StandIn, certs: Path) -> None:
@@ -1312,8 +1372,14 @@ def test_daemon_reload_through_the_manager(manager: StandIn, certs: Path) -> Non
     assert manager.asked("ReloadDaemon")[-1].dry_run
     data = json.loads(dry.stdout)
     assert list(data) == [
-        "node_id", "dry_run", "success", "error", "config_file", "changes", "unchanged",
-    ]  # fmt: skip
+        "node_id",
+        "dry_run",
+        "success",
+        "error",
+        "config_file",
+        "changes",
+        "unchanged",
+    ]
     assert data["changes"][1]["fields"] == [{"field": "env", "old": {"A": "1"}, "new": {"A": "2"}}]
     assert data["unchanged"] == ["solo", "worker"] and data["dry_run"] is True
 
@@ -1332,9 +1398,13 @@ def test_daemon_reload_through_the_manager(manager: StandIn, certs: Path) -> Non
         "key 'command' is required (nothing was changed)"
     )
     failed = daemon_pb2.ReloadConfigResponse(
-        success=True, changes=[daemon_pb2.AgentChange(agent_id="cache", action="added",
-                                                      error="spawn failed: no such file")],
-    )  # fmt: skip
+        success=True,
+        changes=[
+            daemon_pb2.AgentChange(
+                agent_id="cache", action="added", error="spawn failed: no such file"
+            )
+        ],
+    )
     manager.handlers["ReloadDaemon"] = lambda r: admin_pb2.ReloadDaemonResponse(result=failed)
     partly = cli(manager, certs, "daemon", "reload", "node-a")
     assert partly.exit_code == ExitCode.FAILED
@@ -1365,18 +1435,35 @@ def test_daemon_reload_straight_to_a_daemon(certs: Path) -> None:
 def test_agents_list_shows_the_spec_of_central_agents(manager: StandIn, certs: Path) -> None:
     manager.handlers["ListAgents"] = lambda _r: admin_pb2.ListAgentsResponse(
         agents=[
-            admin_pb2.Agent(node_id="node-a", id="nginx", type="nginx", status="RUNNING",
-                            pid=42, spec="web", spec_revision=4, node_status="online"),
-            admin_pb2.Agent(node_id="node-a", id="local", type="generic", status="STOPPED",
-                            node_status="online"),
+            admin_pb2.Agent(
+                node_id="node-a",
+                id="nginx",
+                type="nginx",
+                status="RUNNING",
+                pid=42,
+                spec="web",
+                spec_revision=4,
+                node_status="online",
+            ),
+            admin_pb2.Agent(
+                node_id="node-a", id="local", type="generic", status="STOPPED", node_status="online"
+            ),
         ]
-    )  # fmt: skip
+    )
     result = cli(manager, certs, "agents", "list")
     assert result.exit_code == 0, result.output
     rows = table(result.stdout)
     assert rows[0] == [
-        "NODE", "AGENT", "TYPE", "STATUS", "PID", "RESTARTS", "UPTIME", "HEARTBEAT", "SPEC",
-    ]  # fmt: skip
+        "NODE",
+        "AGENT",
+        "TYPE",
+        "STATUS",
+        "PID",
+        "RESTARTS",
+        "UPTIME",
+        "HEARTBEAT",
+        "SPEC",
+    ]
     assert rows[1][1] == "local" and rows[1][-1] == "-"
     assert rows[2][1] == "nginx" and rows[2][-1] == "web@4"
     wide = table(cli(manager, certs, "agents", "list", "-o", "wide").stdout)
@@ -1397,10 +1484,17 @@ def test_big_agent_tables_keep_the_fast_path() -> None:
     from fleetctl.views import AGENT_HEADERS, AGENT_RIGHT, agent_row
 
     agents = [
-        admin_pb2.Agent(node_id=f"n{i:05d}", id="web", status="RUNNING", pid=i + 1,
-                        spec="web", spec_revision=7, start_time=NOW - 60)
+        admin_pb2.Agent(
+            node_id=f"n{i:05d}",
+            id="web",
+            status="RUNNING",
+            pid=i + 1,
+            spec="web",
+            spec_revision=7,
+            start_time=NOW - 60,
+        )
         for i in range(10_000)
-    ]  # fmt: skip
+    ]
     buf = io.StringIO()
     start = time.perf_counter()
     Output(rich=True, stream=buf).table(
@@ -1441,8 +1535,14 @@ def test_new_commands_give_up_at_their_timeout(certs: Path, tmp_path: Path) -> N
         stand_in(certs, "manager", "AdminService") as server,
         stand_in(certs, "node-a", "DaemonService") as daemon,
     ):
-        for method in ("GetSpec", "ListSpecs", "DeleteSpec", "GetRollout", "SetRolloutState",
-                       "ReloadDaemon"):  # fmt: skip
+        for method in (
+            "GetSpec",
+            "ListSpecs",
+            "DeleteSpec",
+            "GetRollout",
+            "SetRolloutState",
+            "ReloadDaemon",
+        ):
             server.handlers[method] = hang
         daemon.handlers["ReloadConfig"] = hang
 
@@ -1588,14 +1688,13 @@ def test_e2e_diff_apply_unchanged_and_the_views(real_fleet: RealFleet) -> None:
     assert shown["current"]["document"]["agents"][0]["id"] == "e2e-app"
     assert shown["rollout"]["state"] == "succeeded"
     wait_until(
-        lambda: {
-            row[-1]
-            for row in table(real_ok(f, "agents", "list"))
-            if row[1] == "e2e-app"
-        } == {"e2e@1"},
+        lambda: (
+            {row[-1] for row in table(real_ok(f, "agents", "list")) if row[1] == "e2e-app"}
+            == {"e2e@1"}
+        ),
         timeout=30,
         what="the SPEC column shows e2e@1",
-    )  # fmt: skip
+    )
     history = table(real_ok(f, "specs", "history", "e2e"))
     assert history[1][:3] == ["1", "apply", "admin/admin"] and history[1][5] == "+e2e-app"
 
@@ -1630,8 +1729,17 @@ def test_e2e_failing_rollout_exits_1(real_fleet: RealFleet) -> None:
     path.write_text(
         tomli_w.dumps({"name": "bad", "target": {"labels": {"role": "web"}}, "agents": [crasher]})
     )
-    result = real(f, "apply", "-f", str(path), "--max-unavailable", "1",
-                  "--healthy-deadline", "30s", "--auto-rollback")  # fmt: skip
+    result = real(
+        f,
+        "apply",
+        "-f",
+        str(path),
+        "--max-unavailable",
+        "1",
+        "--healthy-deadline",
+        "30s",
+        "--auto-rollback",
+    )
     assert result.exit_code == ExitCode.FAILED, result.output
     line = one_line(result.stderr)
     assert "bad revision 2: rollout" in line and "failed node(s): node-" in line
