@@ -114,8 +114,7 @@ def report(st: State, o: Outcome, *, as_json: bool) -> None:
     elif result == "succeeded":
         out.line(
             f"spec {o.name} revision {o.revision} rolled out to {o.rollout.done} of "
-            f"{o.rollout.total} node(s) "
-            f"in {o.elapsed:.0f}s",
+            f"{o.rollout.total} node(s) in {o.elapsed:.0f}s",
             "green",
         )
     if result in ("unchanged", "planned", "stored", "succeeded"):
@@ -132,9 +131,11 @@ def report(st: State, o: Outcome, *, as_json: bool) -> None:
     elif result == "rolled_back":
         message = (
             f"the rollout of {o.name} revision {o.revision} stopped ({rollout_counts(r)}) and "
-            f"was rolled back: revision {o.rollback_revision} restores the previous content"
+            "was rolled back"
         )
-        if final.revision == o.rollback_revision:  # the rollback's own rollout, followed
+        if o.rollback_revision:
+            message += f": revision {o.rollback_revision} restores the previous content"
+        if o.rollback_revision and final.revision == o.rollback_revision:  # followed too
             message += f" (its rollout {final.state.replace('_', ' ')})"
     else:
         message = (

@@ -326,7 +326,7 @@ async def _apply(
             )
         outcome.rollout, outcome.final = followed.ours, followed.final
         outcome.elapsed = time.monotonic() - started
-        if outcome.result != "succeeded":
+        if outcome.result in ("failed", "rolled_back", "interrupted"):
             outcome.nodes = await failed_node_statuses(conn, name, followed.ours)
         return outcome
 
