@@ -110,7 +110,7 @@ class ManagerApp:
             backoff_initial=config.daemon_backoff_initial,
             backoff_max=config.daemon_backoff_max,
         )
-        self.spec_store = SpecStore()
+        self.spec_store = SpecStore(database=self.database)
         self.catalog = RevisionCatalog(store=self.spec_store)
         self.specs = SpecController(
             store=self.spec_store,

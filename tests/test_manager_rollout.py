@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -124,10 +124,10 @@ class SpecDaemon(daemon_pb.DaemonServiceBase):
         self._server = Server([self])
         await self._server.start("127.0.0.1", self.port, ssl=server_context(files))
         self._channel = node_channel(self.certs, self.manager_port, self.node_id)
-        await self.register()
+        await self.register_node()
         self._beating = asyncio.create_task(self._heartbeats())
 
-    async def register(self, labels: dict[str, str] | None = None) -> None:
+    async def register_node(self, labels: dict[str, str] | None = None) -> None:
         if labels is not None:
             self.labels = labels
         await manager_pb.ManagerServiceStub(self._channel, timeout=10).register_node(
@@ -383,7 +383,7 @@ async def fleet_of(certs: Path, mgr: ManagerProc) -> AsyncIterator[Fleet]:
 def run_with_manager(
     tmp_path: Path,
     certs: Path,
-    scenario: Callable[[ManagerProc], Awaitable[None]],
+    scenario: Callable[[ManagerProc], Coroutine[Any, Any, None]],
     **kw: Any,
 ) -> ManagerProc:
     mgr = start_manager(tmp_path, certs, extra_args=manager_args(tmp_path), **kw)
@@ -696,9 +696,9 @@ def test_new_and_relabelled_nodes_converge_on_registration(
             await fleet.wait_states("web", converged(1, "n1", "n4"))
             assert n4.holds("web") == (1, "APPLIED", 1)
 
-            await n3.register({"role": "web"})  # its labels now match
+            await n3.register_node({"role": "web"})  # its labels now match
             await fleet.wait_states("web", converged(1, "n1", "n3", "n4"))
-            await n3.register({"role": "db"})  # and no longer: its agents go
+            await n3.register_node({"role": "db"})  # and no longer: its agents go
             await until(lambda: n3.holds("web") is None and n3.offers[-1] == {}, "web off n3")
             # n3 holds nothing of it any more, and is not targeted: it is not listed.
             await fleet.wait_states("web", converged(1, "n1", "n4"))

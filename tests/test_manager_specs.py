@@ -621,7 +621,7 @@ def test_concurrent_applies_of_one_revision_store_one(db_url: str) -> None:
         db = Database(url=db_url)
         await db.start()
         try:
-            store = SpecStore()
+            store = SpecStore(database=db)
 
             def revision(by: str) -> NewRevision:
                 return NewRevision("web", 1, "apply", b"{}", b"s", b"c", by, by)

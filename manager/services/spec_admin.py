@@ -40,8 +40,8 @@ from ..specs.desired import desired_revisions
 from ..specs.plan import agent_changes, node_plan
 from ..specs.policy import Policy
 from ..specs.rollouts import RolloutDriver, load_progress
-from ..store.models import APPLY, PAUSED, RUNNING, Rollout, Spec, SpecNodeState
-from ..store.specs import NewRevision, SpecStore, stale_message
+from ..store.models import APPLY, PAUSED, RUNNING, Rollout, Spec
+from ..store.specs import NewRevision, SpecStateRow, SpecStore, stale_message
 from . import spec_views
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class SpecAdmin:
     async def _spec_messages(self, specs: list[Spec]) -> list[admin_pb.Spec]:
         live = [s for s in specs if not s.deleted and s.revision]
         nodes = await self._store.node_facts() if live else []
-        states: dict[tuple[str, str], SpecNodeState] = {}
+        states: dict[tuple[str, str], SpecStateRow] = {}
         if live:
             for state in await self._store.spec_states():
                 states[(state.node_id, state.name)] = state

@@ -21,12 +21,10 @@ from ..store.models import (
     NODE_FAILED,
     NODE_IN_PROGRESS,
     Rollout,
-    RolloutNode,
     Spec,
-    SpecNodeState,
     SpecRevision,
 )
-from ..store.specs import NodeFacts
+from ..store.specs import NodeFacts, RolloutNodeRow, SpecStateRow
 
 # SpecNodeStatus.state values.
 CONVERGED = "converged"
@@ -41,7 +39,7 @@ def spec_message(
     spec: Spec,
     current: StoredRevision | None,
     nodes: list[NodeFacts],
-    states: Mapping[tuple[str, str], SpecNodeState],
+    states: Mapping[tuple[str, str], SpecStateRow],
 ) -> admin_pb.Spec:
     """A spec with its current content and how many targeted nodes run its revision."""
     message = admin_pb.Spec(
@@ -120,8 +118,8 @@ def node_status(
     *,
     target_revision: int,
     current_revision: int,
-    state: SpecNodeState | None,
-    row: RolloutNode | None,
+    state: SpecStateRow | None,
+    row: RolloutNodeRow | None,
     rollout_state: str,
 ) -> admin_pb.SpecNodeStatus:
     """How one node stands with one spec (see SpecNodeStatus.state)."""

@@ -49,10 +49,8 @@ from ..store.models import (
     RUNNING,
     SUCCEEDED,
     Rollout,
-    RolloutNode,
-    SpecNodeState,
 )
-from ..store.specs import AgentAtRevision, NodeFacts, SpecStore
+from ..store.specs import AgentAtRevision, NodeFacts, RolloutNodeRow, SpecStateRow, SpecStore
 from .catalog import RevisionCatalog
 from .controller import SpecController
 from .desired import STATUS_APPLIED, STATUS_FAILED, STATUS_REFUSED, kept_revision
@@ -69,7 +67,7 @@ _LISTED = 10  # failed nodes named in a rollout's reason
 class Progress:
     """Where a rollout stands: the nodes it moved, and the targeted nodes it has not."""
 
-    rows: dict[str, RolloutNode]
+    rows: dict[str, RolloutNodeRow]
     # Targeted nodes not moved yet that still hold an older revision (wave candidates).
     pending_online: list[str]
     pending_offline: list[str]
@@ -86,7 +84,7 @@ class Progress:
 
 async def load_progress(
     store: SpecStore, catalog: RevisionCatalog, rollout: Rollout, doc: SpecDoc
-) -> tuple[Progress, dict[str, NodeFacts], dict[str, SpecNodeState]]:
+) -> tuple[Progress, dict[str, NodeFacts], dict[str, SpecStateRow]]:
     """A rollout's :class:`Progress`, with the node facts and spec states it was built on."""
     facts = {f.node_id: f for f in await store.node_facts()}
     states = {s.node_id: s for s in await store.spec_states(name=rollout.spec)}
@@ -127,11 +125,11 @@ def unhealthy_agents(
 
 
 def judge(
-    row: RolloutNode,
+    row: RolloutNodeRow,
     *,
     revision: int,
     doc: SpecDoc,
-    state: SpecNodeState | None,
+    state: SpecStateRow | None,
     agents: Mapping[str, AgentAtRevision],
     node_status: str,
     deadline: float,
@@ -296,9 +294,7 @@ class RolloutDriver:
         if progress.at_once:
             await self._move(rollout, 0, progress.at_once, now)
             for node_id in progress.at_once:
-                rows[node_id] = RolloutNode(
-                    node_id=node_id, wave=0, state=NODE_IN_PROGRESS, pushed_at=now
-                )
+                rows[node_id] = RolloutNodeRow(rollout.id, node_id, 0, NODE_IN_PROGRESS, now)
 
         # 4. The next wave.
         wave_rows = [row for row in rows.values() if row.wave > 0]
@@ -311,8 +307,8 @@ class RolloutDriver:
                 rollout.wave += 1
                 await self._move(rollout, rollout.wave, chosen, now)
                 for node_id in chosen:
-                    rows[node_id] = RolloutNode(
-                        node_id=node_id, wave=rollout.wave, state=NODE_IN_PROGRESS, pushed_at=now
+                    rows[node_id] = RolloutNodeRow(
+                        rollout.id, node_id, rollout.wave, NODE_IN_PROGRESS, now
                     )
                 progress.pending_online = progress.pending_online[room:]
 
@@ -348,7 +344,7 @@ class RolloutDriver:
         self._controller.reconcile_nodes(node_ids)
 
     async def _stop(
-        self, rollout: Rollout, policy: Policy, failed: Sequence[RolloutNode], now: float
+        self, rollout: Rollout, policy: Policy, failed: Sequence[RolloutNodeRow], now: float
     ) -> None:
         """Too many failures: roll back when asked and possible, else fail."""
         named = "; ".join(f"{row.node_id}: {row.reason}" for row in failed[:_LISTED])

@@ -22,7 +22,7 @@ from tortoise.transactions import in_transaction
 
 from common.errors import FailedPrecondition
 
-from .database import db_errors_unavailable
+from .database import Database, db_errors_unavailable
 from .models import (
     ACTIVE_ROLLOUT_STATES,
     DELETE,
@@ -32,7 +32,6 @@ from .models import (
     ROLLED_BACK,
     RUNNING,
     Agent,
-    Node,
     Rollout,
     RolloutNode,
     Spec,
@@ -79,6 +78,31 @@ class NodeFacts(NamedTuple):
     address: str
 
 
+class SpecStateRow(NamedTuple):
+    """A stored SpecState of one node (``fleet_spec_node_state``), as a plain row."""
+
+    node_id: str
+    name: str
+    revision: int
+    running_revision: int
+    status: str
+    reason: str
+    updated_at: float
+
+
+@dataclass
+class RolloutNodeRow:
+    """A node a rollout moved (``fleet_rollout_node``), as a plain, mutable row."""
+
+    rollout_id: int
+    node_id: str
+    wave: int
+    state: str
+    pushed_at: float
+    finished_at: float = 0.0
+    reason: str = ""
+
+
 class AgentAtRevision(NamedTuple):
     """An agent of a spec on a node, as synced (for a rollout's 'done' check)."""
 
@@ -92,10 +116,13 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[i : i + _CHUNK]
 
 
-def _labels(raw: Any) -> dict[str, str]:
-    if isinstance(raw, str):
-        return dict(json.loads(raw) or {})
-    return dict(raw or {})
+# The whole-fleet reads (every node, every spec state) are raw SQL into plain rows: at
+# 10,000 nodes Tortoise's model objects cost ~0.3-0.5 s a query, the rows ~30 ms.
+_NODE_FACTS_SQL = "SELECT node_id, labels, status, daemon_address FROM fleet_node"
+_STATE_COLUMNS = "node_id, name, revision, running_revision, status, reason, updated_at"
+_STATES_SQL = f"SELECT {_STATE_COLUMNS} FROM fleet_spec_node_state"
+_ROLLOUT_NODE_COLUMNS = "rollout_id, node_id, wave, state, pushed_at, finished_at, reason"
+_ROLLOUT_NODES_SQL = f"SELECT {_ROLLOUT_NODE_COLUMNS} FROM fleet_rollout_node"
 
 
 def stale_message(spec: Spec | None, name: str, signed: int) -> str:
@@ -107,6 +134,44 @@ def stale_message(spec: Spec | None, name: str, signed: int) -> str:
 
 class SpecStore:
     """Queries and updates over the desired-state tables (see module doc)."""
+
+    def __init__(self, *, database: Database) -> None:
+        self._db = database
+        self._pg = database.backend == "postgres"
+
+    async def _select(
+        self,
+        sql: str,
+        conditions: Sequence[tuple[str, Any]],
+        *,
+        within: tuple[str, Sequence[Any]] | None = None,
+        order: str = "",
+    ) -> list[Any]:
+        """Rows of ``sql`` WHERE every ``column = value`` of ``conditions`` (and, with
+        ``within``, ``column IN (values)``, asked in chunks)."""
+
+        def where(extra: int) -> tuple[str, list[Any]]:
+            marks = [f"${i}" if self._pg else "?" for i in range(1, len(conditions) + extra + 1)]
+            terms = [f"{c} = {m}" for (c, _), m in zip(conditions, marks, strict=False)]
+            if extra:
+                assert within is not None
+                terms.append(f"{within[0]} IN ({', '.join(marks[len(conditions) :])})")
+            clause = f" WHERE {' AND '.join(terms)}" if terms else ""
+            return clause, [v for _, v in conditions]
+
+        connection = self._db.connection()
+        if within is None:
+            clause, params = where(0)
+            _, rows = await connection.execute_query(f"{sql}{clause}{order}", params)
+            return list(rows)
+        out: list[Any] = []
+        values = list(within[1])
+        for i in range(0, len(values), _CHUNK):
+            chunk = values[i : i + _CHUNK]
+            clause, params = where(len(chunk))
+            _, rows = await connection.execute_query(f"{sql}{clause}{order}", params + chunk)
+            out += rows
+        return out
 
     # ---- specs and revisions ----
 
@@ -269,17 +334,16 @@ class SpecStore:
     @db_errors_unavailable
     async def rollout_nodes(
         self, rollout_ids: Sequence[int], node_ids: Sequence[str] | None = None
-    ) -> list[RolloutNode]:
+    ) -> list[RolloutNodeRow]:
         """The nodes these rollouts moved (only those of ``node_ids`` when given)."""
-        if not rollout_ids:
-            return []
-        query = RolloutNode.filter(rollout_id__in=list(rollout_ids))
-        if node_ids is None:
-            return await query.order_by("rollout_id", "node_id")
-        rows: list[RolloutNode] = []
-        for chunk in _chunks(list(node_ids)):
-            rows += await query.filter(node_id__in=list(chunk))
-        return rows
+        rows: list[Any] = []
+        for rollout_id in rollout_ids:
+            rows += await self._select(
+                _ROLLOUT_NODES_SQL,
+                [("rollout_id", rollout_id)],
+                within=None if node_ids is None else ("node_id", node_ids),
+            )
+        return [RolloutNodeRow(*row) for row in rows]
 
     @db_errors_unavailable
     async def start_nodes(
@@ -368,29 +432,31 @@ class SpecStore:
     @db_errors_unavailable
     async def node_facts(self, node_ids: Sequence[str] | None = None) -> list[NodeFacts]:
         """Every node (or those of ``node_ids``) with labels, status and address."""
-        columns = ("node_id", "labels", "status", "daemon_address")
-        if node_ids is None:
-            rows = await Node.all().order_by("node_id").values_list(*columns)
-        else:
-            rows = []
-            for chunk in _chunks(list(node_ids)):
-                rows += await Node.filter(node_id__in=list(chunk)).values_list(*columns)
-        return [NodeFacts(r[0], _labels(r[1]), r[2], r[3]) for r in rows]
+        within = None if node_ids is None else ("node_id", node_ids)
+        rows = await self._select(_NODE_FACTS_SQL, [], within=within, order=" ORDER BY node_id")
+        parsed: dict[str, dict[str, str]] = {}  # label sets repeat across a fleet: read-only
+        out = []
+        for node_id, raw, status, address in rows:
+            if isinstance(raw, str):
+                labels = parsed.get(raw)
+                if labels is None:
+                    labels = parsed[raw] = dict(json.loads(raw) or {})
+            else:
+                labels = dict(raw or {})
+            out.append(NodeFacts(node_id, labels, status, address))
+        return out
 
     @db_errors_unavailable
     async def spec_states(
         self, *, node_ids: Sequence[str] | None = None, name: str = ""
-    ) -> list[SpecNodeState]:
+    ) -> list[SpecStateRow]:
         """Reported spec states: of some nodes, of one spec, or all."""
-        query = SpecNodeState.all()
-        if name:
-            query = query.filter(name=name)
-        if node_ids is None:
-            return await query.order_by("node_id", "name")
-        rows: list[SpecNodeState] = []
-        for chunk in _chunks(list(node_ids)):
-            rows += await query.filter(node_id__in=list(chunk))
-        return rows
+        rows = await self._select(
+            _STATES_SQL,
+            [("name", name)] if name else [],
+            within=None if node_ids is None else ("node_id", node_ids),
+        )
+        return [SpecStateRow(*row) for row in rows]
 
     @db_errors_unavailable
     async def replace_spec_states(
