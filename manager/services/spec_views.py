@@ -16,6 +16,7 @@ from ..specs.policy import Policy
 from ..specs.rollouts import Progress
 from ..store import ONLINE
 from ..store.models import (
+    ACTIVE_ROLLOUT_STATES,
     FAILED,
     NODE_DONE,
     NODE_FAILED,
@@ -134,7 +135,9 @@ def node_status(
         kind = REFUSED
     elif state is not None and reported == target_revision and state.status == STATUS_FAILED:
         kind = NODE_STATE_FAILED
-    elif row is not None and row.state == NODE_IN_PROGRESS:
+    elif (
+        row is not None and row.state == NODE_IN_PROGRESS and rollout_state in ACTIVE_ROLLOUT_STATES
+    ):
         kind = ROLLING
     elif (target_revision == 0 and state is None) or (
         state is not None
