@@ -40,8 +40,11 @@ from bench._common import (
     emit_json,
     ensure_node_certs,
     machine_info,
+    print_profile,
     print_table,
     process_cpu_seconds,
+    profile_summary,
+    py_spy,
     raise_fd_limit,
     spawn_manager,
 )
@@ -152,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="database URL for the Manager (default: SQLite)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--profile-manager", type=Path, help="py-spy the Manager during the first apply (raw)"
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
     cert_dir = args.cache_dir / "ca"
@@ -195,18 +201,20 @@ def main(argv: list[str] | None = None) -> int:
             "FLEET_CONFIG": "/dev/null",
         }
         try:
-            for label, tag, flags in applies:
+            for index, (label, tag, flags) in enumerate(applies):
                 path = spec_file(Path(tmp), tag)
                 cpu0 = process_cpu_seconds(manager.pid)
                 own0 = time.process_time()
                 kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
-                proc = subprocess.run(
-                    [console_script("fleetctl"), "--timeout", "60s", "apply", "-f", str(path),
-                     "--healthy-deadline", "5m", *flags],
-                    capture_output=True, text=True, env=env, timeout=1800,
-                    stdin=subprocess.DEVNULL,
-                )  # fmt: skip
+                profile = args.profile_manager if index == 0 else None
+                with py_spy(manager.pid, profile, delay=1.0, duration=20.0):
+                    proc = subprocess.run(
+                        [console_script("fleetctl"), "--timeout", "60s", "apply", "-f", str(path),
+                         "--healthy-deadline", "5m", *flags],
+                        capture_output=True, text=True, env=env, timeout=1800,
+                        stdin=subprocess.DEVNULL,
+                    )  # fmt: skip
                 wall = time.perf_counter() - t0
                 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
                 ctl_cpu = kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
@@ -235,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         file=out,
     )  # fmt: skip
+    if args.profile_manager is not None and args.profile_manager.exists():
+        print_profile(profile_summary(args.profile_manager), file=out, title="manager profile")
     if args.json:
         emit_json({"nodes": args.nodes, "runs": runs, "setup_s": setup, "machine": machine_info()})
     return 0 if all(r["exit_code"] == 0 and r["nodes_reached"] == args.nodes for r in runs) else 1
