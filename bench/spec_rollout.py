@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-manager", type=Path, help="py-spy the Manager during the first apply (raw)"
     )
+    parser.add_argument("--manager-log", type=Path, help="keep the Manager's log here")
     args = parser.parse_args(argv)
     raise_fd_limit()
     cert_dir = args.cache_dir / "ca"
@@ -235,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
         finally:
             fleet.close()
+            if args.manager_log is not None:
+                args.manager_log.write_text(manager.output())
     out = sys.stderr if args.json else sys.stdout
     print(f"fleetctl apply of one spec across {args.nodes:,} simulated Daemons", file=out)
     print_table(
