@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from hpack import Decoder
 
@@ -67,6 +68,7 @@ class Outcome:
     closed: bool = False
     resets: dict[int, int] = field(default_factory=dict)  # stream -> RST_STREAM code
     statuses: dict[int, str] = field(default_factory=dict)  # stream -> grpc-status name
+    messages: dict[int, str] = field(default_factory=dict)  # stream -> grpc-message
 
 
 class Peer(asyncio.Protocol):
@@ -210,8 +212,10 @@ class Peer(asyncio.Protocol):
                 self._block = None
                 for name, value in self._decoder.decode(bytes(block)):
                     key = name if isinstance(name, str) else name.decode()
-                    if key == "grpc-status":
-                        text = value if isinstance(value, str) else value.decode()
+                    text = value if isinstance(value, str) else value.decode()
+                    if key == "grpc-message":
+                        self.outcome.messages[sid] = unquote(text)
+                    elif key == "grpc-status":
                         self.outcome.statuses[sid] = _status_name(int(text))
                         self.ended.setdefault(sid, time.monotonic())
                         self.stream_windows.pop(sid, None)
@@ -451,21 +455,44 @@ class BombResult:
 
 
 async def bomb(target: Target, body: bytes, *, timeout: float = 60.0) -> BombResult:
-    """One unary call whose request message is ``body``; the status and the time the
-    server took to answer (from the last byte written)."""
-    from bench._rawh2 import RawConnection
-
-    assert target.context is not None, "the rawh2 client needs TLS"
-    connection = RawConnection(target.host, target.port, ssl_context=target.context)
+    """One unary call whose request message is ``body`` (sent as fast as the server's
+    flow control allows); its status, message and the seconds from the first byte sent
+    to the answer."""
+    peer = await Peer.open(target.host, target.port, target.context)
+    sid = 1
+    data = b"\x00" + struct.pack(">I", len(body)) + body
     started = time.monotonic()
     try:
-        await connection.unary(target.path, body, lambda raw: raw, timeout=timeout)
-        status, message = "OK", ""
-    except Exception as exc:
-        status = getattr(getattr(exc, "status", None), "name", type(exc).__name__)
-        message = getattr(exc, "message", None) or str(exc)
+        async with asyncio.timeout(timeout):
+            block = request_headers(target.path, f"{target.host}:{target.port}", None)
+            peer.write(_frame(HEADERS, END_HEADERS, sid, block))
+            peer.stream_windows[sid] = peer.initial_stream_window
+            sent = 0
+            while sent < len(data) and sid not in peer.ended and not peer.outcome.closed:
+                room = min(peer.send_window, peer.stream_windows.get(sid, 0), 16_384)
+                room = min(room, len(data) - sent)
+                if room <= 0:
+                    peer.window_changed.clear()
+                    await peer.window_changed.wait()
+                    continue
+                last = sent + room == len(data)
+                peer.write(_frame(DATA, END_STREAM if last else 0, sid, data[sent : sent + room]))
+                peer.send_window -= room
+                peer.stream_windows[sid] -= room
+                sent += room
+                await peer.drain()
+            while sid not in peer.ended and not peer.outcome.closed:
+                peer.notify.clear()
+                await peer.notify.wait()
+        status = peer.outcome.statuses.get(sid)
+        if status is None:
+            code = peer.outcome.resets.get(sid)
+            status = f"RST_STREAM({code})" if code is not None else "CLOSED"
+        message = peer.outcome.messages.get(sid, "")
+    except TimeoutError:
+        status, message = "TIMEOUT", f"no answer within {timeout:g} s"
     finally:
-        connection.close()
+        peer.close()
     return BombResult(target.path, len(body), status, message, time.monotonic() - started)
 
 
