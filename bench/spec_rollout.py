@@ -20,6 +20,7 @@ last simulated Daemon had applied the revision.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import subprocess
@@ -39,6 +40,7 @@ from bench._common import (
     console_script,
     emit_json,
     ensure_node_certs,
+    fresh_postgres,
     machine_info,
     print_profile,
     print_table,
@@ -152,7 +154,11 @@ def spec_file(directory: Path, revision_tag: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spec_rollout", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--db", help="database URL for the Manager (default: SQLite)")
+    parser.add_argument(
+        "--db",
+        help="database for the Manager (default: SQLite; a PostgreSQL URL gets a fresh "
+        "database next to the one named, dropped afterwards)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
@@ -175,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         for d in daemons:
             d.close()
 
-    with (
-        spawn_manager(cert_dir=cert_dir, db_url=args.db) as manager,
-        tempfile.TemporaryDirectory(prefix="fleet-bench-spec-") as tmp,
-    ):
+    with contextlib.ExitStack() as stack:
+        db = args.db
+        if db and db.startswith("postgres"):
+            db = stack.enter_context(fresh_postgres(db))
+        manager = stack.enter_context(spawn_manager(cert_dir=cert_dir, db_url=db))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-bench-spec-"))
         node_dir = ensure_node_certs(cert_dir, names, cache_dir=args.cache_dir)
         t = time.perf_counter()
         fleet = serve_in_thread(
