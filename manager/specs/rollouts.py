@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 # When no rollout is active, look again this often anyway (another Manager may start one).
 IDLE_INTERVAL = 30.0
+# A step reads every node of the rollout: when news keeps arriving (a thousand nodes
+# reporting), steps are spaced by at least this much, or by twice the last step's
+# duration if that is longer, so that they do not hold the database back to back.
+MIN_STEP_GAP = 0.25
 _LISTED = 10  # failed nodes named in a rollout's reason
 
 
@@ -200,14 +204,20 @@ class RolloutDriver:
             await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._closing:
             active = True
+            started = loop.time()
             try:
                 active = await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("rollouts: step failed (%s); retrying", exc)
+            took = loop.time() - started
+            gap = max(MIN_STEP_GAP, 2 * took) if active else 0.0
+            if gap and not self._closing:
+                await asyncio.sleep(gap)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._wake.wait(), self._interval if active else IDLE_INTERVAL
