@@ -41,6 +41,7 @@ from bench._common import (
     emit_json,
     ensure_node_certs,
     fresh_postgres,
+    latency_summary,
     machine_info,
     print_profile,
     print_table,
@@ -70,6 +71,7 @@ class SpecDaemon(daemon_pb.DaemonServiceBase):
         self.highest: dict[str, int] = {}
         self.first_seen: dict[int, float] = {}  # revision -> perf_counter when first applied
         self.refused = 0
+        self.sync_seconds: list[float] = []  # how long the Manager took to take each sync
         self._channel: Channel | None = None
 
     def states(self) -> list[manager_pb.AgentState]:
@@ -125,11 +127,13 @@ class SpecDaemon(daemon_pb.DaemonServiceBase):
         if self._channel is None:
             self._channel = manager_channel(self._address, self._files)
         stub = manager_pb.ManagerServiceStub(self._channel, timeout=60)
+        t0 = time.perf_counter()
         await stub.sync_agent_states(
             manager_pb.SyncAgentStatesRequest(
                 node_id=self.node_id, full=True, states=self.states(), specs=reports
             )
         )
+        self.sync_seconds.append(time.perf_counter() - t0)
 
     def close(self) -> None:
         if self._channel is not None:
@@ -212,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for index, (label, tag, flags) in enumerate(applies):
                 path = spec_file(Path(tmp), tag)
+                for d in fleet.daemons:
+                    d.sync_seconds.clear()
                 cpu0 = process_cpu_seconds(manager.pid)
                 own0 = time.process_time()
                 kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -232,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 seen = [d.first_seen.get(revision) for d in fleet.daemons]
                 reached = sum(1 for s in seen if s is not None)
                 last = max((s for s in seen if s is not None), default=t0) - t0
+                syncs = latency_summary([x for d in fleet.daemons for x in d.sync_seconds])
                 rows.append([
                     label, revision, reached, proc.returncode, wall, last,
+                    syncs["p50_ms"], syncs["p99_ms"],
                     100 * (process_cpu_seconds(manager.pid) - cpu0) / wall,
                     100 * ctl_cpu / wall, 100 * sim_cpu / wall,
                 ])  # fmt: skip
@@ -249,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stderr if args.json else sys.stdout
     print(f"fleetctl apply of one spec across {args.nodes:,} simulated Daemons", file=out)
     print_table(
-        ["apply", "rev", "nodes", "exit", "fleetctl s", "last daemon s", "mgr cpu %",
+        ["apply", "rev", "nodes", "exit", "fleetctl s", "last daemon s", "sync p50 ms",
+         "sync p99 ms", "mgr cpu %",
          "fleetctl cpu %", "daemons cpu %"],
         rows,
         file=out,
