@@ -307,9 +307,11 @@ async def flood(
                     result.frames_sent += batch
                     await peer.drain()
                     await asyncio.sleep(0)  # let replies (GOAWAY) in
-                with _suppress_timeout():
+                with _suppress_timeout():  # the GOAWAY (or the close) may still be coming
                     async with asyncio.timeout(2.0):
-                        await peer.closed
+                        while not peer.is_closed:
+                            peer.notify.clear()
+                            await peer.notify.wait()
                 peer.close()
                 result.frames_before_goaway.append(sent)
                 result.goaway_codes.append(peer.outcome.goaway_code)

@@ -74,6 +74,8 @@ _FEED_SLICE = 16 * 1024
 # Bytes fed per connection per event loop turn (see _ShieldedProtocol._feed).
 _FEED_PER_TURN = 64 * 1024
 _LOG_INTERVAL = 10.0
+# Seconds between a GOAWAY for abuse and closing the socket (see _ShieldedProcessor.calm).
+_LINGER = 1.0
 # Memory handed back (malloc_trim) after _TRIM_AFTER bytes of requests were held and
 # released, once the server holds at most _TRIM_LOW, _TRIM_DELAY seconds later.
 _TRIM_AFTER = 16 * 1024 * 1024
@@ -284,6 +286,7 @@ class ShieldedConnection(grpclib.protocol.Connection):
     ) -> None:  # fmt: skip
         super().__init__(connection, transport, config=config)
         self.h2 = connection
+        self.transport = transport
         self.shield = shield
         self.peer = peer  # the budget and cool-down key
         self.label = label  # for log lines: address and identity
@@ -451,7 +454,13 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
         return True
 
     def calm(self, key: str, reason: str, debug: bytes) -> None:
-        """GOAWAY(ENHANCE_YOUR_CALM), close the connection, log; nothing more is processed."""
+        """GOAWAY(ENHANCE_YOUR_CALM), stop serving and reading, log; close a moment later.
+
+        The pause before closing is a lingering close: a peer still sending when the
+        socket closed would get a TCP reset, and with it lose the GOAWAY that tells it
+        (and its operator) why. Its handlers are cancelled and its charges returned at
+        once; reading is paused, so what it sends meanwhile costs nothing.
+        """
         if self.abused:
             return
         self.abused = True
@@ -460,10 +469,15 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
             connection.h2.close_connection(
                 error_code=ErrorCodes.ENHANCE_YOUR_CALM, additional_data=debug
             )
-        if not connection.is_closing():
-            connection.flush()
         connection.shield.offended(key, connection.peer, connection.label, reason)
-        self.close(f"closed for abuse: {reason}")
+        if connection.is_closing():
+            self.close(f"closed for abuse: {reason}")
+            return
+        connection.flush()
+        connection.transport.pause_reading()
+        self.handler.close()  # cancels every handler task of this connection
+        connection.release_all()
+        asyncio.get_running_loop().call_later(_LINGER, self.close, f"closed for abuse: {reason}")
 
     def close(self, reason: str = "Connection closed") -> None:
         super().close(reason)
