@@ -40,12 +40,32 @@ def check_id(field: str, value: str) -> str:
     return value
 
 
+# What free text may not hold: C0 controls but tab, DEL and C1 controls (terminal escapes,
+# NUL, line breaks), and the characters that make text display as something else — the
+# bidirectional embeddings, overrides and isolates of "Trojan Source" (U+202A–U+202E,
+# U+2066–U+2069) and the Unicode line and paragraph separators (U+2028, U+2029), which
+# break a table row like a newline. Bidi *marks* (U+200E, U+200F, U+061C) stay allowed:
+# right-to-left text needs them and they reorder nothing around them.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_DISGUISE = re.compile("[\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
 def check_text(field: str, value: str, *, max_len: int = MAX_TEXT_LEN) -> str:
-    """A free-text field: bounded, no NUL or control characters."""
+    """A free-text field: bounded; no control characters (C0 but tab, DEL, C1) and no
+    bidi overrides or line separators, which could disguise what fleetctl shows."""
     if len(value) > max_len:
         raise InvalidArgument(f"{field} is {len(value)} characters long (max {max_len})")
-    if any(ord(c) < 32 and c not in "\t" for c in value):
+    if value.isprintable():
+        # The common case at C speed: every character refused below is non-printable.
+        return value
+    if _CONTROL.search(value):
         raise InvalidArgument(f"{field} contains control characters")
+    found = _DISGUISE.search(value)
+    if found:
+        raise InvalidArgument(
+            f"{field} contains U+{ord(found.group()):04X}, a bidirectional override or "
+            "line separator character"
+        )
     return value
 
 
