@@ -21,8 +21,9 @@ What a node should hold is decided by :mod:`manager.specs.desired`; this module 
   again until it registers anew.
 
 Reported spec states come in through :meth:`node_synced` and are written only when they
-differ from what was recorded last (kept in memory per node), so the periodic full syncs
-of a settled fleet cost no database write. Nothing here is on the heartbeat path.
+differ from what this Manager recorded last (kept in memory per node), so the periodic
+full syncs of a settled fleet cost no database write; the writes of concurrent nodes are
+group-committed (SpecStore.replace_spec_states). Nothing here is on the heartbeat path.
 """
 
 from __future__ import annotations
@@ -336,17 +337,11 @@ class SpecController:
     async def _record(
         self, node_id: str, states: Collection[SpecStateRecord], *, only_if_changed: bool
     ) -> bool:
-        """Store a node's complete spec states; True if they differ from the last ones."""
+        """Store a node's complete spec states; True if they differ from the last ones
+        recorded (or none were recorded by this Manager yet)."""
         key = _states_key(states)
         last = self._reported.get(node_id)
-        if last is None and only_if_changed:
-            rows = await self._store.spec_states(node_ids=[node_id])
-            last = _states_key(
-                SpecStateRecord(r.name, r.revision, r.status, r.reason, r.running_revision)
-                for r in rows
-            )
         if only_if_changed and last == key:
-            self._reported[node_id] = key
             return False
         await self._store.replace_spec_states(node_id, list(key), self._clock())
         self._reported[node_id] = key

@@ -10,6 +10,7 @@ apply interrupted cannot later be marked succeeded.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,9 +21,10 @@ from tortoise.exceptions import IntegrityError
 from tortoise.functions import Max
 from tortoise.transactions import in_transaction
 
-from common.errors import FailedPrecondition
+from common.errors import FailedPrecondition, Unavailable
 
-from .database import Database, db_errors_unavailable
+from .database import DB_ERRORS, Database, db_errors_unavailable
+from .group_commit import GroupCommit
 from .models import (
     ACTIVE_ROLLOUT_STATES,
     DELETE,
@@ -35,7 +37,6 @@ from .models import (
     Rollout,
     RolloutNode,
     Spec,
-    SpecNodeState,
     SpecRevision,
 )
 
@@ -111,6 +112,20 @@ class AgentAtRevision(NamedTuple):
     spec_revision: int
 
 
+@dataclass(frozen=True)
+class _StatesWrite:
+    node_id: str
+    states: tuple[SpecStateRecord, ...]
+    now: float
+
+
+@functools.lru_cache(maxsize=2)
+def _insert_states_sql(pg: bool) -> str:
+    columns = ("node_id", "name", "revision", "running_revision", "status", "reason", "updated_at")
+    marks = ", ".join(f"${i}" if pg else "?" for i in range(1, len(columns) + 1))
+    return f"INSERT INTO fleet_spec_node_state ({', '.join(columns)}) VALUES ({marks})"
+
+
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
@@ -138,6 +153,12 @@ class SpecStore:
     def __init__(self, *, database: Database) -> None:
         self._db = database
         self._pg = database.backend == "postgres"
+        self._state_writes: GroupCommit[_StatesWrite, None] = GroupCommit(
+            self._write_states,
+            key=lambda item: item.node_id,
+            max_batch=_CHUNK,
+            name="spec-state-writer",
+        )
 
     async def _select(
         self,
@@ -372,12 +393,19 @@ class SpecStore:
     async def finish_nodes(
         self, rollout_id: int, outcomes: Sequence[tuple[str, str, str]], now: float
     ) -> None:
-        """Set (node, state, reason) of nodes still in progress."""
-        async with in_transaction():
-            for node_id, state, reason in outcomes:
-                await RolloutNode.filter(
-                    rollout_id=rollout_id, node_id=node_id, state=NODE_IN_PROGRESS
-                ).update(state=state, reason=reason[:1024], finished_at=now)
+        """Set (node, state, reason) of nodes still in progress (one executemany)."""
+        marks = [f"${i}" if self._pg else "?" for i in range(1, 7)]
+        sql = (
+            f"UPDATE fleet_rollout_node SET state={marks[0]}, reason={marks[1]}, "
+            f"finished_at={marks[2]} WHERE rollout_id={marks[3]} AND node_id={marks[4]} "
+            f"AND state={marks[5]}"
+        )
+        params = [
+            [state, reason[:1024], now, rollout_id, node_id, NODE_IN_PROGRESS]
+            for node_id, state, reason in outcomes
+        ]
+        async with in_transaction() as tx:
+            await tx.execute_many(sql, params)
             await Rollout.filter(id=rollout_id).update(updated_at=now)
 
     @db_errors_unavailable
@@ -462,24 +490,34 @@ class SpecStore:
     async def replace_spec_states(
         self, node_id: str, states: Sequence[SpecStateRecord], now: float
     ) -> None:
-        """A node's complete set of spec states (specs it no longer reports are removed)."""
-        async with in_transaction():
-            existing = {s.name: s for s in await SpecNodeState.filter(node_id=node_id)}
-            for state in states:
-                values: dict[str, Any] = {
-                    "revision": state.revision,
-                    "running_revision": state.running_revision,
-                    "status": state.status,
-                    "reason": state.reason[:1024],
-                    "updated_at": now,
-                }
-                row = existing.pop(state.name, None)
-                if row is None:
-                    await SpecNodeState.create(node_id=node_id, name=state.name, **values)
-                else:
-                    await SpecNodeState.filter(id=row.id).update(**values)
-            if existing:
-                await SpecNodeState.filter(id__in=[r.id for r in existing.values()]).delete()
+        """A node's complete set of spec states (specs it no longer reports are removed).
+
+        Concurrent calls (every ApplySpecs reply, changed full syncs) are written together
+        by group commit: one transaction per batch with one DELETE and one executemany
+        INSERT, and this returns once the node's batch committed.
+        """
+        await self._state_writes.submit(_StatesWrite(node_id, tuple(states), now))
+
+    async def _write_states(self, items: list[_StatesWrite]) -> list[BaseException | None]:
+        pg = self._pg
+        ids = [item.node_id for item in items]
+        marks = ", ".join(f"${i}" if pg else "?" for i in range(1, len(ids) + 1))
+        rows = [
+            [item.node_id, s.name, s.revision, s.running_revision, s.status, s.reason, item.now]
+            for item in items
+            for s in item.states
+        ]
+        try:
+            async with in_transaction() as tx:
+                await tx.execute_query(
+                    f"DELETE FROM fleet_spec_node_state WHERE node_id IN ({marks})", ids
+                )
+                if rows:
+                    await tx.execute_many(_insert_states_sql(pg), rows)
+        except DB_ERRORS as exc:
+            log.warning("database error writing spec states of %d nodes: %s", len(items), exc)
+            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
+        return [None for _ in items]
 
     @db_errors_unavailable
     async def spec_agents(
