@@ -309,7 +309,8 @@ class SpecController:
             # A spec just removed may be reported with revision 0: it holds nothing.
             if s.name and (s.revision > 0 or s.running_revision > 0)
         ]
-        await self._record(node_id, states, only_if_changed=False)
+        # The Daemon's own sync of the same states may have arrived first.
+        await self._record(node_id, states, only_if_changed=True)
         self._on_reported(node_id)
 
     def _retry(self, node_id: str, why: str) -> None:
