@@ -10,12 +10,10 @@ apply interrupted cannot later be marked succeeded.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Max
@@ -39,105 +37,24 @@ from .models import (
     Spec,
     SpecRevision,
 )
+from .spec_rows import (
+    CHUNK,
+    NODE_FACTS_SQL,
+    ROLLOUT_NODES_SQL,
+    STATES_SQL,
+    AgentAtRevision,
+    NewRevision,
+    NodeFacts,
+    RolloutNodeRow,
+    SpecStateRecord,
+    SpecStateRow,
+    StatesWrite,
+    chunks,
+    insert_states_sql,
+    select_rows,
+)
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 500  # ids per IN (…): well under both backends' parameter limits
-
-
-@dataclass(frozen=True)
-class NewRevision:
-    """A revision to store: the signed envelope, who signed it and who sent it."""
-
-    name: str
-    revision: int
-    kind: str
-    payload: bytes
-    signature: bytes
-    signer_cert: bytes
-    signed_by: str
-    applied_by: str
-
-
-@dataclass(frozen=True)
-class SpecStateRecord:
-    """One SpecState as a Daemon reported it (SyncAgentStates, ApplySpecs reply)."""
-
-    name: str
-    revision: int
-    status: str
-    reason: str = ""
-    running_revision: int = 0
-
-
-class NodeFacts(NamedTuple):
-    """What the controller needs of a node: who, its labels, liveness and address."""
-
-    node_id: str
-    labels: dict[str, str]
-    status: str
-    address: str
-
-
-class SpecStateRow(NamedTuple):
-    """A stored SpecState of one node (``fleet_spec_node_state``), as a plain row."""
-
-    node_id: str
-    name: str
-    revision: int
-    running_revision: int
-    status: str
-    reason: str
-    updated_at: float
-
-
-@dataclass
-class RolloutNodeRow:
-    """A node a rollout moved (``fleet_rollout_node``), as a plain, mutable row."""
-
-    rollout_id: int
-    node_id: str
-    wave: int
-    state: str
-    pushed_at: float
-    finished_at: float = 0.0
-    reason: str = ""
-
-
-class AgentAtRevision(NamedTuple):
-    """An agent of a spec on a node, as synced (for a rollout's 'done' check)."""
-
-    agent_id: str
-    status: str
-    spec_revision: int
-
-
-@dataclass(frozen=True)
-class _StatesWrite:
-    node_id: str
-    states: tuple[SpecStateRecord, ...]
-    now: float
-
-
-@functools.lru_cache(maxsize=2)
-def _insert_states_sql(pg: bool) -> str:
-    columns = ("node_id", "name", "revision", "running_revision", "status", "reason", "updated_at")
-    marks = ", ".join(f"${i}" if pg else "?" for i in range(1, len(columns) + 1))
-    return f"INSERT INTO fleet_spec_node_state ({', '.join(columns)}) VALUES ({marks})"
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
-
-
-# The whole-fleet reads (every node, every spec state) are raw SQL into plain rows: at
-# 10,000 nodes Tortoise's model objects cost ~0.3-0.5 s a query, the rows ~30 ms.
-_NODE_FACTS_SQL = "SELECT node_id, labels, status, daemon_address FROM fleet_node"
-_STATE_COLUMNS = "node_id, name, revision, running_revision, status, reason, updated_at"
-_STATES_SQL = f"SELECT {_STATE_COLUMNS} FROM fleet_spec_node_state"
-_ROLLOUT_NODE_COLUMNS = "rollout_id, node_id, wave, state, pushed_at, finished_at, reason"
-_ROLLOUT_NODES_SQL = f"SELECT {_ROLLOUT_NODE_COLUMNS} FROM fleet_rollout_node"
 
 
 def stale_message(spec: Spec | None, name: str, signed: int) -> str:
@@ -153,14 +70,14 @@ class SpecStore:
     def __init__(self, *, database: Database) -> None:
         self._db = database
         self._pg = database.backend == "postgres"
-        self._state_writes: GroupCommit[_StatesWrite, None] = GroupCommit(
+        self._state_writes: GroupCommit[StatesWrite, None] = GroupCommit(
             self._write_states,
             key=lambda item: item.node_id,
-            max_batch=_CHUNK,
+            max_batch=CHUNK,
             name="spec-state-writer",
         )
 
-    async def _select(
+    async def _rows(
         self,
         sql: str,
         conditions: Sequence[tuple[str, Any]],
@@ -168,31 +85,9 @@ class SpecStore:
         within: tuple[str, Sequence[Any]] | None = None,
         order: str = "",
     ) -> list[Any]:
-        """Rows of ``sql`` WHERE every ``column = value`` of ``conditions`` (and, with
-        ``within``, ``column IN (values)``, asked in chunks)."""
-
-        def where(extra: int) -> tuple[str, list[Any]]:
-            marks = [f"${i}" if self._pg else "?" for i in range(1, len(conditions) + extra + 1)]
-            terms = [f"{c} = {m}" for (c, _), m in zip(conditions, marks, strict=False)]
-            if extra:
-                assert within is not None
-                terms.append(f"{within[0]} IN ({', '.join(marks[len(conditions) :])})")
-            clause = f" WHERE {' AND '.join(terms)}" if terms else ""
-            return clause, [v for _, v in conditions]
-
-        connection = self._db.connection()
-        if within is None:
-            clause, params = where(0)
-            _, rows = await connection.execute_query(f"{sql}{clause}{order}", params)
-            return list(rows)
-        out: list[Any] = []
-        values = list(within[1])
-        for i in range(0, len(values), _CHUNK):
-            chunk = values[i : i + _CHUNK]
-            clause, params = where(len(chunk))
-            _, rows = await connection.execute_query(f"{sql}{clause}{order}", params + chunk)
-            out += rows
-        return out
+        return await select_rows(
+            self._db.connection(), self._pg, sql, conditions, within=within, order=order
+        )
 
     # ---- specs and revisions ----
 
@@ -333,7 +228,7 @@ class SpecStore:
     async def latest_rollouts(self, names: Sequence[str]) -> dict[str, Rollout]:
         """The latest rollout of each spec named (specs without one are absent)."""
         latest: dict[str, Rollout] = {}
-        for chunk in _chunks(list(names)):
+        for chunk in chunks(list(names)):
             ids = (
                 await Rollout.filter(spec__in=list(chunk))
                 .annotate(last=Max("id"))
@@ -359,8 +254,8 @@ class SpecStore:
         """The nodes these rollouts moved (only those of ``node_ids`` when given)."""
         rows: list[Any] = []
         for rollout_id in rollout_ids:
-            rows += await self._select(
-                _ROLLOUT_NODES_SQL,
+            rows += await self._rows(
+                ROLLOUT_NODES_SQL,
                 [("rollout_id", rollout_id)],
                 within=None if node_ids is None else ("node_id", node_ids),
             )
@@ -461,7 +356,7 @@ class SpecStore:
     async def node_facts(self, node_ids: Sequence[str] | None = None) -> list[NodeFacts]:
         """Every node (or those of ``node_ids``) with labels, status and address."""
         within = None if node_ids is None else ("node_id", node_ids)
-        rows = await self._select(_NODE_FACTS_SQL, [], within=within, order=" ORDER BY node_id")
+        rows = await self._rows(NODE_FACTS_SQL, [], within=within, order=" ORDER BY node_id")
         parsed: dict[str, dict[str, str]] = {}  # label sets repeat across a fleet: read-only
         out = []
         for node_id, raw, status, address in rows:
@@ -479,8 +374,8 @@ class SpecStore:
         self, *, node_ids: Sequence[str] | None = None, name: str = ""
     ) -> list[SpecStateRow]:
         """Reported spec states: of some nodes, of one spec, or all."""
-        rows = await self._select(
-            _STATES_SQL,
+        rows = await self._rows(
+            STATES_SQL,
             [("name", name)] if name else [],
             within=None if node_ids is None else ("node_id", node_ids),
         )
@@ -496,9 +391,9 @@ class SpecStore:
         by group commit: one transaction per batch with one DELETE and one executemany
         INSERT, and this returns once the node's batch committed.
         """
-        await self._state_writes.submit(_StatesWrite(node_id, tuple(states), now))
+        await self._state_writes.submit(StatesWrite(node_id, tuple(states), now))
 
-    async def _write_states(self, items: list[_StatesWrite]) -> list[BaseException | None]:
+    async def _write_states(self, items: list[StatesWrite]) -> list[BaseException | None]:
         pg = self._pg
         ids = [item.node_id for item in items]
         marks = ", ".join(f"${i}" if pg else "?" for i in range(1, len(ids) + 1))
@@ -513,7 +408,7 @@ class SpecStore:
                     f"DELETE FROM fleet_spec_node_state WHERE node_id IN ({marks})", ids
                 )
                 if rows:
-                    await tx.execute_many(_insert_states_sql(pg), rows)
+                    await tx.execute_many(insert_states_sql(pg), rows)
         except DB_ERRORS as exc:
             log.warning("database error writing spec states of %d nodes: %s", len(items), exc)
             return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
@@ -525,7 +420,7 @@ class SpecStore:
     ) -> dict[str, dict[str, AgentAtRevision]]:
         """node → agent id → (status, revision) of the synced agents of spec ``name``."""
         out: dict[str, dict[str, AgentAtRevision]] = {}
-        for chunk in _chunks(list(node_ids)):
+        for chunk in chunks(list(node_ids)):
             rows = await Agent.filter(spec=name, node_id__in=list(chunk)).values_list(
                 "node_id", "agent_id", "status", "spec_revision"
             )
