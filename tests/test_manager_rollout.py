@@ -706,3 +706,43 @@ def test_new_and_relabelled_nodes_converge_on_registration(
             assert agents.agents == []
 
     run_with_manager(tmp_path, fleet_certs, scenario, grace=10)
+
+
+def test_a_new_apply_supersedes_a_running_rollout(tmp_path: Path, fleet_certs: Path) -> None:
+    async def scenario(mgr: ManagerProc) -> None:
+        async with fleet_of(fleet_certs, mgr) as fleet:
+            nodes = ("n1", "n2", "n3")
+            for node_id in nodes:
+                await fleet.add(node_id, {"role": "web"})
+            await fleet.apply(spec_document("web", 1, [WEB], labels={"role": "web"}))
+            await fleet.wait_states("web", converged(1, *nodes))
+            release = asyncio.Event()
+            for daemon in fleet.daemons.values():
+                daemon.hold = release
+            await fleet.apply(
+                spec_document("web", 2, [WEB2], labels={"role": "web"}),
+                policy=admin_pb.RolloutPolicy(max_unavailable="1"),
+            )
+            n1 = fleet.daemons["n1"]
+            await until(lambda: n1.offered("web", 2), "n1 offered web@2")
+            # Revision 3 while n1 is moving to 2 and n2, n3 still run 1.
+            web3 = dict(WEB2, start_seconds="2s")
+            reply = await fleet.apply(
+                spec_document("web", 3, [web3], labels={"role": "web"}),
+                policy=admin_pb.RolloutPolicy(max_unavailable="1"),
+            )
+            assert (reply.rollout.revision, reply.rollout.from_revision) == (3, 2)
+            assert "rollout of web revision 2 interrupted: superseded by revision 3" in (
+                mgr.output()
+            )
+            release.set()
+            rollout = await fleet.wait_rollout("web", "succeeded")
+            assert rollout.revision == 3 and (rollout.total, rollout.done) == (3, 3)
+            await fleet.wait_states("web", converged(3, *nodes))
+            for daemon in fleet.daemons.values():
+                offered = [offer["web"] for offer in daemon.offers if "web" in offer]
+                assert offered == sorted(offered), (daemon.node_id, offered)  # never back
+                assert daemon.holds("web") == (3, "APPLIED", 3)
+            assert fleet.watch.max_changing == 1
+
+    run_with_manager(tmp_path, fleet_certs, scenario, grace=10)
