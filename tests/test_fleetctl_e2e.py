@@ -62,6 +62,8 @@ AGENT_KEYS = [
     "last_exit_code",
     "updated_at",
     "node_status",
+    "spec",
+    "spec_revision",
 ]
 
 
@@ -240,7 +242,9 @@ def test_agents_list_table_json_and_filters(fleet: Fleet) -> None:
     result = cli(fleet, "agents", "list")
     assert result.exit_code == 0, result.output
     rows = table(result.stdout)
-    assert rows[0] == ["NODE", "AGENT", "TYPE", "STATUS", "PID", "RESTARTS", "UPTIME", "HEARTBEAT"]
+    assert rows[0] == [
+        "NODE", "AGENT", "TYPE", "STATUS", "PID", "RESTARTS", "UPTIME", "HEARTBEAT", "SPEC",
+    ]  # fmt: skip
     pairs = [(r[0], r[1]) for r in rows[1:]]
     assert pairs == sorted(pairs) and ("node-b", "cfg") in pairs
     agents = ok_json(fleet, "agents", "list", "node-b")
