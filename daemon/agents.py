@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -24,17 +23,21 @@ from common.errors import (
     Unavailable,
 )
 
+from .adoption import Found, Marker, find_marked, reckon
 from .history import GroupSampler, History
+from .jsonlimits import JSONLimits, parse_object
 from .process import LogFile, ManagedProcess, same_process
 from .reconcile import ADDED, REMOVED, Change, Desired, Result, plan
 from .state import AgentRecord, StateStore
 from .supervisor import ACTIVE, RUNNING, AgentRunner
+from .textsafe import MAX_REASON_LEN, check_label
 
 log = logging.getLogger(__name__)
 
 OPERATIONS = ("start", "stop", "restart")
 _HOUSEKEEPING_SECONDS = 1.0
 _ROTATE_EVERY = 2
+_SAVE_ERROR_LOG_EVERY = 60.0  # seconds between "cannot write agent state" lines
 
 
 class UpdateFailed(Exception):
@@ -51,12 +54,20 @@ class Agents:
         state_dir: Path,
         base_env: Mapping[str, str],
         history: History,
+        marker: Marker,
+        update_limits: JSONLimits | None = None,
         stop_on_exit: bool = True,
         check_peer: bool = True,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._desired = tuple(desired)
         self._store = StateStore(path=state_dir / "agents.json")
+        self._marker = marker
+        self._update_limits = update_limits or JSONLimits()
+        # Failed saves since the last line logged about them, and when that was (a full
+        # disk fails every save: one line a minute, not one per state change).
+        self._save_failures = 0
+        self._save_logged = 0.0
         self._log_dir = state_dir / "logs"
         self._base_env = dict(base_env)
         self.history = history
@@ -73,20 +84,37 @@ class Agents:
     # ---- lifecycle ----
 
     async def start(self) -> None:
-        """Re-adopt agents that outlived the last Daemon, autostart the others."""
+        """Re-adopt agents that outlived the last Daemon, autostart the others.
+
+        The processes to re-adopt are found both from ``agents.json`` and by the mark
+        every spawn carries (:mod:`daemon.adoption`), so a stale or missing state file
+        never makes a second copy of an agent: a marked process is adopted even when the
+        file names another pid (or nothing), other copies of it are stopped, and so are
+        marked agents no longer configured.
+        """
         if self._started:
             raise RuntimeError("Agents already started")
         self._started = True
         self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         records = self._store.load()
+        found = await asyncio.to_thread(find_marked, self._marker)
         for desired in self._desired:
             self.runners[desired.id] = self._runner(desired, records.get(desired.id))
+        reckoning = reckon(found, wanted=set(self.runners), recorded=records)
         for stale in set(records) - set(self.runners):
             self._stop_orphan(stale, records[stale])
+        for extra in reckoning.unconfigured:
+            self._stop_orphan(extra.agent_id, _record_of(extra))
         starting = []
         changed = []
         for runner in self.runners.values():
-            proc = ManagedProcess.adopt(runner.record.pid, runner.record.create_time)
+            hit = reckoning.adopt.get(runner.id)
+            if hit is not None:
+                proc = ManagedProcess.adopt(hit.pid, hit.create_time)
+                if proc is not None:
+                    self._take_over(runner, hit)
+            else:
+                proc = ManagedProcess.adopt(runner.record.pid, runner.record.create_time)
             if proc is not None:
                 log.info("agent %s: re-adopting pid %d", runner.id, proc.pid)
                 runner.adopt(proc)
@@ -107,6 +135,10 @@ class Agents:
                     starting.append(runner)
         self._save()
         self._tasks = [
+            asyncio.create_task(self._stop_duplicate(d), name=f"duplicate-{d.agent_id}-{d.pid}")
+            for d in reckoning.duplicates
+        ]
+        self._tasks += [
             asyncio.create_task(self._autostart(r), name=f"autostart-{r.id}") for r in starting
         ]
         self._tasks += [
@@ -114,6 +146,38 @@ class Agents:
         ]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="agents-housekeeping"))
         self._tasks.append(asyncio.create_task(self._sampling(), name="agents-sampling"))
+
+    @staticmethod
+    def _take_over(runner: AgentRunner, hit: Found) -> None:
+        """Make ``runner``'s record describe the marked process ``hit`` it adopts."""
+        record = runner.record
+        if (record.pid, record.token) != (hit.pid, hit.token):
+            log.warning(
+                "agent %s: agents.json names pid %d, but its process is pid %d (found by "
+                "its mark; the state file was stale): adopting pid %d",
+                runner.id,
+                record.pid,
+                hit.pid,
+                hit.pid,
+            )
+            record.start_time = int(hit.create_time)
+        record.pid, record.create_time = hit.pid, hit.create_time
+        record.token, record.spec_hash = hit.token, hit.spec_hash
+        record.held_stopped = False  # it runs: the last word was to run it
+
+    async def _stop_duplicate(self, found: Found) -> None:
+        # A copy of an agent the Daemon had lost track of, beside the one it adopted.
+        proc = ManagedProcess.adopt(found.pid, found.create_time)
+        runner = self.runners.get(found.agent_id)
+        if proc is None or runner is None:
+            return
+        log.warning(
+            "agent %s: pid %d is a second copy (an earlier spawn the Daemon lost track of): "
+            "stopping it",
+            found.agent_id,
+            found.pid,
+        )
+        await proc.stop(runner.spec.stop_signum, runner.spec.stop_timeout)
 
     def _stop_orphan(self, agent_id: str, record: AgentRecord) -> None:
         # An agent removed from the config while the Daemon was down: it must not run on
@@ -134,6 +198,7 @@ class Agents:
             log_dir=self._log_dir,
             base_env=self._base_env,
             on_change=self._changed,
+            marker=self._marker,
             origin=desired.origin,
         )
 
@@ -199,10 +264,29 @@ class Agents:
         self._notify()
 
     def _save(self) -> None:
+        """Persist the records; never raises. Supervision does not depend on it: what
+        runs is tracked in memory, and a Daemon restarted after failed saves finds its
+        agents by their marks (:mod:`daemon.adoption`)."""
         try:
             self._store.save({r.id: r.record for r in self.runners.values()})
-        except OSError as exc:
-            log.error("cannot write agent state: %s", exc)
+        except Exception as exc:
+            now = time.monotonic()
+            if self._save_failures and now - self._save_logged < _SAVE_ERROR_LOG_EVERY:
+                self._save_failures += 1
+                return
+            log.error(
+                "cannot write agent state (%d failed save(s) in the last %.0fs; agents are "
+                "still supervised): %s",
+                self._save_failures + 1,
+                now - self._save_logged if self._save_failures else 0,
+                exc,
+            )
+            self._save_logged = now
+            self._save_failures = 1
+        else:
+            if self._save_failures:
+                log.info("agent state written again after failed saves")
+                self._save_failures = 0
 
     # ---- queries ----
 
@@ -222,6 +306,9 @@ class Agents:
 
     def set_stop_on_exit(self, value: bool) -> None:
         self._stop_on_exit = value
+
+    def set_update_limits(self, limits: JSONLimits) -> None:
+        self._update_limits = limits
 
     # ---- reconciling ----
 
@@ -340,12 +427,11 @@ class Agents:
         runner = self.get(agent_id)
         new_config: dict[str, Any] | None = None
         if config_json:
-            try:
-                new_config = json.loads(config_json)
-            except ValueError as exc:
-                raise InvalidArgument(f"config_json is not valid JSON: {exc}") from None
-            if not isinstance(new_config, dict):
-                raise InvalidArgument("config_json must be a JSON object")
+            new_config = parse_object("config_json", config_json, self._update_limits)
+        if version:
+            # Refused when no report could carry it; stored when only longer than what
+            # the Manager keeps (64, the Manager's own PushUpdate bound): reported cut.
+            check_label("version", version, max_len=MAX_REASON_LEN)
         if new_config is None and not version and not restart:
             raise InvalidArgument("update carries no config, no version and no restart")
         async with runner.lock:
@@ -442,6 +528,10 @@ class Agents:
 def _rotate_all(files: list[LogFile]) -> None:
     for f in files:
         f.rotate_if_needed()
+
+
+def _record_of(found: Found) -> AgentRecord:
+    return AgentRecord(pid=found.pid, create_time=found.create_time, token=found.token)
 
 
 def _pgid(pid: int) -> int:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
-import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from common.rpc import GuardedService, Transport, wait_server_closed
 from common.specdoc import SpecError, load_ca_certs
 from common.tls import TLSFiles, client_context, server_context, warn_insecure
 
+from .adoption import Marker
 from .agents import Agents
 from .config import DaemonConfig, split_hostport
 from .desired import ConfigLoader, DesiredState, ReloadOutcome, initial
@@ -35,50 +34,15 @@ from .manager_client import ManagerClient, NodeIdentity
 from .metrics_http import MetricsServer, counter, gauge
 from .outbox import Outbox
 from .services import agent_service, control_service
+from .sockdir import UnsafeSocketPath, agent_socket_path, prepare_socket_dir
 from .specs import SpecBook
 from .supervisor import ACTIVE, AgentRunner
 
 log = logging.getLogger(__name__)
 
-_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
-_SHARED_DIRS = frozenset({"/", "/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm"})
-
 
 class StartupError(Exception):
     """The Daemon cannot start (bad socket directory, unreadable certificate…)."""
-
-
-def agent_socket_path(config: DaemonConfig) -> Path:
-    """The configured socket, or ``<state_dir>/run/agent.sock`` (a short /tmp path
-    when that would exceed the Unix socket path limit)."""
-    if config.agent_socket:
-        return Path(config.agent_socket)
-    path = config.state_dir / "run" / "agent.sock"
-    if len(str(path)) <= _MAX_SOCKET_PATH:
-        return path
-    digest = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"fleet-daemon-{os.getuid()}" / f"{digest}" / "agent.sock"
-
-
-def prepare_socket_dir(path: Path) -> None:
-    """Create (or tighten) the socket's directory to 0700, owned by us."""
-    directory = path.parent
-    if str(directory) in _SHARED_DIRS:
-        raise StartupError(
-            f"agent socket {path} must be in a directory of its own, not {directory}"
-        )
-    if len(str(path)) > 107:
-        raise StartupError(f"agent socket path {path} is longer than the 107-byte limit")
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = directory.stat()
-    if st.st_uid != os.getuid():
-        raise StartupError(f"agent socket directory {directory} is not owned by this user")
-    os.chmod(directory, 0o700)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()  # left over from a Daemon that did not exit cleanly
-        else:
-            raise StartupError(f"{path} exists and is not a socket")
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -181,6 +145,8 @@ class DaemonApp:
             state_dir=cfg.state_dir,
             base_env=env,
             history=history,
+            marker=await asyncio.to_thread(Marker.load, cfg.state_dir),
+            update_limits=cfg.update_limits,
             stop_on_exit=cfg.stop_agents_on_exit,
             check_peer=cfg.agent_check_peer,
             on_change=self._agents_changed,
@@ -218,7 +184,10 @@ class DaemonApp:
         self._control = control_server
         self.grpc_port = _bound_port(self._control)
 
-        prepare_socket_dir(self.socket_path)
+        try:
+            prepare_socket_dir(self.socket_path)
+        except UnsafeSocketPath as exc:
+            raise StartupError(str(exc)) from None
         local_server = Server(
             [
                 GuardedService(
@@ -299,6 +268,8 @@ class DaemonApp:
             self._set_log_level(new.log_level)
         if new.stop_agents_on_exit != old.stop_agents_on_exit and self.agents is not None:
             self.agents.set_stop_on_exit(new.stop_agents_on_exit)
+        if new.update_limits != old.update_limits and self.agents is not None:
+            self.agents.set_update_limits(new.update_limits)
 
     def close(self) -> None:
         """Stop taking requests; agents are stopped (or left running) in wait_closed."""

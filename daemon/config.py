@@ -23,8 +23,12 @@ from common.agentspec import (
     parse_agent,
     parse_duration_value,
 )
+from common.errors import InvalidArgument
+from common.validate import check_labels
 
 from . import tomlpos
+from .jsonlimits import JSONLimits
+from .textsafe import MAX_LABEL_LEN, check_label
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -77,6 +81,8 @@ class DaemonConfig:
     advertise: str = ""
     agent_socket: str = ""
     agent_check_peer: bool = True
+    # Where the agent socket goes when <state_dir>/run/agent.sock is too long for one.
+    agent_fallback_dir: str = "/tmp"
     http_listen: str = ""
     history_interval: float = 10.0
     history_retention: float = 86400.0
@@ -85,6 +91,7 @@ class DaemonConfig:
     log_level: str = "info"
     agents: tuple[AgentSpec, ...] = ()
     specs: SpecPolicy = field(default_factory=SpecPolicy)
+    update_limits: JSONLimits = field(default_factory=JSONLimits)
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.node_id):
@@ -119,11 +126,24 @@ class DaemonConfig:
             raise ConfigError("key 'outbox.max_reports' must be >= 1")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"key 'log.level' must be one of {', '.join(LOG_LEVELS)}")
+        if not Path(self.agent_fallback_dir).is_absolute():
+            raise ConfigError("key 'agent_api.fallback_dir' must be an absolute path")
+        # What the Daemon reports must be what the Manager accepts: refused here, with the
+        # key, rather than by the Manager on every registration or sync.
+        try:
+            check_labels("labels", self.labels)
+        except InvalidArgument as exc:
+            raise ConfigError(f"key 'labels': {exc}") from None
         seen: set[str] = set()
         for agent in self.agents:
             if agent.id in seen:
                 raise ConfigError(f"agent {agent.id!r}: key 'id' is declared twice")
             seen.add(agent.id)
+            for key in ("type", "version"):
+                try:
+                    check_label(key, getattr(agent, key), max_len=MAX_LABEL_LEN)
+                except InvalidArgument as exc:
+                    raise ConfigError(f"agent {agent.id!r}: key {key!r}: {exc}") from None
 
     @property
     def tls_enabled(self) -> bool:
@@ -159,11 +179,12 @@ _SCHEMA: dict[str, Any] = {
         "tls": {"enabled": bool, "cert_file": str, "key_file": str, "ca_file": str},
     },
     "grpc": {"listen": str, "advertise": str},
-    "agent_api": {"socket": str, "check_peer": bool},
+    "agent_api": {"socket": str, "check_peer": bool, "fallback_dir": str},
     "http": {"listen": str},
     "history": {"interval": "duration", "retention": "duration"},
     "outbox": {"max_reports": int},
     "log": {"level": str},
+    "updates": {"max_config_chars": int, "max_config_depth": int},
     "specs": {"enabled": bool, "allow_commands": list, "allow_users": list, "allow_root": bool},
     "agents": list,
 }
@@ -285,6 +306,16 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         raise ConfigError("key 'specs.allow_commands': patterns must be absolute paths")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise ConfigError("key 'labels' must be a table of strings")
+    updates = d.get("updates", {})
+    try:
+        update_limits = JSONLimits(
+            max_chars=updates.get("max_config_chars", JSONLimits.max_chars),
+            max_depth=updates.get("max_config_depth", JSONLimits.max_depth),
+        )
+    except ValueError:
+        raise ConfigError(
+            "keys 'updates.max_config_chars' / 'updates.max_config_depth' must be >= 2 / >= 1"
+        ) from None
     agents_raw = d.get("agents", [])
     agents = tuple(parse_agent(i, raw) for i, raw in enumerate(agents_raw))
     agents = tuple(
@@ -305,6 +336,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         advertise=d.get("grpc", {}).get("advertise", ""),
         agent_socket=path_of(d.get("agent_api", {}).get("socket", "")),
         agent_check_peer=d.get("agent_api", {}).get("check_peer", True),
+        agent_fallback_dir=d.get("agent_api", {}).get("fallback_dir", "/tmp"),
         http_listen=d.get("http", {}).get("listen", ""),
         history_interval=d.get("history", {}).get("interval", DaemonConfig.history_interval),
         history_retention=d.get("history", {}).get("retention", DaemonConfig.history_retention),
@@ -318,6 +350,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
             allow_users=tuple(specs.get("allow_users", ())),
             allow_root=specs.get("allow_root", False),
         ),
+        update_limits=update_limits,
     )
 
 
@@ -386,12 +419,13 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
     ("grpc.advertise", lambda c: c.advertise),
     ("agent_api.socket", lambda c: c.agent_socket),
     ("agent_api.check_peer", lambda c: c.agent_check_peer),
+    ("agent_api.fallback_dir", lambda c: c.agent_fallback_dir),
     ("http.listen", lambda c: c.http_listen),
     ("history.interval", lambda c: c.history_interval),
     ("history.retention", lambda c: c.history_retention),
     ("outbox.max_reports", lambda c: c.outbox_max_reports),
 )
-# Reloadable: agents, labels, specs (policy), log.level, stop_agents_on_exit.
+# Reloadable: agents, labels, specs (policy), log.level, stop_agents_on_exit, updates.*.
 
 
 def restart_needed(old: DaemonConfig, new: DaemonConfig) -> list[str]:

@@ -12,6 +12,8 @@ import psutil
 
 from schema import manager_pb
 
+from .textsafe import MAX_LABEL_LEN, clean
+
 
 @dataclass(frozen=True)
 class HostFacts:
@@ -48,14 +50,16 @@ def primary_ip(towards: tuple[str, int]) -> str:
 
 
 def host_facts(manager_address: tuple[str, int]) -> HostFacts:
-    """Hostname, the IP used to reach the Manager, OS (with kernel release) and arch."""
+    """Hostname, the IP used to reach the Manager, OS (with kernel release) and arch,
+    each within what the Manager stores (a long custom kernel release must not make
+    every registration fail)."""
     uname = platform.uname()
     return HostFacts(
-        hostname=socket.gethostname(),
+        hostname=clean(socket.gethostname(), 255),
         ip=primary_ip(manager_address),
-        os=f"{uname.system.lower()} {uname.release}".strip(),
-        arch=uname.machine or "unknown",
-        daemon_version=fleet_version(),
+        os=clean(f"{uname.system.lower()} {uname.release}".strip(), MAX_LABEL_LEN),
+        arch=clean(uname.machine, MAX_LABEL_LEN) or "unknown",
+        daemon_version=clean(fleet_version(), MAX_LABEL_LEN),
     )
 
 

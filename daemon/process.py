@@ -71,6 +71,16 @@ class LogFile:
         return True
 
 
+def _open_log(log_file: LogFile) -> int:
+    """The log file to hand the agent, or /dev/null when it cannot be opened (a full or
+    read-only state directory): an agent runs without its log rather than not at all."""
+    try:
+        return log_file.open_fd()
+    except OSError as exc:
+        log.error("cannot open %s (%s): the agent's output goes to /dev/null", log_file.path, exc)
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
 def user_env(user: str) -> dict[str, str]:
     """USER, LOGNAME and HOME for an agent run as ``user`` (empty if unknown)."""
     try:
@@ -186,8 +196,8 @@ class ManagedProcess:
                 "group": pw.pw_gid,
                 "extra_groups": os.getgrouplist(user, pw.pw_gid),
             }
-        out_fd = stdout.open_fd()
-        err_fd = stderr.open_fd()
+        out_fd = _open_log(stdout)
+        err_fd = _open_log(stderr)
         try:
             # Plain Popen, not asyncio's subprocess transport: closing that transport kills
             # the child, and a Daemon must be able to exit leaving its agents running.

@@ -44,6 +44,7 @@ from schema import daemon_pb, manager_pb
 from .config import SpecPolicy
 from .reconcile import Desired, Origin
 from .specpolicy import policy_refusal
+from .textsafe import clean
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Envelope:
         for grouping and reporting ("?" / 0 when unreadable)."""
         try:
             data = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return "?", 0
         if not isinstance(data, dict):
             return "?", 0
@@ -187,7 +188,7 @@ class SpecBook:
                 continue
             try:
                 doc, signer = verify(envelope.to_pb(), ca_certs=self._ca, now=accepted_at)
-            except SpecError as exc:
+            except (SpecError, RecursionError) as exc:
                 log.error("stored spec %s does not verify any more: %s", name, exc)
                 continue
             self._held[name] = Held(envelope, doc, accepted_at, str(signer))
@@ -272,6 +273,8 @@ class SpecBook:
             )
         except SpecError as exc:
             return None, str(exc), claimed
+        except RecursionError:  # signed, but nested too deeply for the JSON parser
+            return None, "spec document is nested too deeply to parse", claimed
         name, revision = doc.name, doc.revision
         last = seen.get(name)
         if last is not None and revision < last.revision:
@@ -342,7 +345,9 @@ class SpecBook:
                 name=name,
                 revision=d.revision,
                 status=status,
-                reason=reason,
+                # Start errors quote agents' stderr, and several add up: reported
+                # clean and within what the Manager stores (textsafe).
+                reason=clean(reason),
                 running_revision=d.running.doc.revision if d.running else 0,
             )
             self._log(states[name], d.running.signer if d.running else "")

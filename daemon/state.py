@@ -61,9 +61,12 @@ class StateStore:
 
     def save(self, records: Mapping[str, AgentRecord]) -> None:
         data = {"version": 1, "agents": {k: asdict(v) for k, v in records.items()}}
+        # Encoded in memory first (a failure leaves the file as it was) by the C encoder:
+        # compact, fast with large pushed configs, and no Python recursion per level.
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self._path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            f.write(text)
         os.replace(tmp, self._path)

@@ -39,10 +39,12 @@ from typing import Any
 
 from schema import daemon_pb, manager_pb
 
+from .adoption import MARK_ENV, Marker
 from .config import AgentSpec
 from .process import LogFile, ManagedProcess, SpawnError, user_env
 from .reconcile import LOCAL, Origin
 from .state import AgentRecord
+from .textsafe import MAX_LABEL_LEN, clean
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,12 @@ def last_stderr_line(log: LogFile, since: int) -> str:
             data = f.read()
     except OSError:
         return ""
-    lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+    # Agents write what they like there (colour codes, terminal titles, bidi overrides):
+    # only a clean, bounded copy is reported, never raw bytes (textsafe).
+    # Lines end at "\n" only (splitlines would also cut at U+0085, U+2028 and friends).
+    lines = [clean(line, 200) for line in data.decode(errors="replace").split("\n")]
     lines = [line for line in lines if line]
-    return lines[-1][:200] if lines else ""
+    return lines[-1] if lines else ""
 
 
 def describe_exit(code: int | None) -> str:
@@ -100,9 +105,11 @@ class AgentRunner:
         log_dir: Path,
         base_env: Mapping[str, str],
         on_change: Callable[[AgentRunner], None],
+        marker: Marker,
         origin: Origin = LOCAL,
     ) -> None:
         self.spec = spec
+        self._marker = marker
         self.origin = origin
         # Set once a reconcile removed the agent: an operation that was waiting for the
         # lock must not bring it back.
@@ -132,6 +139,8 @@ class AgentRunner:
         self._stopping = False
         self._restarts: deque[float] = deque()
         self._prompt_first = False  # the current backoff sequence began with a prompt restart
+        # config_hash of the config object it was computed from (configs can be large).
+        self._hash_of: tuple[object, str] | None = None
 
     # ---- views ----
 
@@ -167,7 +176,11 @@ class AgentRunner:
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.config)
+        pushed = self.record.pushed_config
+        source = pushed if pushed is not None else self.spec.config
+        if self._hash_of is None or self._hash_of[0] is not source:
+            self._hash_of = (source, config_hash(source))
+        return self._hash_of[1]
 
     @property
     def log_files(self) -> tuple[LogFile, LogFile]:
@@ -185,16 +198,19 @@ class AgentRunner:
         )
 
     def to_info(self) -> daemon_pb.AgentInfo:
+        """What ListAgents shows and (as AgentState) the Manager stores: free text made
+        clean and cut to the Manager's bounds, so one agent can never get a whole sync
+        refused."""
         return daemon_pb.AgentInfo(
             id=self.id,
-            type=self.spec.type,
+            type=clean(self.spec.type, MAX_LABEL_LEN),
             status=self.state,
             pid=self.pid,
-            version=self.version,
+            version=clean(self.version, MAX_LABEL_LEN),
             start_time=self.record.start_time if self.pid else 0,
             restart_count=self.record.restart_count,
             last_heartbeat=self.last_heartbeat,
-            status_reason=self.status_reason,
+            status_reason=clean(self.status_reason),
             config_hash=self.config_hash,
             last_exit_code=self.last_exit_code,
             spec=self.origin.spec,
@@ -227,7 +243,16 @@ class AgentRunner:
             )
         self.state = state
         self.status_reason = reason
-        self._on_change(self)
+        self._changed()
+
+    def _changed(self) -> None:
+        # Supervision must go on whatever the listeners do (persisting may fail: a full
+        # disk, an unwritable state directory): a failure there is logged, never raised
+        # into the supervision loop, which would leave the agent unsupervised.
+        try:
+            self._on_change(self)
+        except Exception:
+            log.exception("agent %s: recording a state change failed", self.id)
 
     def _resolve_start(self, error: str | None) -> None:
         if self._start_outcome is not None and not self._start_outcome.done():
@@ -240,6 +265,8 @@ class AgentRunner:
         env.update(self.spec.env)
         env["FLEET_AGENT_ID"] = self.id
         env["FLEET_AGENT_TOKEN"] = self.record.token
+        # So that a Daemon finds this process again even if agents.json could not say.
+        env[MARK_ENV] = self._marker.stamp(self.id, self.record.token, self.spec_hash)
         return env
 
     # ---- operations (the caller holds self.lock) ----
@@ -358,7 +385,7 @@ class AgentRunner:
                 self.record.start_time = int(time.time())
                 self.record.spec_hash = self.spec_hash
                 self.watched_since = time.time()
-                self._on_change(self)
+                self._changed()
                 try:
                     code = await asyncio.wait_for(proc.wait(), spec.start_seconds)
                     exited_early = True
