@@ -74,13 +74,20 @@ _FEED_SLICE = 16 * 1024
 # Bytes fed per connection per event loop turn (see _ShieldedProtocol._feed).
 _FEED_PER_TURN = 64 * 1024
 _LOG_INTERVAL = 10.0
-# Seconds between a GOAWAY for abuse and closing the socket (see _ShieldedProcessor.calm).
+# Seconds between a GOAWAY for abuse and closing the socket (see _ShieldedProcessor.calm);
+# shorter for a connection turned away while its peer cools down, so that a peer
+# redialling in a loop does not keep dozens of lingering connections (and their TLS
+# buffers) open.
 _LINGER = 1.0
-# Memory handed back (malloc_trim) after _TRIM_AFTER bytes of requests were held and
-# released, once the server holds at most _TRIM_LOW, _TRIM_DELAY seconds later.
+_LINGER_TURNED_AWAY = 0.2
+# Memory handed back (malloc_trim, see Shield.trim_soon) once _TRIM_AFTER bytes were
+# received since the last time, or a connection was closed for abuse: _TRIM_DELAY
+# seconds later if the server then holds at most _TRIM_LOW request bytes, and at most
+# once per _TRIM_INTERVAL.
 _TRIM_AFTER = 16 * 1024 * 1024
 _TRIM_LOW = 1024 * 1024
 _TRIM_DELAY = 1.0
+_TRIM_INTERVAL = 10.0
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -112,11 +119,15 @@ class H2Limits:
     buffer_total: int = 64 * _MIB
     # A request body that receives nothing for this long is dropped.
     body_stall_timeout: float = 10.0
-    # Flood limits, per connection per flood_window seconds.
+    # Flood limits, per connection per flood_window seconds: RST_STREAM received (or
+    # streams h2 reset for the peer's errors); PINGs; SETTINGS frames; WINDOW_UPDATE,
+    # PRIORITY, PING ACK, empty DATA and unknown frames together. The first PING and the
+    # first control frame after each response the server sends are not counted (clients
+    # measure and open the link as answers arrive: see ShieldedConnection.free).
     flood_window: float = 10.0
     max_resets: int = 200
     max_pings: int = 100
-    max_settings: int = 20
+    max_settings: int = 100
     max_control_frames: int = 2000
     # A peer whose connection was closed for a flood is turned away this long (0: never).
     abuse_cooldown: float = 10.0
@@ -183,8 +194,9 @@ class Shield:
         self.counts: dict[str, int] = {}
         # (category, peer) -> (when last logged, lines left out since)
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
-        self._since_trim = 0  # bytes charged since memory was last handed back
-        self._trimming = False
+        self._since_trim = 0  # bytes received since memory was last handed back
+        self._trim_handle: asyncio.TimerHandle | None = None
+        self._trimmed_at = -_TRIM_INTERVAL
 
     def take(self, peer: str, nbytes: int) -> str | None:
         """Charge ``nbytes`` to ``peer`` and the server; the refusal reason if over budget."""
@@ -198,7 +210,6 @@ class Shield:
             return f"{peer} has {held} request bytes in progress (limit {limits.buffer_per_peer})"
         self._per_peer[peer] = held + nbytes
         self.held += nbytes
-        self._since_trim += nbytes
         return None
 
     def give(self, peer: str, nbytes: int) -> None:
@@ -209,24 +220,36 @@ class Shield:
             self._per_peer[peer] = left
         else:
             del self._per_peer[peer]
-        if self.held <= _TRIM_LOW and self._since_trim >= _TRIM_AFTER and not self._trimming:
-            self._trimming = True
-            asyncio.get_running_loop().call_later(_TRIM_DELAY, self._trim)
+
+    def received(self, nbytes: int) -> None:
+        """Bytes a connection received (for handing memory back after bursts)."""
+        self._since_trim += nbytes
+        if self._since_trim >= _TRIM_AFTER:
+            self.trim_soon()
+
+    def trim_soon(self) -> None:
+        """Hand freed memory back to the OS once the current burst is over.
+
+        glibc keeps what a burst of requests or frames freed in its arenas (an attack of
+        partial 4 MiB bodies left ~20 MiB of RSS behind for good, a reset flood ~15 MiB);
+        ``malloc_trim`` gives it back. It runs _TRIM_DELAY seconds after being asked,
+        when the server then holds at most _TRIM_LOW request bytes (else it tries again),
+        at most once per _TRIM_INTERVAL; a call takes a few milliseconds.
+        """
+        if self._trim_handle is None and _malloc_trim is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(_TRIM_DELAY, self._trimmed_at + _TRIM_INTERVAL - loop.time())
+            self._trim_handle = loop.call_later(delay, self._trim)
 
     def _trim(self) -> None:
-        """Hand freed request buffers back to the OS once a burst of them is over.
-
-        glibc keeps what a burst of large requests freed in its arenas (an attack of
-        partial 4 MiB bodies left ~20 MiB of RSS behind for good); ``malloc_trim`` gives
-        it back: a second after the server's held bytes fall back near zero, and only
-        after _TRIM_AFTER bytes were held since the last time (a few ms per call).
-        """
-        self._trimming = False
+        self._trim_handle = None
         if self.held > _TRIM_LOW:
-            return  # a new burst: its end will trim
+            self.trim_soon()  # mid-burst: look again later
+            return
+        assert _malloc_trim is not None
+        self._trimmed_at = asyncio.get_running_loop().time()
         self._since_trim = 0
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        _malloc_trim(0)
 
     def count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
@@ -245,6 +268,7 @@ class Shield:
         """A connection of ``peer`` was closed for abuse: cool the peer down (unless it was
         turned away for cooling down already), count ``key``, log (rate-limited)."""
         self.count(key)
+        self.trim_soon()
         if key != "cooling" and self.limits.abuse_cooldown and not peer.startswith("conn:"):
             if len(self._cooling) >= 10_000:  # a bound, not a policy: forget the oldest
                 self._cooling.pop(next(iter(self._cooling)))
@@ -292,6 +316,33 @@ class ShieldedConnection(grpclib.protocol.Connection):
         self.label = label  # for log lines: address and identity
         self.held = 0
         self._charges: dict[int, list[int]] = {}  # stream id -> [charge, bytes received]
+        self._credits = [0, 0, 0, 0]  # per flood kind, frames a send made free (see free())
+
+    def headers_send_process(self) -> None:
+        super().headers_send_process()
+        self._sent()
+
+    def data_send_process(self) -> None:
+        super().data_send_process()
+        self._sent()
+
+    def _sent(self) -> None:
+        credits = self._credits
+        credits[1] = min(credits[1] + 1, _FREE_CAP[1])
+        credits[3] = min(credits[3] + 1, _FREE_CAP[3])
+
+    def free(self, kind: int) -> bool:
+        """Whether a frame of flood ``kind`` answers what the server sent, and so does not
+        count: each HEADERS or DATA frame the server sends lets one PING and one control
+        frame (WINDOW_UPDATE...) through uncounted (at most 4 and 256 banked). That is how
+        clients measure and open the link while calls are answered — gRPC's BDP pings,
+        grpcio's two WINDOW_UPDATEs per answer; grpc-go likewise counts only pings
+        "without data"."""
+        credits = self._credits
+        if credits[kind]:
+            credits[kind] -= 1
+            return True
+        return False
 
     @property
     def stall_timeout(self) -> float:
@@ -360,6 +411,7 @@ _COUNTED: dict[type[Event], int] = {
     UnknownFrameReceived: 3,
 }
 _FLOODS = ("stream resets", "PINGs", "SETTINGS frames", "control frames")
+_FREE_CAP = (0, 4, 0, 256)  # per flood kind, the most uncounted frames sends can bank
 _KEYS = ("resets", "pings", "settings", "control")
 _GOAWAY_DATA = (b"too_many_resets", b"too_many_pings", b"too_many_settings", b"too_many_frames")
 
@@ -402,7 +454,7 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
 
     def process(self, event: Event) -> None:
         kind = _COUNTED.get(type(event))
-        if kind is not None and self._flooded(kind):
+        if kind is not None and not self.connection.free(kind) and self._flooded(kind):
             return
         if type(event) is UnknownFrameReceived:
             return  # grpclib has no processor for it (it would raise NotImplementedError)
@@ -477,7 +529,8 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
         connection.transport.pause_reading()
         self.handler.close()  # cancels every handler task of this connection
         connection.release_all()
-        asyncio.get_running_loop().call_later(_LINGER, self.close, f"closed for abuse: {reason}")
+        linger = _LINGER_TURNED_AWAY if key == "cooling" else _LINGER
+        asyncio.get_running_loop().call_later(linger, self.close, f"closed for abuse: {reason}")
 
     def close(self, reason: str = "Connection closed") -> None:
         super().close(reason)
@@ -526,6 +579,7 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
             self.processor.calm("cooling", "turned away: cooling down after abuse", b"cooling_down")
 
     def data_received(self, data: bytes) -> None:
+        self.shield.received(len(data))
         if self._backlog:  # delivered before the pause took effect: keep the order
             self._backlog += data
             return

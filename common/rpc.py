@@ -338,8 +338,9 @@ async def _recv_bounded(
         ) from None
 
 
-# Bytes read at a time while watching a body for progress.
-_READ_CHUNK = 64 * 1024
+# Bytes read at a time while watching a body for progress: one HTTP/2 frame, so a body
+# counts as progressing while at least 16 KiB arrive per body_stall_timeout.
+_READ_CHUNK = 16 * 1024
 
 
 async def _read(raw: Any, size: int, stall: float | None) -> bytes:

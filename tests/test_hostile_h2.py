@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:  # bench/ is a directory of scripts, not an instal
 
 from bench.attack_h2 import Probe, Target, partial_bodies
 from bench.attack_target import launcher
-from schema import daemon_pb, manager_pb
+from schema import daemon_pb, manager_pb, manager_pb2
 
 STALL = 2.0
 COOLDOWN = 5.0  # outlasts each flood test's 3 s of redialling
@@ -256,7 +256,7 @@ def test_floods_get_goaway_and_the_peer_cools_down(
     # ("" when the attacker, still writing, got the close before it read the GOAWAY)
     assert "cooling_down" in result["goaway_debug"][1:]
     assert set(result["goaway_debug"][1:]) <= {"cooling_down", ""}
-    assert set(result["goaway_codes"]) <= {0xB, None}
+    assert set(result["goaway_codes"]) <= {0xB, None}, result["goaway_codes"]
     assert watch.peak - baseline < 32 * MIB
     assert not probe.errors, probe.errors[:3]
     assert probe.p99 < P99_BOUND, probe.summary()
@@ -427,11 +427,62 @@ def test_daemon_port_has_the_same_bounds(daemon: DaemonProc, hostile_certs: Path
     assert "cooling_down" in resets["goaway_debug"][1:]
     assert set(resets["goaway_debug"][1:]) <= {"cooling_down", ""}
     assert watch.peak - baseline < 64 * MIB
+    # Two attacks' worth of allocator slack in a smaller process: 20 MiB (measured +8-14).
     wait_until(
-        lambda: watch.rss() < baseline + 16 * MIB, timeout=20, interval=0.5,
-        what=f"RSS back within 16 MiB of {baseline / MIB:.0f} MiB",
+        lambda: watch.rss() < baseline + 20 * MIB, timeout=25, interval=0.5,
+        what=f"RSS back within 20 MiB of {baseline / MIB:.0f} MiB",
     )  # fmt: skip
     print(f"RSS after: +{(watch.rss() - baseline) / MIB:.1f} MiB")
     assert not probe.errors, probe.errors[:3]
     assert probe.p99 < P99_BOUND, probe.summary()
     assert "Traceback" not in daemon.output()
+
+
+def test_busy_grpcio_and_grpclib_clients_are_never_taken_for_a_flood(
+    manager: ManagerProc, hostile_certs: Path
+) -> None:
+    """The limits leave well-behaved clients alone: grpcio (which sends a BDP PING each
+    time data arrives, and SETTINGS as its windows grow) and grpclib, each making 2,000
+    calls 16 at a time on one connection, get every answer and no GOAWAY."""
+    grpc = pytest.importorskip("grpc", reason="grpcio is a dev dependency")
+    log_offset = len(manager.output())
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(hostile_certs / "ca.crt").read_bytes(),
+        private_key=(hostile_certs / "node-c.key").read_bytes(),
+        certificate_chain=(hostile_certs / "node-c.crt").read_bytes(),
+    )
+    with grpc.secure_channel(
+        f"127.0.0.1:{manager.grpc_port}", creds,
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    ) as channel:  # fmt: skip
+        register = channel.unary_unary(
+            "/fleet.manager.v1.ManagerService/RegisterNode",
+            request_serializer=manager_pb2.RegisterNodeRequest.SerializeToString,
+            response_deserializer=manager_pb2.RegisterNodeResponse.FromString,
+        )
+        register(manager_pb2.RegisterNodeRequest(node_id="node-c", instance_id="g"), timeout=10)
+        heartbeat = channel.unary_unary(
+            "/fleet.manager.v1.ManagerService/Heartbeat",
+            request_serializer=manager_pb2.HeartbeatRequest.SerializeToString,
+            response_deserializer=manager_pb2.HeartbeatResponse.FromString,
+        )
+        beat = manager_pb2.HeartbeatRequest(node_id="node-c", instance_id="g")
+        for _ in range(125):
+            futures = [heartbeat.future(beat, timeout=30) for _ in range(16)]
+            assert all(f.result().success for f in futures)
+
+    async def grpclib_client() -> None:
+        async with honest_node(hostile_certs, manager.grpc_port, "node-d"):
+            channel = _channel(hostile_certs, manager.grpc_port, "node-d")
+            stub = manager_pb.ManagerServiceStub(channel, timeout=30)
+            beat = manager_pb.HeartbeatRequest(node_id="node-d", instance_id="i1")
+            try:
+                for _ in range(125):
+                    replies = await asyncio.gather(*(stub.heartbeat(beat) for _ in range(16)))
+                    assert all(r.success for r in replies)
+            finally:
+                channel.close()
+
+    asyncio.run(grpclib_client())
+    log = manager.output()[log_offset:]
+    assert "ENHANCE_YOUR_CALM" not in log and "refused a request" not in log
