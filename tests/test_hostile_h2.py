@@ -212,17 +212,18 @@ def test_partial_bodies_are_bounded_dropped_and_given_back(
     assert "Traceback" not in log
 
 
+SLOW = pytest.mark.slow
 FLOODS = [
-    # attack, attacker identity, GOAWAY debug data
-    ("rapid-reset", "node-c", "too_many_resets"),
-    ("ping-flood", "node-d", "too_many_pings"),
-    ("settings-flood", "node-e", "too_many_settings"),
-    ("window-flood", "node-f", "too_many_frames"),
-    ("priority-flood", "node-a", "too_many_frames"),
+    # attack, attacker identity, GOAWAY debug data (rapid reset in every run, the rest slow)
+    pytest.param("rapid-reset", "node-c", "too_many_resets", id="rapid-reset"),
+    pytest.param("ping-flood", "node-d", "too_many_pings", id="ping-flood", marks=SLOW),
+    pytest.param("settings-flood", "node-e", "too_many_settings", id="settings", marks=SLOW),
+    pytest.param("window-flood", "node-f", "too_many_frames", id="window-flood", marks=SLOW),
+    pytest.param("priority-flood", "node-a", "too_many_frames", id="priority", marks=SLOW),
 ]
 
 
-@pytest.mark.parametrize(("attack", "attacker", "debug"), FLOODS, ids=[f[0] for f in FLOODS])
+@pytest.mark.parametrize(("attack", "attacker", "debug"), FLOODS)
 def test_floods_get_goaway_and_the_peer_cools_down(
     manager: ManagerProc, hostile_certs: Path, attack: str, attacker: str, debug: str
 ) -> None:
@@ -438,6 +439,7 @@ def test_daemon_port_has_the_same_bounds(daemon: DaemonProc, hostile_certs: Path
     assert "Traceback" not in daemon.output()
 
 
+@pytest.mark.slow
 def test_busy_grpcio_and_grpclib_clients_are_never_taken_for_a_flood(
     manager: ManagerProc, hostile_certs: Path
 ) -> None:
