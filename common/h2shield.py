@@ -1,0 +1,154 @@
+"""One Fleet gRPC server's shared ledger against hostile peers (see :mod:`common.h2limits`).
+
+A :class:`Shield` is what the connections of one server share: request bytes held per
+peer and in total, the peers turned away after abuse, counts of what was refused, the
+rate-limited log of it, and handing freed memory back to the OS after a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .h2limits import H2Limits
+
+log = logging.getLogger(__name__)
+
+_LOG_INTERVAL = 10.0
+# Memory handed back (malloc_trim, see Shield.trim_soon) once _TRIM_AFTER bytes were
+# received since the last time, or a connection was closed for abuse: _TRIM_DELAY
+# seconds later if the server then holds at most _TRIM_LOW request bytes, and at most
+# once per _TRIM_INTERVAL.
+_TRIM_AFTER = 16 * 1024 * 1024
+_TRIM_LOW = 1024 * 1024
+_TRIM_DELAY = 1.0
+_TRIM_INTERVAL = 10.0
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+class Shield:
+    """One server's shared state: bytes held per peer and in total, peers cooling down
+    after abuse, counters, and the rate-limited abuse log."""
+
+    def __init__(self, limits: H2Limits) -> None:
+        self.limits = limits
+        self.held = 0
+        self._per_peer: dict[str, int] = {}
+        self._cooling: dict[str, float] = {}
+        # What was refused or closed, by reason (tests and metrics read these).
+        self.counts: dict[str, int] = {}
+        # (category, peer) -> (when last logged, lines left out since)
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._since_trim = 0  # bytes received since memory was last handed back
+        self._trim_handle: asyncio.TimerHandle | None = None
+        self._trimmed_at = -_TRIM_INTERVAL
+
+    def take(self, peer: str, nbytes: int) -> str | None:
+        """Charge ``nbytes`` to ``peer`` and the server; the refusal reason if over budget."""
+        limits = self.limits
+        if self.held + nbytes > limits.buffer_total:
+            return (
+                f"the server already holds {self.held} request bytes (limit {limits.buffer_total})"
+            )
+        held = self._per_peer.get(peer, 0)
+        if held + nbytes > limits.buffer_per_peer:
+            return f"{peer} has {held} request bytes in progress (limit {limits.buffer_per_peer})"
+        self._per_peer[peer] = held + nbytes
+        self.held += nbytes
+        return None
+
+    def give(self, peer: str, nbytes: int) -> None:
+        """Return a charge."""
+        self.held -= nbytes
+        left = self._per_peer[peer] - nbytes
+        if left:
+            self._per_peer[peer] = left
+        else:
+            del self._per_peer[peer]
+
+    def received(self, nbytes: int) -> None:
+        """Bytes a connection received (for handing memory back after bursts)."""
+        self._since_trim += nbytes
+        if self._since_trim >= _TRIM_AFTER:
+            self.trim_soon()
+
+    def trim_soon(self) -> None:
+        """Hand freed memory back to the OS once the current burst is over.
+
+        glibc keeps what a burst of requests or frames freed in its arenas (an attack of
+        partial 4 MiB bodies left ~20 MiB of RSS behind for good, a reset flood ~15 MiB);
+        ``malloc_trim`` gives it back. It runs _TRIM_DELAY seconds after being asked,
+        when the server then holds at most _TRIM_LOW request bytes (else it tries again),
+        at most once per _TRIM_INTERVAL; a call takes a few milliseconds.
+        """
+        if self._trim_handle is None and _malloc_trim is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(_TRIM_DELAY, self._trimmed_at + _TRIM_INTERVAL - loop.time())
+            self._trim_handle = loop.call_later(delay, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_handle = None
+        if self.held > _TRIM_LOW:
+            self.trim_soon()  # mid-burst: look again later
+            return
+        assert _malloc_trim is not None
+        self._trimmed_at = asyncio.get_running_loop().time()
+        self._since_trim = 0
+        _malloc_trim(0)
+
+    def count(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def cooling(self, peer: str) -> bool:
+        """True while ``peer`` is turned away after abuse."""
+        until = self._cooling.get(peer)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._cooling[peer]
+        return False
+
+    def offended(self, key: str, peer: str, label: str, reason: str) -> None:
+        """A connection of ``peer`` was closed for abuse: cool the peer down (unless it was
+        turned away for cooling down already), count ``key``, log (rate-limited)."""
+        self.count(key)
+        self.trim_soon()
+        if key != "cooling" and self.limits.abuse_cooldown and not peer.startswith("conn:"):
+            if len(self._cooling) >= 10_000:  # a bound, not a policy: forget the oldest
+                self._cooling.pop(next(iter(self._cooling)))
+            self._cooling[peer] = time.monotonic() + self.limits.abuse_cooldown
+        self.note(
+            key,
+            peer,
+            f"closed HTTP/2 connection from {label} with GOAWAY ENHANCE_YOUR_CALM: {reason}",
+        )
+
+    def note(self, category: str, peer: str, message: str) -> None:
+        """Log ``message`` unless a line of ``category`` about ``peer`` was logged within
+        the last 10 s (then count it, and say how many were left out on the next line)."""
+        now = time.monotonic()
+        key = (category, peer)
+        last, unlogged = self._logged.get(key, (-_LOG_INTERVAL, 0))
+        if now - last < _LOG_INTERVAL:
+            self._logged[key] = (last, unlogged + 1)
+            return
+        if len(self._logged) >= 1000:  # many peers: forget those quiet for 10 s
+            self._logged = {k: v for k, v in self._logged.items() if now - v[0] < _LOG_INTERVAL}
+        self._logged[key] = (now, 0)
+        more = f" ({unlogged} more like it since the last such line)" if unlogged else ""
+        log.warning("%s%s", message, more)
