@@ -30,6 +30,8 @@ from harness.manager import (
     ManagerProc,
     manager_rpc,
     manager_rpc_error,
+    sign_spec,
+    spec_document,
     start_manager,
     stored_nodes,
 )
@@ -90,10 +92,23 @@ def _context(
     return client_context(files, expect_role=server_role, expect_name=server_name)
 
 
-def _manager_calls() -> list[tuple[str, Any, type, str]]:
-    """(path, request, reply type, the one role allowed) for every Manager RPC."""
+def _manager_calls(certs: Path | None = None) -> list[tuple[str, Any, type, str]]:
+    """(path, request, reply type, the one role allowed) for every Manager RPC.
+
+    With ``certs``, ApplySpec carries a spec signed by the admin (for node-c, which the
+    rows before register; its address answers nobody, so the rollout stays running and
+    can be paused); without, an empty request (enough to list the paths)."""
     now = int(time.time())
     m, a = manager_pb, admin_pb
+    spec = (
+        sign_spec(
+            certs,
+            spec_document("matrix", 1, [{"id": "mx", "command": ["/bin/sleep", "60"]}],
+                          nodes=["node-c"]),
+        )
+        if certs is not None
+        else daemon_pb.SignedSpec()
+    )  # fmt: skip
     return [
         (
             MANAGER_SVC + "RegisterNode",
@@ -165,6 +180,33 @@ def _manager_calls() -> list[tuple[str, Any, type, str]]:
             a.GetAgentLogResponse,
             "admin",
         ),
+        (ADMIN_SVC + "ApplySpec", a.ApplySpecRequest(spec=spec), a.ApplySpecResponse, "admin"),
+        (ADMIN_SVC + "ListSpecs", a.ListSpecsRequest(), a.ListSpecsResponse, "admin"),
+        (ADMIN_SVC + "GetSpec", a.GetSpecRequest(name="matrix"), a.GetSpecResponse, "admin"),
+        (
+            ADMIN_SVC + "GetRollout",
+            a.GetRolloutRequest(spec="matrix"),
+            a.GetRolloutResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "SetRolloutState",
+            a.SetRolloutStateRequest(spec="matrix", action="pause"),
+            a.SetRolloutStateResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "DeleteSpec",
+            a.DeleteSpecRequest(name="matrix", dry_run=True),
+            a.DeleteSpecResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "ReloadDaemon",
+            a.ReloadDaemonRequest(node_id="node-a", dry_run=True),
+            a.ReloadDaemonResponse,
+            "admin",
+        ),
         # Last: it forgets node-c, which the ManagerService rows above registered.
         (
             ADMIN_SVC + "RemoveNode",
@@ -229,6 +271,13 @@ def _daemon_calls() -> list[tuple[str, Any, type, frozenset[str]]]:
             d.AgentLogResponse,
             staff,
         ),
+        (
+            DAEMON_SVC + "ReloadConfig",
+            d.ReloadConfigRequest(dry_run=True),
+            d.ReloadConfigResponse,
+            staff,
+        ),
+        (DAEMON_SVC + "ApplySpecs", d.ApplySpecsRequest(), d.ApplySpecsResponse, staff),
         (
             DAEMON_SVC + "Register",
             d.RegisterRequest(agent_id="sleepy", token="x"),
@@ -336,7 +385,7 @@ def test_every_manager_rpc_with_every_caller(fleet: Fleet) -> None:
 
     async def matrix() -> dict[tuple[str, str], str]:
         out = {}
-        for path, request, reply_type, allowed in _manager_calls():
+        for path, request, reply_type, allowed in _manager_calls(certs):
             for caller in CALLERS:
                 ctx = _context(certs, caller, server_role="manager")
                 code, detail = await raw_call(port, ctx, path, request, reply_type)
@@ -375,8 +424,8 @@ def test_every_daemon_rpc_with_every_caller(fleet: Fleet) -> None:
         return out
 
     results = asyncio.run(matrix())
-    assert len(results) == 11 * 4
-    assert sum(code == "OK" for code in results.values()) == 7 * 2
+    assert len(results) == 13 * 4
+    assert sum(code == "OK" for code in results.values()) == 9 * 2
     # The agent-facing methods answer nobody on TCP, whatever the certificate.
     for method in ("Register", "Heartbeat", "ReportMetrics", "GetConfig"):
         assert all(results[(method, c)] != "OK" for c in CALLERS)
