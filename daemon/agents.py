@@ -64,10 +64,11 @@ class Agents:
         self._store = StateStore(path=state_dir / "agents.json")
         self._marker = marker
         self._update_limits = update_limits or JSONLimits()
-        # Failed saves since the last line logged about them, and when that was (a full
-        # disk fails every save: one line a minute, not one per state change).
-        self._save_failures = 0
+        # Whether saving fails, when that was last logged and how many failures since (a
+        # full disk fails every save: one line a minute, not one per state change).
+        self._save_failing = False
         self._save_logged = 0.0
+        self._save_unlogged = 0
         self._log_dir = state_dir / "logs"
         self._base_env = dict(base_env)
         self.history = history
@@ -271,22 +272,21 @@ class Agents:
             self._store.save({r.id: r.record for r in self.runners.values()})
         except Exception as exc:
             now = time.monotonic()
-            if self._save_failures and now - self._save_logged < _SAVE_ERROR_LOG_EVERY:
-                self._save_failures += 1
+            if self._save_failing and now - self._save_logged < _SAVE_ERROR_LOG_EVERY:
+                self._save_unlogged += 1
                 return
             log.error(
-                "cannot write agent state (%d failed save(s) in the last %.0fs; agents are "
-                "still supervised): %s",
-                self._save_failures + 1,
-                now - self._save_logged if self._save_failures else 0,
+                "cannot write agent state (agents are still supervised%s): %s",
+                f"; {self._save_unlogged} more failed save(s) since the last line"
+                if self._save_unlogged
+                else "",
                 exc,
             )
-            self._save_logged = now
-            self._save_failures = 1
+            self._save_failing, self._save_logged, self._save_unlogged = True, now, 0
         else:
-            if self._save_failures:
+            if self._save_failing:
                 log.info("agent state written again after failed saves")
-                self._save_failures = 0
+                self._save_failing, self._save_unlogged = False, 0
 
     # ---- queries ----
 

@@ -61,8 +61,11 @@ def lock_state_dir(state_dir: Path) -> int:
         raise StartupError(
             f"another Daemon (pid {holder}) is using the state directory {state_dir}"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:  # a full disk: the lock holds all the same, only the pid is lost
+        log.warning("cannot write the pid into %s: %s", path, exc)
     return fd
 
 

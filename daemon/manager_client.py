@@ -296,6 +296,7 @@ class ManagerClient:
         await asyncio.sleep(delay)
 
     async def _metrics_loop(self) -> None:
+        lost, lost_logged = 0, 0.0  # reports that could not be queued (full disk)
         while True:
             await asyncio.sleep(self._settings.metrics_interval)
             try:
@@ -307,6 +308,14 @@ class ManagerClient:
                 self._outbox_ready.set()
             except asyncio.CancelledError:
                 raise
+            except OSError as exc:
+                # The outbox is on disk: a full or read-only state directory loses this
+                # report. One line a minute while it lasts, not a traceback per sample.
+                lost += 1
+                now = time.monotonic()
+                if lost == 1 or now - lost_logged >= 60:
+                    log.error("cannot queue a metrics report (%d lost so far): %s", lost, exc)
+                    lost_logged = now
             except Exception:
                 log.exception("sampling host metrics failed")
 

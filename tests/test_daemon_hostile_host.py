@@ -5,14 +5,15 @@ another local user do (squat the directory of the agent socket).
 * Item 7 — with ``agents.json`` unwritable, an agent killed is restarted (supervision
   does not depend on saving), and after a Daemon ``kill -9`` and restart (state still
   unwritable, then the file deleted outright) the restarted copy is adopted by its mark:
-  never a second copy, and its token still works. A process with a forged mark is not
-  adopted.
+  never a second copy, and its token still works. The same on a real full disk (a tiny
+  tmpfs, where root and ``mount`` allow). A process with a forged mark is not adopted.
 * Item 8 — a socket directory path another user owns or can write to is refused at
   start with an error naming the directory; nothing of the Daemon's goes there.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -87,6 +88,16 @@ def _heartbeat_after(certs: Path, daemon: DaemonProc, agent_id: str, moment: flo
     )
 
 
+def _sdk_settled(out: Path, pid: int) -> None:
+    """Wait until the SDK agent ``pid`` registered and fetched its config (it writes it
+    to ``out``): before that it exits when the Daemon goes away; after, it retries."""
+    wait_until(
+        lambda: out.exists() and json.loads(out.read_text())["pid"] == pid,
+        timeout=20,
+        what=f"SDK agent {pid} registered and configured",
+    )
+
+
 def test_unwritable_state_never_makes_a_second_copy(tmp_path: Path, certs: Path) -> None:
     pids_a = tmp_path / "a.pids"
     daemon = start_daemon(
@@ -114,8 +125,7 @@ def test_unwritable_state_never_makes_a_second_copy(tmp_path: Path, certs: Path)
         for agent_id in ("a", "s"):
             os.kill(first[agent_id].pid, signal.SIGKILL)
         second = {i: _running(certs, daemon, i, not_pid=first[i].pid) for i in ("a", "s")}
-        # The SDK agent exits if the Daemon is gone before it registered: let it register.
-        _heartbeat_after(certs, daemon, "s", 0)
+        _sdk_settled(tmp_path / "s.json", second["s"].pid)
         assert "cannot write agent state" in daemon.output()
         assert _recorded_pid(daemon, "a") == first["a"].pid, "agents.json is stale"
         saves_logged = daemon.output().count("cannot write agent state")
@@ -161,6 +171,97 @@ def test_unwritable_state_never_makes_a_second_copy(tmp_path: Path, certs: Path)
         third = _running(certs, daemon, "a", not_pid=second["a"].pid)
         wait_until(
             lambda: _recorded_pid(daemon, "a") == third.pid, what="agents.json written again"
+        )
+    finally:
+        daemon.stop()
+        for pid in (_copies("a", state_id) + _copies("s", state_id)) if state_id else []:
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs to fill up: a real full disk (needs root and a working mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (the unwritable-state test covers this)")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_full_disk_never_makes_a_second_copy(tmp_path: Path, certs: Path, tiny_disk: Path) -> None:
+    pids_a = tmp_path / "a.pids"
+    state_dir = tiny_disk / "state"
+    daemon = start_daemon(
+        tmp_path,
+        certs,
+        node_id="node-a",
+        manager_port=free_port(),
+        agents=[
+            agent("a", "sleeper", str(pids_a), start_seconds=0.2),
+            agent(
+                "s", "sdk_agent", str(tmp_path / "s.json"), start_seconds=0.2, heartbeat_interval=1
+            ),
+        ],
+        config={"state_dir": str(state_dir), "stop_agents_on_exit": False},
+    )
+    state_id = ""
+    try:
+        first = {i: _running(certs, daemon, i) for i in ("a", "s")}
+        state_id = psutil.Process(first["a"].pid).environ()[MARK_ENV].split(":")[0]
+        filler = _fill(tiny_disk)
+        for agent_id in ("a", "s"):
+            os.kill(first[agent_id].pid, signal.SIGKILL)
+        second = {i: _running(certs, daemon, i, not_pid=first[i].pid) for i in ("a", "s")}
+        _sdk_settled(tmp_path / "s.json", second["s"].pid)
+        assert "No space left on device" in daemon.output()
+        agents_json = json.loads((state_dir / "agents.json").read_text())["agents"]
+        assert agents_json["a"]["pid"] == first["a"].pid, "agents.json is stale"
+
+        # A Daemon restarted on the full disk starts, and adopts what runs.
+        daemon.signal(signal.SIGKILL)
+        daemon.kill()
+        restarted_at = time.time()
+        daemon = daemon.restart()
+        for agent_id in ("a", "s"):
+            now = list_agents(certs, daemon)[agent_id]
+            assert (now.status, now.pid) == ("RUNNING", second[agent_id].pid)
+            assert _copies(agent_id, state_id) == [second[agent_id].pid]
+        assert len(pids_a.read_text().split()) == 2, "no agent started a third time"
+        _heartbeat_after(certs, daemon, "s", restarted_at + 1)
+        assert "Traceback" not in daemon.output()
+
+        # Space again: the next change is saved.
+        filler.unlink()
+        os.kill(second["a"].pid, signal.SIGKILL)
+        third = _running(certs, daemon, "a", not_pid=second["a"].pid)
+        wait_until(
+            lambda: (
+                json.loads((state_dir / "agents.json").read_text())["agents"]["a"]["pid"]
+                == third.pid
+            ),
+            what="agents.json written again",
         )
     finally:
         daemon.stop()
