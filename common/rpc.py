@@ -288,9 +288,9 @@ def _peer_addr(stream: grpclib.server.Stream[Any, Any]) -> str:
 
 class _ReadClock:
     """When reading one request gives up: the whole request within ``request_timeout``
-    and, on a server built by :func:`make_server`, no ``body_stall_timeout`` without a
-    byte of it. One asyncio timeout, moved forward as bytes arrive (a timeout context per
-    read would cost ~20 µs a request)."""
+    and, on a server built by :func:`make_server`, no ``body_stall_timeout`` without its
+    prefix, then without 16 KiB more of its body (or its end). One asyncio timeout, moved
+    forward as bytes arrive (a timeout context per read would cost ~20 µs a request)."""
 
     __slots__ = ("connection", "deadline", "got", "request_timeout", "size", "stall", "timer")
 
