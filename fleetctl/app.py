@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from ._click import click_exceptions
 from .commands import agents, apply, config, daemon, metrics, nodes, rollout, specs
-from .commands._shared import State
+from .commands._shared import Format, OutputOpt, State
 from .errors import CliError, ExitCode
 
 # Options of the root command that may be written after the subcommand too.
@@ -54,6 +54,113 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def usage_message(exc: Any) -> str:
+    """Click's message for a usage error, said the way fleetctl says things.
+
+    A missing argument names every argument still missing and the command's shape
+    (instead of only the first one); a rejected choice (``-o yaml``) loses the
+    "Value error, " that Typer's pydantic coercion puts in front of it.
+    """
+    param = getattr(exc, "param", None)
+    ctx = exc.ctx
+    if isinstance(exc, click_exceptions.MissingParameter) and ctx and param is not None:
+        arguments = [p for p in ctx.command.params if p.param_type_name == "argument"]
+        if param in arguments:
+            later = arguments[arguments.index(param) + 1 :]
+            missing = [param, *(p for p in later if p.required)]
+            # "NODE|AGENT" missing: what is missing is at least the AGENT.
+            names = [_name(p).rpartition("|")[2] for p in missing]
+            listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            return f"missing {listed}: {ctx.command_path} {' '.join(_shapes(arguments))} [OPTIONS]"
+        if param.param_type_name == "option" and param.opts:
+            return f"missing option {param.opts[0]} {_name(param)}".rstrip()
+    if isinstance(exc, click_exceptions.BadParameter):
+        error = _value_error(exc.__cause__)
+        if error is not None:
+            exc.message = str(error)
+    return str(exc.format_message())
+
+
+def _shapes(arguments: Sequence[Any]) -> list[str]:
+    """Argument names for a usage line: ``NODE|AGENT`` followed by an optional
+    ``AGENT`` (the ``[NODE] AGENT`` commands) is written ``[NODE] AGENT``."""
+    out: list[str] = []
+    paired = False
+    for arg, nxt in zip(arguments, [*arguments[1:], None], strict=True):
+        if paired:
+            paired = False
+            continue
+        name = _name(arg)
+        first, bar, rest = name.partition("|")
+        paired = bool(bar) and nxt is not None and not nxt.required and _name(nxt) == rest
+        if paired:
+            out.append(f"[{first}] {rest}")
+        else:
+            out.append(name if arg.required else f"[{name}]")
+    return out
+
+
+def _name(arg: Any) -> str:
+    return str(arg.metavar or arg.name or "").upper().strip("[]")
+
+
+def _value_error(cause: BaseException | None) -> ValueError | None:
+    """The ValueError inside a pydantic ValidationError (how Typer validates choices)."""
+    errors = getattr(cause, "errors", None)
+    if not callable(errors):
+        return None
+    try:
+        first = errors()[0]
+    except (IndexError, TypeError):
+        return None
+    error = first.get("ctx", {}).get("error") if isinstance(first, dict) else None
+    return error if isinstance(error, ValueError) else None
+
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def completion_script(argv: Sequence[str]) -> None:
+    """``--show-completion SHELL`` / ``--install-completion SHELL`` for the named shell.
+
+    Typer's options take no value (they detect the shell this runs in), so a shell
+    named after them was ignored: ``--show-completion zsh`` printed bash from bash.
+    Without a shell name, Typer's own options run as before.
+    """
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--show-completion", "--install-completion"):
+            continue
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            if not value or value.startswith("-"):
+                return  # no shell named: Typer's option detects it
+        if value not in COMPLETION_SHELLS:
+            raise CliError(
+                f"{flag} {value}: not a shell fleetctl completes: use "
+                f"{', '.join(COMPLETION_SHELLS[:-1])} or {COMPLETION_SHELLS[-1]}",
+                ExitCode.USAGE,
+            )
+        from typer import completion
+
+        complete_var = "_FLEETCTL_COMPLETE"
+        if flag == "--show-completion":
+            script = completion.get_completion_script(
+                prog_name="fleetctl", complete_var=complete_var, shell=value
+            )
+            sys.stdout.write(script + "\n")
+        else:
+            _, path = completion.install(
+                shell=value, prog_name="fleetctl", complete_var=complete_var
+            )
+            sys.stdout.write(
+                f"{value} completion installed in {path}\n"
+                "Completion will take effect once you restart the terminal\n"
+            )
+        sys.stdout.flush()
+        sys.exit(ExitCode.OK)
+
+
 class FleetGroup(TyperGroup):
     """Root command: global options anywhere, and errors as one line plus an exit code."""
 
@@ -72,6 +179,7 @@ class FleetGroup(TyperGroup):
         cut = argv.index("--") if "--" in argv else len(argv)
         debug = "--debug" in argv[:cut] or bool(os.environ.get("FLEET_DEBUG"))
         try:
+            completion_script(argv[:cut])
             rv = super().main(
                 argv,
                 prog_name=prog_name or "fleetctl",
@@ -86,11 +194,12 @@ class FleetGroup(TyperGroup):
                 traceback.print_exc()
             _fail(exc.message, int(exc.code))
         except click_exceptions.NoArgsIsHelpError as exc:
+            # Only command groups (`fleetctl agent`): commands say what is missing.
             exc.show()
             sys.exit(ExitCode.USAGE)
         except click_exceptions.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "fleetctl"
-            _fail(f"{exc.format_message()} (see '{where} --help')", ExitCode.USAGE)
+            _fail(f"{usage_message(exc)} (see '{where} --help')", ExitCode.USAGE)
         except click_exceptions.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except typer.Abort:
@@ -201,27 +310,23 @@ def root(
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(agents.agents_app, name="agents")
 app.add_typer(agents.agent_app, name="agent")
-app.command("metrics", no_args_is_help=True)(metrics.agent_metrics)
+app.command("metrics")(metrics.agent_metrics)
 app.add_typer(config.app, name="config")
-app.command("apply", no_args_is_help=True)(apply.apply_cmd)
-app.command("diff", no_args_is_help=True)(apply.diff_cmd)
+app.command("apply")(apply.apply_cmd)
+app.command("diff")(apply.diff_cmd)
 app.add_typer(specs.app, name="specs")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(daemon.app, name="daemon")
 
 
 @app.command("version")
-def version(
-    output: Annotated[
-        str, typer.Option("-o", "--output", help="table or json.", metavar="FORMAT")
-    ] = "table",
-) -> None:
+def version(output: OutputOpt = Format.table) -> None:
     """Print fleetctl's version."""
     import platform
 
     from . import __version__
 
-    if output == "json":
+    if output is Format.json:
         import json
 
         print(json.dumps({"fleetctl": __version__, "python": platform.python_version()}))

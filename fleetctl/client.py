@@ -16,7 +16,6 @@ Every failure — gRPC status, refused connection, TLS problem, timeout — beco
 from __future__ import annotations
 
 import asyncio
-import difflib
 import errno
 import re
 import socket
@@ -24,7 +23,7 @@ import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -193,39 +192,85 @@ class Connection:
                 return refused_certificate(self.target, self.settings, reason)
         err = translate(exc, self.target, self.settings, what=what)
         if isinstance(exc, GRPCError) and exc.status is Status.NOT_FOUND:
-            unknown = _UNKNOWN_NODE.match(exc.message or "")
-            if unknown and self.target.kind == "manager":
-                similar = await self._similar_nodes(unknown.group(1))
-                if similar:
-                    err = CliError(f"{err.message} — did you mean {similar}?", err.code)
+            hint = await self._did_you_mean(exc.message or "")
+            if hint:
+                err = CliError(f"{err.message}{hint}", err.code)
         return err
 
-    async def _similar_nodes(self, node_id: str) -> str:
-        """Registered node ids close to a mistyped one ("" if none, or on any error)."""
-        from schema import admin_pb2
+    async def _did_you_mean(self, message: str) -> str:
+        """`` — did you mean …?`` for a NOT_FOUND naming an unknown node or agent id.
 
+        The known ids are asked from the same server (at most 5 s); "" when nothing is
+        close, the message names no id, or asking fails.
+        """
+        from .suggest import close_ids, did_you_mean
+
+        unknown = _unknown_id(message, self.target.kind)
+        if unknown is None:
+            return ""
+        kind, typed, node = unknown
         try:
-            reply = await self.admin().ListNodes(
-                admin_pb2.ListNodesRequest(), timeout=min(self.settings.timeout, 5.0)
-            )
+            hint = did_you_mean(close_ids(typed, await self._known_ids(kind, node)))
+            if not hint and kind == "agent" and node:
+                # Not on this node, nothing like it either: maybe the wrong node.
+                elsewhere = sorted(a.node_id for a in await self._fleet_agents() if a.id == typed)
+                if elsewhere:
+                    hint = f" — {typed} is on {', '.join(elsewhere[:MAX_NODES_NAMED])}"
         except asyncio.CancelledError:
             raise
         except Exception:
             return ""
-        ids = {n.node_id.lower(): n.node_id for n in reply.nodes}
-        if node_id.lower() in ids:
-            return ids[node_id.lower()]
-        scored = sorted(
-            ((difflib.SequenceMatcher(None, node_id.lower(), low).ratio(), low) for low in ids),
-            reverse=True,
+        return hint
+
+    async def _known_ids(self, kind: str, node: str) -> list[str]:
+        """Node ids, or agent ids (of ``node``, or fleet-wide when "")."""
+        timeout = min(self.settings.timeout, 5.0)
+        if self.target.kind == "daemon":
+            from schema import daemon_pb2
+
+            reply = await self.daemon().ListAgents(daemon_pb2.ListAgentsRequest(), timeout=timeout)
+            return [a.id for a in reply.agents]
+        from schema import admin_pb2
+
+        if kind == "node":
+            nodes = await self.admin().ListNodes(admin_pb2.ListNodesRequest(), timeout=timeout)
+            return [n.node_id for n in nodes.nodes]
+        return [a.id for a in await self._fleet_agents(node)]
+
+    async def _fleet_agents(self, node: str = "") -> list[Any]:
+        """The Manager's view of ``node``'s agents (every node's when "")."""
+        from schema import admin_pb2
+
+        reply = await self.admin().ListAgents(
+            admin_pb2.ListAgentsRequest(node_id=node), timeout=min(self.settings.timeout, 5.0)
         )
-        best = scored[0][0] if scored else 0.0
-        # Only the best few: with thousands of "web-NN" nodes every one is "close".
-        close = [low for score, low in scored[:3] if score >= max(0.75, best - 0.05)]
-        return " or ".join(ids[low] for low in close)
+        return list(reply.agents)
 
 
+# At most this many nodes named in "web is on node-a, node-b, ...".
+MAX_NODES_NAMED = 5
+
+# NOT_FOUND messages that name an id, as the Manager and the Daemon word them.
 _UNKNOWN_NODE = re.compile(r"node (\S+) is not registered")
+_UNKNOWN_AGENT = re.compile(r"agent (\S+) is not known on any node")
+_UNKNOWN_AGENT_ON = re.compile(r"(?:daemon (\S+): )?agent '([^']+)' is not configured on this node")
+
+
+def _unknown_id(message: str, target_kind: str) -> tuple[str, str, str] | None:
+    """``(kind, id, node)`` of the unknown id a NOT_FOUND message names, or None.
+
+    ``kind`` is "node" or "agent"; ``node`` the node whose agents to compare with ("" =
+    the whole fleet, or the Daemon we talk to).
+    """
+    if target_kind == "manager":
+        if m := _UNKNOWN_NODE.search(message):
+            return "node", m.group(1), ""
+        if m := _UNKNOWN_AGENT.search(message):
+            return "agent", m.group(1), ""
+    m = _UNKNOWN_AGENT_ON.search(message)
+    if m and (m.group(1) or target_kind == "daemon"):
+        return "agent", m.group(2), m.group(1) or ""
+    return None
 
 
 def probe_tls(address: Address, ctx: ssl.SSLContext, timeout: float) -> str | None:

@@ -366,10 +366,55 @@ def test_a_mistyped_node_gets_a_suggestion(fleet: Fleet, argv: list[str], sugges
 
 
 @pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["agent", "restart", "node-a", "sol"],
+            "fleetctl: daemon node-a: agent 'sol' is not configured on this node "
+            "— did you mean solo?",
+        ),
+        (
+            ["agent", "restart", "slo"],
+            "fleetctl: agent slo is not known on any node (give its node) — did you mean solo?",
+        ),
+        (["agent", "logs", "node-a", "hgo"], "— did you mean hog?"),
+        (["agent", "config", "get", "node-b", "cgf"], "— did you mean cfg?"),
+        (["metrics", "node-a", "wbe"], "— did you mean web?"),
+        # Right id, wrong node: where it is.
+        (
+            ["agent", "logs", "node-b", "solo"],
+            "fleetctl: daemon node-b: agent 'solo' is not configured on this node "
+            "— solo is on node-a",
+        ),
+        (["agents", "list", "nod-c"], "node nod-c is not registered — did you mean node-c?"),
+        # The first part of ids, like a host's short name: every id it starts.
+        (["nodes", "show", "node"], "did you mean node-a, node-b or node-c?"),
+        (["agent", "restart", "node-c", "nosuch"], "not configured on this node"),
+    ],
+)
+def test_a_mistyped_agent_gets_a_suggestion(fleet: Fleet, argv: list[str], line: str) -> None:
+    result = cli(fleet, *argv)
+    assert result.exit_code == ExitCode.NOT_FOUND, result.output
+    said = one_line(result.stderr)
+    assert line in said, said
+    if argv[-1] == "nosuch":
+        assert "did you mean" not in said and " is on " not in said, said
+
+
+def test_a_mistyped_agent_gets_a_suggestion_from_the_daemon_too(fleet: Fleet) -> None:
+    daemon = fleet.daemons["node-a"].address
+    result = cli(fleet, "agent", "stop", "node-a", "hgo", "--daemon", daemon)
+    assert result.exit_code == ExitCode.NOT_FOUND, result.output
+    assert one_line(result.stderr) == (
+        "fleetctl: agent 'hgo' is not configured on this node — did you mean hog?"
+    )
+
+
+@pytest.mark.parametrize(
     ("argv", "hint"),
     [
         (["agent", "restart", "web"], "(as NODE AGENT)"),
-        (["metrics", "web"], "(with --node NODE)"),
+        (["metrics", "web"], "(as NODE AGENT)"),
         (["agent", "config", "get", "web"], "(as NODE AGENT)"),
     ],
 )
@@ -481,6 +526,35 @@ def test_agent_metrics_summary_raw_and_json(fleet: Fleet) -> None:
     raw = cli(fleet, "metrics", "hog", "--node", "node-a", "--since", "5m", "--raw")
     raw_rows = table("\n".join(raw.stdout.strip().splitlines()[1:]))
     assert raw_rows[0][0] == "TIME" and len(raw_rows) - 1 >= 3
+
+
+def test_metrics_takes_the_node_as_every_agent_command_does(fleet: Fleet) -> None:
+    """``metrics [NODE] AGENT`` like ``agent logs``; ``-n`` is a count everywhere, so
+    ``metrics -n NODE`` still works but says it is deprecated (on stderr)."""
+    wait_until(
+        lambda: ok_json(fleet, "metrics", "web", "--node", "node-b", "--since", "5m")["points"],
+        timeout=30,
+        what="history points for web on node-b",
+    )
+    positional = cli(fleet, "metrics", "node-b", "web", "--since", "5m", "-o", "json")
+    assert positional.exit_code == 0 and positional.stderr == "", positional.output
+    assert json.loads(positional.stdout)["node_id"] == "node-b"
+
+    old = cli(fleet, "metrics", "web", "-n", "node-b", "--since", "5m", "-o", "json")
+    assert old.exit_code == 0, old.output
+    assert json.loads(old.stdout)["node_id"] == "node-b"
+    assert one_line(old.stderr) == (
+        "fleetctl: warning: '-n node-b' is deprecated (-n means a count, as in "
+        "'agent logs -n 50'): write '--node node-b' or 'node-b web'"
+    )
+    options = cli(fleet, "metrics", "--help").stdout.split("Options:")[1]
+    assert "--node NODE" in options and not re.search(r"(^|\s)-n\b", options)
+
+    twice = cli(fleet, "metrics", "node-a", "web", "--node", "node-b")
+    assert twice.exit_code == ExitCode.USAGE
+    assert one_line(twice.stderr) == (
+        "fleetctl: two nodes given: node-a and node-b; give the node once"
+    )
 
 
 def test_bad_duration_exits_2(fleet: Fleet) -> None:
@@ -611,7 +685,7 @@ def test_config_push_and_get(fleet: Fleet, tmp_path: Path) -> None:
     result = cli(fleet, "agent", "config", "push", "node-b", "cfg", str(new), "--version", "v7")
     assert result.exit_code == 0, result.output
     match = re.fullmatch(
-        r"APPLIED: cfg on node-b, config hash ([0-9a-f]{64})", result.stdout.strip()
+        r"APPLIED: cfg on node-b, config hash ([0-9a-f]{64}), version v7", result.stdout.strip()
     )
     assert match, result.stdout
     got = ok_json(fleet, "agent", "config", "get", "node-b", "cfg")
@@ -630,6 +704,38 @@ def test_config_push_and_get(fleet: Fleet, tmp_path: Path) -> None:
     )
     table_out = cli(fleet, "agent", "config", "get", "node-b", "cfg").stdout
     assert re.search(r"^Version:\s+v7$", table_out, re.M) and '"greeting": "hello"' in table_out
+
+
+def test_config_push_says_which_version_label_is_in_effect(fleet: Fleet, tmp_path: Path) -> None:
+    """A push without --version sets no label: fleetctl shows the label the agent has
+    after it, and says it was not this push's, rather than let an older config's label
+    pass for this one's."""
+    first, second = tmp_path / "one.json", tmp_path / "two.json"
+    first.write_text('{"round": 1}')
+    second.write_text('{"round": 2}')
+    labelled = ok_json(
+        fleet, "agent", "config", "push", "node-a", "solo", str(first), "--version", "s1"
+    )
+    assert labelled["version"] == "s1"
+
+    result = cli(fleet, "agent", "config", "push", "node-a", "solo", str(second))
+    assert result.exit_code == 0, result.output
+    now = ok_json(fleet, "agent", "config", "get", "node-a", "solo")
+    assert now["config"] == {"round": 2}
+    line = result.stdout.strip()
+    assert line.startswith(f"APPLIED: solo on node-a, config hash {now['config_hash']}")
+    if now["version"]:  # the Daemon kept the older label
+        assert line.endswith(
+            f", version {now['version']} (kept: this push set none; label it with --version)"
+        )
+    else:
+        assert line.endswith(now["config_hash"])
+    pushed = ok_json(fleet, "agent", "config", "push", "node-a", "solo", str(second))
+    assert pushed["version"] == now["version"]
+
+    empty = cli(fleet, "agent", "config", "push", "node-a", "solo", str(second), "--version", "")
+    assert empty.exit_code == ExitCode.USAGE
+    assert "--version '': give a label" in one_line(empty.stderr)
 
 
 def test_config_push_with_failing_restart_is_rolled_back(fleet: Fleet, tmp_path: Path) -> None:
@@ -810,5 +916,23 @@ def test_shell_completion_of_nodes_and_agents(fleet: Fleet) -> None:
     assert {"node-a", "node-b", "node-c", "solo", "hog", "cfg"} <= set(first)
     assert "web" not in first
     assert complete(fleet, "fleetctl metrics h") == ["hog"]
+    assert complete(fleet, "fleetctl metrics node-a h") == ["hog"]
     # Manager unreachable: nothing offered, nothing printed.
     assert complete(fleet, "fleetctl nodes show n", env={"FLEET_MANAGER": "127.0.0.1:1"}) == []
+
+
+def test_zsh_completion_answers_what_its_script_asks(fleet: Fleet) -> None:
+    """The script ``--show-completion zsh`` prints asks with complete_zsh; the answer
+    carries each id with its help text, as zsh shows them."""
+    script = run_cli([console_script("fleetctl"), "--show-completion", "zsh"]).stdout
+    assert "_FLEETCTL_COMPLETE=complete_zsh" in script
+    proc = run_cli(
+        [console_script("fleetctl")],
+        env={
+            **fleet.env,
+            "_FLEETCTL_COMPLETE": "complete_zsh",
+            "_TYPER_COMPLETE_ARGS": "fleetctl nodes show node-",
+        },
+    )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    assert '"node-a":"online"' in proc.stdout and '"node-c":"online"' in proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -188,10 +189,98 @@ def test_usage_errors_exit_2_with_one_line(certs: Path, argv: list[str]) -> None
     one_line(result.stderr)
 
 
-def test_command_without_arguments_shows_its_help() -> None:
-    result = runner.invoke(app, ["agent", "restart"])
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["agent", "restart"],
+            "fleetctl: missing AGENT: fleetctl agent restart [NODE] AGENT [OPTIONS] "
+            "(see 'fleetctl agent restart --help')",
+        ),
+        (["agent", "stop"], "fleetctl: missing AGENT: fleetctl agent stop [NODE] AGENT"),
+        (["agent", "logs"], "fleetctl: missing AGENT: fleetctl agent logs [NODE] AGENT"),
+        (["metrics"], "fleetctl: missing AGENT: fleetctl metrics [NODE] AGENT"),
+        (
+            ["agent", "config", "push", "node-a"],
+            "fleetctl: missing AGENT and FILE: fleetctl agent config push NODE AGENT FILE",
+        ),
+        (
+            ["agent", "config", "push"],
+            "fleetctl: missing NODE, AGENT and FILE: fleetctl agent config push NODE AGENT FILE",
+        ),
+        (["nodes", "show"], "fleetctl: missing NODE: fleetctl nodes show NODE [OPTIONS]"),
+        (["specs", "history"], "fleetctl: missing NAME: fleetctl specs history NAME"),
+        (["apply"], "fleetctl: missing option --file FILE (see 'fleetctl apply --help')"),
+    ],
+)
+def test_command_without_arguments_says_what_is_missing(argv: list[str], line: str) -> None:
+    result = runner.invoke(app, argv)
     assert result.exit_code == ExitCode.USAGE
-    assert result.stderr.startswith("Usage: fleetctl agent restart [OPTIONS] {NODE|AGENT} [AGENT]")
+    assert one_line(result.stderr).startswith(line)
+    assert result.stdout == ""
+
+
+def test_a_group_without_a_command_still_shows_its_commands() -> None:
+    result = runner.invoke(app, ["agent"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "Commands:" in result.stderr and "restart" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["nodes", "list", "-o", "yaml"],
+            "fleetctl: Invalid value for '-o' / '--output': 'yaml' is not one of 'table', "
+            "'wide', 'json'. (see 'fleetctl nodes list --help')",
+        ),
+        (["version", "-o", "yaml"], "'yaml' is not one of 'table', 'wide', 'json'"),
+        (["config", "show", "-o", "yaml"], "'yaml' is not one of 'table', 'wide', 'json'"),
+        (["agent", "logs", "web", "--stream", "stdin"], "'stdin' is not one of 'stderr'"),
+    ],
+)
+def test_a_bad_choice_says_the_choices_plainly(argv: list[str], line: str) -> None:
+    result = runner.invoke(app, argv)
+    assert result.exit_code == ExitCode.USAGE
+    message = one_line(result.stderr)
+    assert line in message and "Value error" not in message
+
+
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [
+        ("bash", "complete -o default -F _fleetctl_completion fleetctl"),
+        ("zsh", "#compdef fleetctl"),
+        ("fish", "complete --command fleetctl"),
+        ("pwsh", "Register-ArgumentCompleter -Native -CommandName fleetctl"),
+    ],
+)
+def test_show_completion_prints_the_named_shells_script(shell: str, marker: str) -> None:
+    # A real process: the bash that runs the tests must not decide which script it gets.
+    for argv in (["--show-completion", shell], [f"--show-completion={shell}"]):
+        proc = run_cli([console_script("fleetctl"), *argv])
+        assert proc.returncode == 0, proc.stderr
+        protocol = "powershell" if shell == "pwsh" else shell
+        assert marker in proc.stdout, proc.stdout
+        assert {f"complete_{protocol}"} == set(re.findall(r"complete_[a-z]+", proc.stdout))
+
+
+def test_show_completion_of_an_unknown_shell_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["--show-completion", "tcsh"])
+    assert result.exit_code == ExitCode.USAGE
+    assert one_line(result.stderr) == (
+        "fleetctl: --show-completion tcsh: not a shell fleetctl completes: use bash, zsh, "
+        "fish, powershell or pwsh"
+    )
+
+
+def test_install_completion_writes_the_named_shells_script(tmp_path: Path) -> None:
+    proc = run_cli(
+        [console_script("fleetctl"), "--install-completion", "zsh"], env={"HOME": str(tmp_path)}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "zsh completion installed in" in proc.stdout
+    assert (tmp_path / ".zfunc" / "_fleetctl").read_text().startswith("#compdef fleetctl")
 
 
 def test_bad_duration_message_shows_examples(certs: Path) -> None:
@@ -496,6 +585,46 @@ def test_every_rpc_command_gives_up_at_its_timeout(tmp_path: Path) -> None:
         kind = "daemon" if "--daemon" in argv else "manager"
         line = one_line(proc.stderr)
         assert f"{kind} at {address} did not answer within 1s" in line, (argv, line)
+
+
+# ---- did you mean ---------------------------------------------------------------------------
+
+NODES_ABC = ["node-a", "node-b", "node-c"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "known", "meant"),
+    [
+        ("nod-a", NODES_ABC, ["node-a"]),  # a letter missing
+        ("node-cc", NODES_ABC, ["node-c"]),  # one too many
+        ("NODE-B", NODES_ABC, ["node-b"]),  # case
+        ("web-01", NODES_ABC, []),  # nothing like it
+        ("web-01", ["web-01.example.net", "web-02.example.net"], ["web-01.example.net"]),
+        ("web-01.example.net", ["web-01", "web-02"], ["web-01"]),
+        ("node", [*NODES_ABC, "node-d"], ["node-a", "node-b", "node-c"]),  # at most three
+        # Short ids, where a similarity ratio says little: one edit away is close.
+        ("v", ["vm", "node-a"], ["vm"]),
+        ("mv", ["vm", "db"], ["vm"]),
+        ("vn", ["vm"], ["vm"]),
+        ("x", ["vm"], []),
+        ("wbe", ["web", "cfg"], ["web"]),  # two letters swapped
+        ("wrker-1", ["web-1", "worker-1"], ["worker-1"]),
+        ("frontend-wst-1", ["frontend-east-1", "frontend-west-1"], ["frontend-west-1"]),
+        ("frontnd-west-2", ["frontend-east-1", "frontend-west-1"], ["frontend-west-1"]),
+    ],
+)
+def test_close_ids(typed: str, known: list[str], meant: list[str]) -> None:
+    from fleetctl.suggest import close_ids
+
+    assert close_ids(typed, known) == meant
+
+
+def test_did_you_mean_lists_the_ids() -> None:
+    from fleetctl.suggest import did_you_mean
+
+    assert did_you_mean([]) == ""
+    assert did_you_mean(["vm"]) == " — did you mean vm?"
+    assert did_you_mean(["a", "b", "c"]) == " — did you mean a, b or c?"
 
 
 # ---- rendering ------------------------------------------------------------------------------

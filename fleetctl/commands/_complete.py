@@ -79,7 +79,7 @@ def complete_node_or_agent(ctx: typer.Context, incomplete: str) -> list[tuple[st
 
 def complete_agent(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     """Agent ids on the node given before (or anywhere)."""
-    node = ctx.params.get("first") or ctx.params.get("node") or ""
+    node = ctx.params.get("first") or ctx.params.get("node") or ctx.params.get("node_opt") or ""
     try:
         _, agents = _ask(ctx, node=node)
     except Exception:

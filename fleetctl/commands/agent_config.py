@@ -3,8 +3,9 @@ through ``PushUpdate``."""
 
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,10 +23,13 @@ from ._shared import (
     state,
 )
 
+if TYPE_CHECKING:
+    from ..client import Connection
+
 app = typer.Typer(help="An agent's config: get it, push a new one.", no_args_is_help=True)
 
 
-@app.command("get", no_args_is_help=True)
+@app.command("get")
 def get_config(
     ctx: typer.Context,
     first: NodeOrAgentArg,
@@ -115,7 +119,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-@app.command("push", no_args_is_help=True)
+@app.command("push")
 def push_config(
     ctx: typer.Context,
     node: NodeArg,
@@ -134,10 +138,12 @@ def push_config(
     daemon: DaemonOpt = None,
 ) -> None:
     """Push FILE as AGENT's config on NODE; prints the new hash and APPLIED / FAILED."""
+    if version is not None and not version.strip():
+        raise usage("--version '': give a label, e.g. --version v2 (an empty one is not sent)")
     config_json = json.dumps(read_config_file(file), sort_keys=True, separators=(",", ":"))
     st = state(ctx)
 
-    async def go() -> tuple[str, Any]:
+    async def go() -> tuple[str, Any, str | None]:
         if daemon:
             from schema import daemon_pb2
 
@@ -153,7 +159,14 @@ def push_config(
                         timeout=conn.timeout,
                     )
                 )
-                return node, res
+                label = await label_after(
+                    conn,
+                    res,
+                    lambda: conn.daemon().GetAgentConfig(
+                        daemon_pb2.AgentConfigRequest(agent_id=agent), timeout=conn.timeout
+                    ),
+                )
+                return node, res, label
         from schema import admin_pb2
 
         async with st.connect() as conn:
@@ -169,9 +182,35 @@ def push_config(
                     timeout=conn.timeout,
                 )
             )
-            return resp.node_id or node, resp.result
+            label = await label_after(
+                conn,
+                resp.result,
+                lambda: conn.admin().GetAgentConfig(
+                    admin_pb2.GetAgentConfigRequest(node_id=node, agent_id=agent),
+                    timeout=conn.timeout,
+                ),
+            )
+            return resp.node_id or node, resp.result, label
 
-    node_id, res = run(go())
+    async def label_after(
+        conn: "Connection", res: Any, ask: Callable[[], Awaitable[Any]]
+    ) -> str | None:
+        """The version label in effect after the push ("" none, None unknown).
+
+        The Daemon keeps the label it had when an update brings none (an empty
+        ``version`` means "keep" on the wire), so without --version the label shown
+        can be an older config's: ask which it is, to say so.
+        """
+        if version and res.success:
+            return version
+        try:
+            reply = await conn.call(ask())
+        except CliError:
+            return None
+        cfg = getattr(reply, "config", reply)  # the Manager wraps the Daemon's reply
+        return str(cfg.version)
+
+    node_id, res, label = run(go())
     status = res.status or ("APPLIED" if res.success else "FAILED")
     out = st.output()
     if output is Format.json:
@@ -182,14 +221,21 @@ def push_config(
                 "status": status,
                 "success": res.success,
                 "config_hash": res.config_hash or None,
+                "version": label or None,
                 "restart": restart,
                 "error": res.error_message or None,
             }
         )
     else:
         restarted = " (restarted)" if restart and res.success else ""
+        labelled = ""
+        if label and version and res.success:
+            labelled = f", version {label}"
+        elif label:
+            labelled = f", version {label} (kept: this push set none; label it with --version)"
         out.line(
-            f"{status}: {agent} on {node_id}{restarted}, config hash {res.config_hash or '-'}",
+            f"{status}: {agent} on {node_id}{restarted}, config hash {res.config_hash or '-'}"
+            f"{labelled}",
             "green" if res.success else "bold red",
         )
     if not res.success:

@@ -225,5 +225,5 @@ def report_operation(
 
 
 for _op in ("start", "stop", "restart"):
-    agent_app.command(_op, no_args_is_help=True)(_operation(_op))
-agent_app.command("logs", no_args_is_help=True)(agent_logs.agent_logs)
+    agent_app.command(_op)(_operation(_op))
+agent_app.command("logs")(agent_logs.agent_logs)

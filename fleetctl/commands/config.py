@@ -1,10 +1,8 @@
 """``fleetctl config show``: the connection settings in effect and where each came from."""
 
-from typing import Annotated
-
 import typer
 
-from ._shared import state
+from ._shared import Format, OutputOpt, state
 
 app = typer.Typer(help="fleetctl's own settings.", no_args_is_help=True)
 
@@ -12,7 +10,7 @@ app = typer.Typer(help="fleetctl's own settings.", no_args_is_help=True)
 @app.command("show")
 def show(
     ctx: typer.Context,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    output: OutputOpt = Format.table,
 ) -> None:
     """Print each connection setting, its value and its source (flag, env, config, default)."""
     from ..settings import FIELDS
@@ -28,7 +26,7 @@ def show(
         "insecure": s.insecure,
     }
     out = st.output()
-    if output == "json":
+    if output is Format.json:
         out.json(
             {
                 "config_file": str(s.config_file) if s.config_file else None,

@@ -14,7 +14,7 @@ from ._shared import DaemonOpt, Format, OutputOpt, run, state
 app = typer.Typer(help="Daemons: reload their config file.", no_args_is_help=True)
 
 
-@app.command("reload", no_args_is_help=True)
+@app.command("reload")
 def reload_daemon(
     ctx: typer.Context,
     node: Annotated[

@@ -8,10 +8,21 @@ import typer
 
 from common.durations import format_duration
 
+from ..errors import usage
 from ..render import Output, ago, iso, number, sparkline
 from ..views import RESOURCE_FIELDS, point_json, size_or_number
-from ._complete import complete_agent, complete_node
-from ._shared import DaemonOpt, Format, OutputOpt, parse_since, run, state
+from ._complete import complete_node
+from ._shared import (
+    AgentArg,
+    DaemonOpt,
+    Format,
+    NodeOrAgentArg,
+    OutputOpt,
+    parse_since,
+    run,
+    split_node_agent,
+    state,
+)
 
 SUMMARY_HEADERS = ["FIELD", "MIN", "AVG", "MAX", "LAST", "TREND"]
 SUMMARY_RIGHT = ("MIN", "AVG", "MAX", "LAST")
@@ -32,17 +43,21 @@ def summary_row(label: str, values: Sequence[float], *, is_size: bool, unicode: 
 
 def agent_metrics(
     ctx: typer.Context,
-    agent: Annotated[
-        str, typer.Argument(metavar="AGENT", help="Agent id.", autocompletion=complete_agent)
-    ],
-    node: Annotated[
+    first: NodeOrAgentArg,
+    second: AgentArg = None,
+    node_opt: Annotated[
         str | None,
         typer.Option(
             "--node",
-            "-n",
-            help="Node of the agent (needed when the id is not unique).",
+            metavar="NODE",
+            help="Node of the agent, as with NODE AGENT.",
             autocompletion=complete_node,
+            show_default=False,
         ),
+    ] = None,
+    node_short: Annotated[
+        str | None,
+        typer.Option("-n", hidden=True, help="Deprecated spelling of --node."),
     ] = None,
     since: Annotated[
         str, typer.Option(help="Window back from now: 30s, 5m, 1h, 2d.", metavar="DURATION")
@@ -52,6 +67,19 @@ def agent_metrics(
     daemon: DaemonOpt = None,
 ) -> None:
     """An agent's resource history (cpu, rss, vms, disk read/write, open files)."""
+    node, agent = split_node_agent(first, second)
+    if node_short is not None:
+        # -n is a count everywhere else (agent logs -n 50, specs history -n 5).
+        typer.echo(
+            f"fleetctl: warning: '-n {node_short}' is deprecated (-n means a count, as in "
+            f"'agent logs -n 50'): write '--node {node_short}' or '{node_short} {agent}'",
+            err=True,
+        )
+    for given in (node_opt, node_short):
+        if given is not None:
+            if node and given != node:
+                raise usage(f"two nodes given: {node} and {given}; give the node once")
+            node = given
     seconds = parse_since(since)
     st = state(ctx)
 
@@ -77,7 +105,7 @@ def agent_metrics(
                     ),
                     timeout=conn.timeout,
                 ),
-                agent_without_node="" if node else "with --node NODE",
+                agent_without_node="" if node else "as NODE AGENT",
             )
             return resp.node_id or node or "", list(resp.data_points)
 

@@ -62,7 +62,7 @@ def list_nodes(
     )
 
 
-@app.command("show", no_args_is_help=True)
+@app.command("show")
 def show_node(
     ctx: typer.Context,
     node: NodeArg,
@@ -144,7 +144,7 @@ def show_node(
         out.line("Recent events: none")
 
 
-@app.command("metrics", no_args_is_help=True)
+@app.command("metrics")
 def node_metrics(
     ctx: typer.Context,
     node: NodeArg,
@@ -193,7 +193,7 @@ def node_metrics(
     )
 
 
-@app.command("remove", no_args_is_help=True)
+@app.command("remove")
 def remove_node(
     ctx: typer.Context,
     node: NodeArg,

@@ -44,7 +44,7 @@ def print_rollout(st: State, rollout: Any | None, spec: str, *, as_json: bool) -
         out.fields(rollout_fields(rollout))
 
 
-@app.command("status", no_args_is_help=True)
+@app.command("status")
 def rollout_status(
     ctx: typer.Context,
     spec: SpecArg,
@@ -140,11 +140,11 @@ def _set_state(action: str, past: str, expected: str) -> Any:
     return command
 
 
-app.command("pause", no_args_is_help=True)(_set_state("pause", "paused", "paused"))
-app.command("resume", no_args_is_help=True)(_set_state("resume", "resumed", "running"))
+app.command("pause")(_set_state("pause", "paused", "paused"))
+app.command("resume")(_set_state("resume", "resumed", "running"))
 
 
-@app.command("undo", no_args_is_help=True)
+@app.command("undo")
 def rollout_undo(
     ctx: typer.Context,
     spec: SpecArg,

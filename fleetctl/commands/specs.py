@@ -67,7 +67,7 @@ def list_specs(
     out.table(SPEC_HEADERS, [spec_row(s) for s in specs], right=SPEC_RIGHT)
 
 
-@app.command("show", no_args_is_help=True)
+@app.command("show")
 def show_spec(ctx: typer.Context, name: SpecArg, output: OutputOpt = Format.table) -> None:
     """One spec: its current document (target, agents), its rollout, every node's status."""
     from ..render import ago
@@ -152,7 +152,7 @@ def show_spec(ctx: typer.Context, name: SpecArg, output: OutputOpt = Format.tabl
         out.line("Nodes: none targeted")
 
 
-@app.command("history", no_args_is_help=True)
+@app.command("history")
 def spec_history(
     ctx: typer.Context,
     name: SpecArg,
@@ -200,7 +200,7 @@ def spec_history(
     )
 
 
-@app.command("status", no_args_is_help=True)
+@app.command("status")
 def spec_status(ctx: typer.Context, name: SpecArg, output: OutputOpt = Format.table) -> None:
     """Per node: the revision it should run, the one it runs, its state and why.
 
@@ -242,7 +242,7 @@ def spec_status(ctx: typer.Context, name: SpecArg, output: OutputOpt = Format.ta
     out.line(summary, "yellow" if others else "green")
 
 
-@app.command("delete", no_args_is_help=True)
+@app.command("delete")
 def delete_spec(
     ctx: typer.Context,
     name: SpecArg,
