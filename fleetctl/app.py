@@ -118,6 +118,12 @@ def _value_error(cause: BaseException | None) -> ValueError | None:
 
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+_COMPLETION_HELP = {
+    "install_completion": "Install completion for [SHELL] (bash, zsh, fish, pwsh; "
+    "default: the current shell).",
+    "show_completion": "Print the completion script for [SHELL] (bash, zsh, fish, pwsh; "
+    "default: the current shell).",
+}
 
 
 def completion_script(argv: Sequence[str]) -> None:
@@ -166,6 +172,14 @@ class FleetGroup(TyperGroup):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(args))
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        for param in params:
+            # Typer's help says "for the current shell"; a shell may be named (main()).
+            if param.name in _COMPLETION_HELP:
+                param.help = _COMPLETION_HELP[param.name]
+        return params
 
     def main(  # type: ignore[override]
         self,
