@@ -17,10 +17,9 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from grpclib.server import Server
 from prometheus_client.core import Metric
 
-from common.rpc import GuardedService, Transport, wait_server_closed
+from common.rpc import GuardedService, HardenedServer, Transport, make_server, wait_server_closed
 from common.specdoc import SpecError, load_ca_certs
 from common.tls import TLSFiles, client_context, server_context, warn_insecure
 
@@ -98,8 +97,8 @@ class DaemonApp:
         self.desired: DesiredState | None = None
         self.manager: ManagerClient | None = None
         self.outbox: Outbox | None = None
-        self._control: Server | None = None
-        self._local: Server | None = None
+        self._control: HardenedServer | None = None
+        self._local: HardenedServer | None = None
         self._http: MetricsServer | None = None
         self.grpc_port = 0
         self.advertise = ""
@@ -170,7 +169,7 @@ class DaemonApp:
             desired=self.desired,
             request_sync=self._request_sync,
         )
-        control_server = Server(
+        control_server = make_server(
             [
                 GuardedService(
                     control,
@@ -178,7 +177,8 @@ class DaemonApp:
                     transport=Transport.TLS if tls else Transport.INSECURE,
                     observer=self._observe,
                 )
-            ]
+            ],
+            limits=cfg.grpc_limits,
         )
         host, port = split_hostport(cfg.listen)
         # Kept only once started: close() on a grpclib Server that never started raises,
@@ -191,7 +191,7 @@ class DaemonApp:
             prepare_socket_dir(self.socket_path)
         except UnsafeSocketPath as exc:
             raise StartupError(str(exc)) from None
-        local_server = Server(
+        local_server = make_server(
             [
                 GuardedService(
                     agent_service.AgentService(agents=self.agents),
@@ -199,7 +199,8 @@ class DaemonApp:
                     transport=Transport.LOCAL,
                     observer=self._observe,
                 )
-            ]
+            ],
+            limits=cfg.grpc_limits,
         )
         await local_server.start(path=str(self.socket_path))
         self._local = local_server
@@ -370,7 +371,7 @@ class DaemonApp:
             yield from (connected, regs)
 
 
-def _bound_port(server: Server) -> int:
+def _bound_port(server: HardenedServer) -> int:
     listener = server._server
     sockets = listener.sockets if isinstance(listener, asyncio.Server) else ()
     return int(sockets[0].getsockname()[1]) if sockets else 0

@@ -9,10 +9,11 @@ Every key and default is documented in ``docs/daemon.md``.
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from common.agentspec import (
     parse_duration_value,
 )
 from common.errors import InvalidArgument
+from common.h2limits import H2Limits
 from common.validate import check_labels
 
 from . import tomlpos
@@ -45,7 +47,12 @@ class TLSSettings:
 
 @dataclass(frozen=True)
 class ManagerSettings:
-    """``[manager]``: where the Manager is and how often to talk to it (seed defaults)."""
+    """``[manager]``: where the Manager is and how often to talk to it (seed defaults).
+
+    ``address`` is one ``HOST:PORT`` or several, comma-separated (a TOML list is joined
+    that way), each possibly a DNS name with several records: the Managers to fail over
+    between (:mod:`daemon.manager_addresses`).
+    """
 
     address: str = "127.0.0.1:50051"
     timeout: float = 30.0
@@ -54,6 +61,11 @@ class ManagerSettings:
     metrics_interval: float = 60.0
     sync_interval: float = 60.0
     tls: TLSSettings = field(default_factory=TLSSettings)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The entries of ``address``: ``"a:1, b:2"`` → ``("a:1", "b:2")``."""
+        return manager_addresses(self.address)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class DaemonConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     listen: str = "0.0.0.0:50052"
     advertise: str = ""
+    grpc_limits: H2Limits = field(default_factory=H2Limits)
     agent_socket: str = ""
     agent_check_peer: bool = True
     # Where the agent socket goes when <state_dir>/run/agent.sock is too long for one.
@@ -96,7 +109,7 @@ class DaemonConfig:
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.node_id):
             raise ConfigError(f"key 'node_id': {self.node_id!r} must be 1-128 of [A-Za-z0-9._-]")
-        _split_hostport("manager.address", self.manager.address)
+        manager_addresses(self.manager.address)
         _split_hostport("grpc.listen", self.listen)
         if self.advertise:
             _split_hostport("grpc.advertise", self.advertise)
@@ -162,6 +175,37 @@ def _split_hostport(key: str, text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+MAX_MANAGER_ADDRESSES = 32
+_HOST = re.compile(r"[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.%\w]+\]|[0-9A-Fa-f:.]+")
+
+
+def manager_addresses(text: str) -> tuple[str, ...]:
+    """Check ``manager.address`` (``HOST:PORT``, or several comma-separated) and return
+    its entries; :class:`ConfigError` naming the key and the entry when one is wrong."""
+    key = "manager.address"
+    entries = tuple(part.strip() for part in text.split(","))
+    if not text.strip():
+        raise ConfigError(f"key {key!r} is empty: give HOST:PORT, or a list of them")
+    if "" in entries:
+        raise ConfigError(f"key {key!r}: {text!r} has an empty entry")
+    if len(entries) > MAX_MANAGER_ADDRESSES:
+        raise ConfigError(
+            f"key {key!r} lists {len(entries)} addresses (at most {MAX_MANAGER_ADDRESSES})"
+        )
+    for entry in entries:
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not _HOST.fullmatch(host):
+            raise ConfigError(f"key {key!r}: {entry!r} is not HOST:PORT")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"key {key!r}: {entry!r}: the port must be 1-65535")
+    seen: set[str] = set()
+    for entry in entries:
+        if entry in seen:
+            raise ConfigError(f"key {key!r} lists {entry!r} twice")
+        seen.add(entry)
+    return entries
+
+
 # ---- parsing ----
 
 _SCHEMA: dict[str, Any] = {
@@ -170,7 +214,7 @@ _SCHEMA: dict[str, Any] = {
     "state_dir": str,
     "stop_agents_on_exit": bool,
     "manager": {
-        "address": str,
+        "address": "addresses",
         "timeout": "duration",
         "heartbeat_interval": "duration",
         "reconnect_interval": "duration",
@@ -178,7 +222,14 @@ _SCHEMA: dict[str, Any] = {
         "sync_interval": "duration",
         "tls": {"enabled": bool, "cert_file": str, "key_file": str, "ca_file": str},
     },
-    "grpc": {"listen": str, "advertise": str},
+    "grpc": {
+        "listen": str,
+        "advertise": str,
+        # [grpc.limits]: HTTP/2 bounds against hostile peers (common/h2limits.py).
+        "limits": {
+            f.name: ("duration" if f.type in (float, "float") else int) for f in fields(H2Limits)
+        },
+    },
     "agent_api": {"socket": str, "check_peer": bool, "fallback_dir": str},
     "http": {"listen": str},
     "history": {"interval": "duration", "retention": "duration"},
@@ -214,6 +265,8 @@ def _check_tree(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str)
             out[key] = _check_tree(value, kind, f"{name}.")
         elif kind == "duration":
             out[key] = parse_duration_value(name, value)
+        elif kind == "addresses":
+            out[key] = _address_list(name, value)
         elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"key {name!r} must be an integer")
         elif kind is not int and not isinstance(value, kind):
@@ -221,6 +274,17 @@ def _check_tree(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str)
         else:
             out[key] = value
     return out
+
+
+def _address_list(name: str, value: Any) -> str:
+    """``"a:1"``, ``"a:1,b:2"`` or ``["a:1", "b:2"]`` → ``"a:1,b:2"`` (checked later)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if not value:
+            raise ConfigError(f"key {name!r} is an empty list: give at least one HOST:PORT")
+        return ",".join(value)
+    raise ConfigError(f"key {name!r} must be a HOST:PORT string or a list of them")
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -269,6 +333,13 @@ def build_config(
         if value is not None:
             merged = _deep_merge(merged, _nest(path, value))
     return from_mapping(merged, base_dir=base_dir)
+
+
+def _limits(table: Mapping[str, Any]) -> H2Limits:
+    try:
+        return H2Limits(**table)
+    except ValueError as exc:
+        raise ConfigError(f"key 'grpc.limits': {exc}") from None
 
 
 def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> DaemonConfig:
@@ -334,6 +405,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         labels=dict(labels),
         listen=d.get("grpc", {}).get("listen", DaemonConfig.listen),
         advertise=d.get("grpc", {}).get("advertise", ""),
+        grpc_limits=_limits(d.get("grpc", {}).get("limits", {})),
         agent_socket=path_of(d.get("agent_api", {}).get("socket", "")),
         agent_check_peer=d.get("agent_api", {}).get("check_peer", True),
         agent_fallback_dir=d.get("agent_api", {}).get("fallback_dir", "/tmp"),
@@ -417,6 +489,7 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
     ("manager.tls.ca_file", lambda c: c.manager.tls.ca_file),
     ("grpc.listen", lambda c: c.listen),
     ("grpc.advertise", lambda c: c.advertise),
+    ("grpc.limits", lambda c: c.grpc_limits),
     ("agent_api.socket", lambda c: c.agent_socket),
     ("agent_api.check_peer", lambda c: c.agent_check_peer),
     ("agent_api.fallback_dir", lambda c: c.agent_fallback_dir),

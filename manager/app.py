@@ -18,11 +18,11 @@ from typing import Any
 
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
-from grpclib.server import Server
 
-from common.rpc import GuardedService, Transport, wait_server_closed
+from common.rpc import GuardedService, HardenedServer, Transport, make_server, wait_server_closed
 from common.specdoc import load_ca_certs
 from common.tls import client_context, server_context, warn_insecure
+from common.wirelimits import manager_report_metrics_limits
 
 from .config import ManagerConfig, split_host_port
 from .daemon_pool import DaemonClientPool
@@ -126,7 +126,7 @@ class ManagerApp:
             controller=self.specs,
             interval=config.rollout_interval,
         )
-        self.grpc: Server | None = None
+        self.grpc: HardenedServer | None = None
         self.http: HttpServer | None = None
         self.grpc_address = ""
         self.http_address = ""
@@ -185,6 +185,13 @@ class ManagerApp:
             manager_service,
             policy=MANAGER_POLICY,
             max_in_flight={"RegisterNode": cfg.max_concurrent_registrations},
+            # The wire-level bound follows the ingest limits an operator may raise.
+            decode_limits={
+                "ReportMetrics": manager_report_metrics_limits(
+                    max_samples_per_report=cfg.max_samples_per_report,
+                    max_values_per_sample=cfg.max_values_per_sample,
+                )
+            },
             **guard,
         )
         guarded_admin = GuardedService(admin_service, policy=ADMIN_POLICY, **guard)
@@ -193,7 +200,7 @@ class ManagerApp:
         db_check = ServiceCheck(self.database.ping, check_ttl=5, check_timeout=5)
         health = Health({guarded_manager: [db_check], guarded_admin: [db_check]})
         services: list[Any] = [guarded_manager, guarded_admin, health]
-        grpc = Server(with_reflection(services))
+        grpc = make_server(with_reflection(services), limits=cfg.grpc_limits)
         host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
         try:
             await grpc.start(host, port, ssl=server_ssl, reuse_address=True)

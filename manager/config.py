@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from common.durations import parse_duration
+from common.h2limits import H2Limits
 from common.tls import TLSFiles
 
 ENV_PREFIX = "FLEET_MANAGER_"
@@ -45,6 +46,8 @@ class ManagerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     # Load shedding: RegisterNode calls in progress at once; more get UNAVAILABLE at once.
     max_concurrent_registrations: int = 256
+    # HTTP/2 bounds against hostile peers ([grpc.limits], common/h2limits.py).
+    grpc_limits: H2Limits = field(default_factory=H2Limits)
     # HTTP side ("" disables it).
     http_listen: str = "127.0.0.1:8080"
     http_read_timeout: float = 30.0
@@ -139,6 +142,12 @@ class ManagerConfig:
             )
         if self.tls_enabled:
             TLSFiles(Path(self.cert_file), Path(self.key_file), Path(self.ca_file))
+        needed = self.max_message_bytes + 5 + self.grpc_limits.connection_window
+        if self.grpc_limits.buffer_per_connection < needed:
+            raise ValueError(
+                f"grpc.limits.buffer_per_connection must be >= grpc.max_message_bytes + 5 + "
+                f"grpc.limits.connection_window = {needed}"
+            )
 
     @property
     def db_url(self) -> str:
@@ -195,6 +204,13 @@ KEYS: dict[str, tuple[str, str]] = {
     "specs.rollout_interval": ("rollout_interval", "duration"),
     "specs.push_concurrency": ("spec_push_concurrency", "int"),
     "log.level": ("log_level", "str"),
+}
+
+
+# [grpc.limits]: one key per H2Limits field, gathered into ManagerConfig.grpc_limits.
+LIMIT_KEYS: dict[str, tuple[str, str]] = {
+    f"grpc.limits.{f.name}": (f.name, "float" if f.type in (float, "float") else "int")
+    for f in fields(H2Limits)
 }
 
 
@@ -263,23 +279,33 @@ def load_config(
     Unknown TOML keys are an error (a typo should not silently keep a default).
     """
     values: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
     if config_file is not None:
         with open(config_file, "rb") as fh:
             data = _flatten(tomllib.load(fh))
-        unknown = sorted(set(data) - set(KEYS))
+        unknown = sorted(set(data) - set(KEYS) - set(LIMIT_KEYS))
         if unknown:
             raise ValueError(f"{config_file}: unknown key(s): {', '.join(unknown)}")
         for key, value in data.items():
-            name, kind = KEYS[key]
-            values[name] = _convert(key, kind, value)
+            _set(values, limits, key, value)
     env = os.environ if environ is None else environ
-    for key, (name, kind) in KEYS.items():
+    for key in (*KEYS, *LIMIT_KEYS):
         if env_name(key) in env:
-            values[name] = _convert(key, kind, env[env_name(key)])
+            _set(values, limits, key, env[env_name(key)])
     for key, value in (overrides or {}).items():
+        _set(values, limits, key, value)
+    if limits:
+        values["grpc_limits"] = H2Limits(**limits)
+    return ManagerConfig(**values)
+
+
+def _set(values: dict[str, Any], limits: dict[str, Any], key: str, value: Any) -> None:
+    if key in LIMIT_KEYS:
+        name, kind = LIMIT_KEYS[key]
+        limits[name] = _convert(key, kind, value)
+    else:
         name, kind = KEYS[key]
         values[name] = _convert(key, kind, value)
-    return ManagerConfig(**values)
 
 
 def with_changes(config: ManagerConfig, **changes: Any) -> ManagerConfig:
@@ -290,4 +316,7 @@ def with_changes(config: ManagerConfig, **changes: Any) -> ManagerConfig:
 def defaults_table() -> list[tuple[str, str, Any]]:
     """(TOML key, env var, default) for documentation."""
     defaults = {f.name: f.default for f in fields(ManagerConfig)}
-    return [(key, env_name(key), defaults[name]) for key, (name, _) in KEYS.items()]
+    limits = H2Limits()
+    return [(key, env_name(key), defaults[name]) for key, (name, _) in KEYS.items()] + [
+        (key, env_name(key), getattr(limits, name)) for key, (name, _) in LIMIT_KEYS.items()
+    ]

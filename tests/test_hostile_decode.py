@@ -11,14 +11,13 @@ connection, and asserts: every bomb refused with the bound named, fast; the hone
 calls never slowed past 250 ms; legitimate requests at the handlers' own maxima are
 still accepted.
 
-Servers under test are built as in ``tests/test_hostile_h2.py`` (the real tiers with
-``make_server``, through ``bench/attack_target.py`` until the apps are wired).
+Servers under test are built as in ``tests/test_hostile_h2.py``: the real tiers, their
+limits set through their ``[grpc.limits]`` keys.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import harness.daemon
 import pytest
 from grpclib.client import Channel
 from harness import REPO
@@ -40,7 +38,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.attack_h2 import BombResult, Probe, Target, bomb, repeated_empty, unix_bomb
-from bench.attack_target import launcher
 from schema import daemon_pb, manager_pb, manager_pb2
 
 LIMITS = {"body_stall_timeout": 5.0}
@@ -211,13 +208,10 @@ def daemon(
 ) -> Iterator[DaemonProc]:
     """A real fleet-daemon (node-a) with make_server on both its servers, one agent."""
     tmp = tmp_path_factory.mktemp("decode-daemon")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness.daemon, "console_script", lambda _n: str(launcher("daemon", tmp)))
-        patch.setenv("FLEET_H2_LIMITS", json.dumps(LIMITS))
-        proc = start_daemon(
-            tmp, hostile_certs, node_id="node-a", manager_port=manager.grpc_port,
-            agents=[agent("sleeper", "sleeper")],
-        )  # fmt: skip
+    proc = start_daemon(
+        tmp, hostile_certs, node_id="node-a", manager_port=manager.grpc_port,
+        agents=[agent("sleeper", "sleeper")], config={"grpc": {"limits": LIMITS}},
+    )  # fmt: skip
     try:
         yield proc
     finally:

@@ -1,13 +1,11 @@
 """Hostile HTTP/2 peers against a real Manager (issue 11, items 1 and 2).
 
 The server under test is the ``manager`` fixture: a real ``fleet-manager`` (real
-services, SQLite store, liveness, health, reflection) whose gRPC server is built by
-``common.rpc.make_server``. Until ``manager/app.py`` builds it that way itself, the
-fixture starts it through ``bench/attack_target.py``, which makes that one change in
-the child process; afterwards the fixture is plain ``start_manager`` with the limits as
-config keys. Attacks run as a separate process (``python -m bench.attack_h2``, frames
-written by hand) with a node certificate, while a legitimate node heartbeats on its own
-connection and the Manager's RSS is sampled:
+services, SQLite store, liveness, health, reflection; its gRPC server is built by
+``common.rpc.make_server``) with test limits set through its ``[grpc.limits]`` keys
+(as ``FLEET_MANAGER_GRPC_LIMITS_*`` variables). Attacks run as a separate process
+(``python -m bench.attack_h2``, frames written by hand) with a node certificate, while
+a legitimate node heartbeats on its own connection and the Manager's RSS is sampled:
 
 * partial bodies: 3 connections x 100 streams, each announcing ~4 MiB and sending all
   of it but the last byte — bytes held are bounded per peer, stalled bodies are
@@ -30,8 +28,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import harness.daemon
-import harness.manager
 import psutil
 import pytest
 from grpclib.client import Channel
@@ -40,12 +36,12 @@ from harness.daemon import DaemonProc, agent, start_daemon
 from harness.manager import ManagerProc, start_manager
 
 from common.tls import TLSFiles, client_context
+from manager.config import env_name
 
 if str(REPO) not in sys.path:  # bench/ is a directory of scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
 from bench.attack_h2 import Probe, Target, partial_bodies
-from bench.attack_target import launcher
 from schema import daemon_pb, manager_pb, manager_pb2
 
 STALL = 2.0
@@ -67,10 +63,8 @@ def hostile_certs(tmp_path_factory: pytest.TempPathFactory, certgen: ModuleType)
 def start_hardened_manager(tmp_path: Path, certs: Path, limits: dict[str, Any]) -> ManagerProc:
     """A real fleet-manager with the shared layer's limits (see the module docstring)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            harness.manager, "console_script", lambda _n: str(launcher("manager", tmp_path))
-        )
-        patch.setenv("FLEET_H2_LIMITS", json.dumps(limits))
+        for key, value in limits.items():
+            patch.setenv(env_name(f"grpc.limits.{key}"), str(value))
         return start_manager(tmp_path, certs, http_port=None, log_name="manager.log")
 
 
@@ -365,13 +359,10 @@ def daemon(
 ) -> Iterator[DaemonProc]:
     """A real fleet-daemon (node-a) whose two servers are built by make_server."""
     tmp = tmp_path_factory.mktemp("hostile-daemon")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness.daemon, "console_script", lambda _n: str(launcher("daemon", tmp)))
-        patch.setenv("FLEET_H2_LIMITS", json.dumps(LIMITS))
-        proc = start_daemon(
-            tmp, hostile_certs, node_id="node-a", manager_port=manager.grpc_port,
-            agents=[agent("sleeper", "sleeper")],
-        )  # fmt: skip
+    proc = start_daemon(
+        tmp, hostile_certs, node_id="node-a", manager_port=manager.grpc_port,
+        agents=[agent("sleeper", "sleeper")], config={"grpc": {"limits": LIMITS}},
+    )  # fmt: skip
     try:
         yield proc
     finally:

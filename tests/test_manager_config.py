@@ -20,7 +20,14 @@ from harness.manager import (
     write_manager_config,
 )
 
-from manager.config import KEYS, ManagerConfig, defaults_table, env_name, load_config
+from manager.config import (
+    KEYS,
+    LIMIT_KEYS,
+    ManagerConfig,
+    defaults_table,
+    env_name,
+    load_config,
+)
 from schema import admin_pb, manager_pb
 
 
@@ -49,7 +56,23 @@ def test_defaults_and_derived_values() -> None:
     assert cfg.grace_for(10) == 30.0  # 3 x the Daemon's interval
     assert cfg.grace_for(0) == 180.0  # unknown interval: 3 x 60 s
     assert cfg.db_url.startswith("sqlite://") and cfg.db_url.endswith("manager.sqlite3")
-    assert {key for key, _, _ in defaults_table()} == set(KEYS)
+    assert {key for key, _, _ in defaults_table()} == set(KEYS) | set(LIMIT_KEYS)
+    assert cfg.grpc_limits.max_resets == 200
+
+
+def test_grpc_limits_keys(tmp_path: Path) -> None:
+    """[grpc.limits] in the file and FLEET_MANAGER_GRPC_LIMITS_* in the environment
+    become the HTTP/2 limits; one that cannot hold a whole request is refused by name."""
+    path = tmp_path / "m.toml"
+    path.write_text("[grpc.limits]\nmax_resets = 50\nbody_stall_timeout = 2.5\n")
+    cfg = load_config(
+        config_file=path, environ={"FLEET_MANAGER_GRPC_LIMITS_MAX_PINGS": "7"}, overrides={}
+    )
+    assert (cfg.grpc_limits.max_resets, cfg.grpc_limits.max_pings) == (50, 7)
+    assert cfg.grpc_limits.body_stall_timeout == 2.5
+    path.write_text("[grpc.limits]\nbuffer_per_connection = 1024\n")
+    with pytest.raises(ValueError, match=r"grpc\.limits\.buffer_per_connection"):
+        load_config(config_file=path, environ={}, overrides={})
 
 
 @pytest.mark.parametrize(
