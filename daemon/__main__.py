@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="TOML config file")
     p.add_argument("--node-id", help="node id (default: hostname)")
-    p.add_argument("--manager", help="Manager address HOST:PORT (manager.address)")
+    p.add_argument(
+        "--manager",
+        help="Manager address HOST:PORT, or several comma-separated to fail over between "
+        "(manager.address)",
+    )
     p.add_argument("--listen", help="DaemonService listener HOST:PORT (grpc.listen)")
     p.add_argument("--advertise", help="address the Manager should dial (grpc.advertise)")
     p.add_argument("--state-dir", help="state directory (default ./.fleet/daemon-<node_id>)")
@@ -188,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # log.level = debug is the Daemon's own detail, not a line per HTTP/2 header.
+    for noisy in ("hpack", "h2"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
     sys.exit(asyncio.run(_serve(config, src, lambda: early_hup)))
 
 

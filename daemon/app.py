@@ -125,7 +125,9 @@ class DaemonApp:
                 raise StartupError(str(exc)) from None
         else:
             warn_insecure("fleet-daemon")
-        manager_addr = split_hostport(cfg.manager.address)
+        # The IP reported is the one towards the first Manager listed (a name is looked
+        # up in that thread, not on the event loop).
+        manager_addr = split_hostport(cfg.manager.addresses[0])
         facts = await asyncio.to_thread(host_facts, manager_addr)
         host_metrics = HostMetrics()
         self.outbox = Outbox(directory=cfg.state_dir / "outbox", max_reports=cfg.outbox_max_reports)
@@ -369,6 +371,28 @@ class DaemonApp:
             regs = counter("fleet_daemon_registrations", "Successful RegisterNode calls")
             regs.add_metric([], self.manager.registrations)
             yield from (connected, regs)
+            yield from _manager_link_metrics(self.manager)
+
+
+def _manager_link_metrics(manager: ManagerClient) -> Iterable[Metric]:
+    """Which Manager the Daemon talks to (or tries), and how often it moved."""
+    info = gauge(
+        "fleet_daemon_manager_info",
+        "The Manager endpoint in use or being tried (address), and the manager.address "
+        "entry it comes from (configured); always 1",
+        ["address", "configured"],
+    )
+    endpoint = manager.endpoint
+    if endpoint is not None:
+        info.add_metric([endpoint.address, endpoint.source], 1.0)
+    switches = counter("fleet_daemon_manager_switches", "Moves from one Manager address to another")
+    switches.add_metric([], manager.switches)
+    took = gauge(
+        "fleet_daemon_manager_switch_seconds",
+        "From losing a Manager to the first answer of the next one, at the last switch",
+    )
+    took.add_metric([], manager.last_switch_seconds)
+    yield from (info, switches, took)
 
 
 def _bound_port(server: HardenedServer) -> int:

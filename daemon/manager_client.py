@@ -4,18 +4,28 @@ Four tasks share one grpclib channel:
 
 * **link** registers (with the host's facts, our DaemonService address and a random
   instance id), then heartbeats every ``heartbeat_interval``. A ``NOT_FOUND`` heartbeat
-  (the Manager forgot us) registers again at once; any other failure marks the Manager
-  unreachable and retries with gRPC's backoff (1 s, ×1.6, ±20 %, capped by
-  ``reconnect_interval``) — the Daemon never exits because the Manager is away.
+  (the Manager forgot us) registers again at once. A Manager that cannot be reached
+  (``UNAVAILABLE``, a deadline, a dropped or refused connection, a failed handshake) is
+  left for the next address of ``manager.address`` (:mod:`daemon.manager_addresses`);
+  every attempt after a failure waits for gRPC's backoff (1 s, ×1.6, ±20 %, capped by
+  ``reconnect_interval``) — the Daemon never exits because the Manager is away. Moving
+  to another Manager does not register again: the Managers share one database, so the
+  next heartbeat goes there, and only a ``NOT_FOUND`` answer brings a ``RegisterNode``.
+  A refusal (the Manager answered no) stays on the same address and registers again.
 * **metrics** samples host metrics every ``metrics_interval`` into the on-disk outbox.
-* **sender** drains the outbox oldest-first whenever the Manager is reachable.
+* **sender** drains the outbox oldest-first whenever the Manager is reachable. A report
+  leaves the outbox only once a Manager acknowledged it, so the reports queued or in
+  flight when a Manager dies go to the next one (the Managers keep one row per node,
+  type and timestamp, so a report resent after a lost answer is not stored twice).
 * **sync** pushes the full agent list on every change (coalesced), on every reconnect and
   every ``sync_interval``; agent states are never queued, only the latest is sent. Each
   full sync carries the state of every central spec too.
 
 New labels (a reload changed them) are sent by registering again at once.
 
-Every call carries ``manager.timeout`` as its deadline.
+Every call carries ``manager.timeout`` as its deadline. All four tasks use the current
+:class:`_Link` (one channel to one Manager); only the link task replaces it, and a
+failure seen on a link that was already replaced is not held against the new one.
 """
 
 from __future__ import annotations
@@ -36,8 +46,9 @@ from grpclib.exceptions import GRPCError
 from common.backoff import Backoff
 from schema import manager_pb
 
-from .config import ManagerSettings, split_hostport
+from .config import ManagerSettings
 from .hostinfo import HostFacts, HostMetrics
+from .manager_addresses import Endpoint, ManagerAddresses, Resolver
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,19 @@ class RefusedError(Exception):
     """The Manager answered but said no (``success = false``)."""
 
 
+class NoAddressError(Exception):
+    """No address of ``manager.address`` resolves (yet)."""
+
+
+@dataclass(eq=False)
+class _Link:
+    """One channel to one Manager endpoint; replaced (and closed) on a switch."""
+
+    endpoint: Endpoint
+    channel: Channel
+    stub: manager_pb.ManagerServiceStub
+
+
 def new_instance_id() -> str:
     return uuid.uuid4().hex
 
@@ -78,8 +102,15 @@ class ManagerClient:
         host_metrics: HostMetrics,
         agent_states: StatesProvider,
         spec_states: SpecStatesProvider = lambda: (),
+        resolve: Resolver | None = None,
     ) -> None:
         self._settings = settings
+        self._addresses = ManagerAddresses(
+            configured=settings.addresses,
+            start_key=node.node_id,
+            timeout=settings.timeout,
+            resolve=resolve,
+        )
         self._node = node
         self._instance_id = node.instance_id or new_instance_id()
         self._ssl = ssl_context
@@ -88,8 +119,9 @@ class ManagerClient:
         self._agent_states = agent_states
         self._spec_states = spec_states
         self._reregister = False
-        self._channel: Channel | None = None
-        self._stub: manager_pb.ManagerServiceStub | None = None
+        self._link: _Link | None = None
+        self._lost_at = 0.0  # monotonic time the last working link failed (0: none)
+        self._lost_from: Endpoint | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._wake_link = asyncio.Event()
@@ -100,15 +132,16 @@ class ManagerClient:
         self.reports_sent = 0
         self.last_contact = 0.0
         self.last_error = ""
+        self.switches = 0  # moves from one Manager endpoint to another
+        self.last_switch_seconds = 0.0  # from losing a Manager to reaching the next
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
         if self._tasks:
             raise RuntimeError("ManagerClient already started")
-        host, port = split_hostport(self._settings.address)
-        self._channel = Channel(host, port, ssl=self._ssl)
-        self._stub = manager_pb.ManagerServiceStub(self._channel)
+        if not self._addresses.needs_lookup:  # IP addresses only: the link is known now
+            self._use(await self._addresses.resolve())
         self._tasks = [
             asyncio.create_task(self._link_loop(), name="manager-link"),
             asyncio.create_task(self._metrics_loop(), name="manager-metrics"),
@@ -125,8 +158,8 @@ class ManagerClient:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._channel is not None:
-            self._channel.close()
+        if self._link is not None:
+            self._link.channel.close()
 
     async def __aenter__(self) -> ManagerClient:
         await self.start()
@@ -145,6 +178,16 @@ class ManagerClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def _stub(self) -> manager_pb.ManagerServiceStub | None:
+        """The current link's stub (tests wrap its methods to watch the calls)."""
+        return self._link.stub if self._link is not None else None
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The Manager endpoint in use (or being tried); None until an address resolves."""
+        return self._link.endpoint if self._link is not None else None
 
     def request_sync(self) -> None:
         """Push the agent list soon (called on every agent state change)."""
@@ -166,13 +209,12 @@ class ManagerClient:
 
     async def flush_states(self, *, timeout: float) -> None:
         """Best effort at shutdown: tell the Manager the agents' final states."""
-        if self._stub is None or not self._connected.is_set():
+        link = self._link
+        if link is None or not self._connected.is_set():
             return
         request = self._full_sync()
         try:
-            await self._stub.sync_agent_states(
-                request, timeout=min(timeout, self._settings.timeout)
-            )
+            await link.stub.sync_agent_states(request, timeout=min(timeout, self._settings.timeout))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -180,24 +222,57 @@ class ManagerClient:
 
     # ---- internals ----
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, link: _Link | None, *, quiet: bool = False) -> None:
+        """A call on ``link`` failed as if the Manager were gone: let the link task look.
+
+        Ignored for a link already replaced (its calls fail when it is closed). ``quiet``:
+        the link task itself, which logs the failure its own way."""
+        if link is not self._link:
+            return
         if self._connected.is_set():
-            log.warning("lost the Manager at %s: %s", self._settings.address, reason)
+            if not quiet:
+                log.info("lost the Manager at %s: %s", link.endpoint if link else "?", reason)
+            self._lost_at = time.monotonic()
+            self._lost_from = link.endpoint if link else None
         self.last_error = reason
         self._connected.clear()
         self._wake_link.set()
 
-    def _up(self) -> None:
+    def _up(self, link: _Link) -> None:
+        if link is not self._link:
+            return
         self.last_contact = time.time()
         if not self._connected.is_set():
             self._connected.set()
             self._sync_wanted.set()
             self._outbox_ready.set()
+            if self._lost_at and self._lost_from != link.endpoint:
+                self.last_switch_seconds = time.monotonic() - self._lost_at
+                log.info(
+                    "now talking to the Manager at %s, %.1fs after losing %s",
+                    link.endpoint,
+                    self.last_switch_seconds,
+                    self._lost_from,
+                )
+            self._lost_at, self._lost_from = 0.0, None
 
-    async def _register(self) -> None:
-        assert self._stub is not None
+    def _use(self, endpoint: Endpoint | None) -> _Link | None:
+        """Dial ``endpoint`` from now on (closing the old channel aborts its calls)."""
+        old = self._link
+        if old is not None and endpoint == old.endpoint:
+            return old
+        if endpoint is None:
+            self._link = None
+        else:
+            channel = Channel(endpoint.host, endpoint.port, ssl=self._ssl)
+            self._link = _Link(endpoint, channel, manager_pb.ManagerServiceStub(channel))
+        if old is not None:
+            old.channel.close()
+        return self._link
+
+    async def _register(self, link: _Link) -> None:
         n, f = self._node, self._node.facts
-        reply = await self._stub.register_node(
+        reply = await link.stub.register_node(
             manager_pb.RegisterNodeRequest(
                 node_id=n.node_id,
                 hostname=f.hostname,
@@ -224,22 +299,27 @@ class ManagerClient:
     async def _link_loop(self) -> None:
         backoff = self._new_backoff()
         must_register = True
+        if self._link is None:
+            self._use(await self._addresses.resolve())
+            self._log_lookup_errors()
         while True:
             if self._reregister:
                 self._reregister = False
                 must_register = True
+            link = self._link
             try:
+                if link is None:
+                    raise NoAddressError("; ".join(self._addresses.errors) or "no address")
                 if must_register:
-                    await self._register()
+                    await self._register(link)
                     must_register = False
                     log.info(
                         "registered node %s with the Manager at %s",
                         self._node.node_id,
-                        self._settings.address,
+                        link.endpoint,
                     )
                 else:
-                    assert self._stub is not None
-                    beat = await self._stub.heartbeat(
+                    beat = await link.stub.heartbeat(
                         manager_pb.HeartbeatRequest(
                             node_id=self._node.node_id,
                             timestamp=int(time.time()),
@@ -249,7 +329,8 @@ class ManagerClient:
                     )
                     if not beat.success:
                         raise RefusedError(f"Heartbeat refused: {beat.message or 'no reason'}")
-                self._up()
+                self._up(link)
+                self._addresses.succeeded()
                 backoff.reset()
                 self._wake_link.clear()
                 if self._reregister:
@@ -263,36 +344,84 @@ class ManagerClient:
             except GRPCError as exc:
                 if exc.status is Status.NOT_FOUND and not must_register:
                     log.info(
-                        "the Manager does not know node %s: registering again", self._node.node_id
+                        "the Manager at %s does not know node %s: registering again",
+                        link.endpoint if link else "?",
+                        self._node.node_id,
                     )
                     must_register = True
                     continue
-                await self._fail(backoff, _describe(exc), refused=exc.status in _REFUSALS)
+                if exc.status in _UNREACHABLE:
+                    await self._next_manager(backoff, link, _describe(exc))
+                else:
+                    await self._fail(backoff, link, _describe(exc), refused=exc.status in _REFUSALS)
+                    must_register = True
+            except RefusedError as exc:
+                await self._fail(backoff, link, str(exc))
                 must_register = True
             except Exception as exc:
-                await self._fail(backoff, _describe(exc))
-                must_register = True
+                # Refused or dropped connections, failed handshakes (a server that is not
+                # a Manager of our CA included), name lookups: try the next address.
+                await self._next_manager(backoff, link, _describe(exc))
 
-    async def _fail(self, backoff: Backoff, reason: str, *, refused: bool = False) -> None:
-        self._lost(reason)
+    async def _next_manager(self, backoff: Backoff, link: _Link | None, reason: str) -> None:
+        """``link``'s Manager cannot be reached: move to the next address, after backoff.
+
+        One line per attempt: ``Manager A unavailable (why); switching to B in 1.1s``, or
+        with one address ``Manager at A unreachable (why); retrying in 1.1s``. A node
+        registered stays registered: the next heartbeat goes to the next Manager."""
         delay = backoff.next_delay()
+        failed = link.endpoint if link is not None else None
+        following = await self._addresses.advance()
+        self._log_lookup_errors()
+        self._lost(reason, link, quiet=True)
+        self._use(following)
+        if following is None:
+            log.warning(
+                "no Manager address resolves (%s); retrying in %.1fs",
+                "; ".join(self._addresses.errors) or reason,
+                delay,
+            )
+        elif failed is None or following == failed:
+            log.warning(
+                "Manager at %s unreachable (%s); retrying in %.1fs",
+                following,
+                reason,
+                delay,
+            )
+        else:
+            self.switches += 1
+            log.warning(
+                "Manager %s unavailable (%s); switching to %s in %.1fs",
+                failed,
+                reason,
+                following,
+                delay,
+            )
+        await asyncio.sleep(delay)
+
+    def _log_lookup_errors(self) -> None:
+        for error in self._addresses.errors:
+            log.warning("manager.address: %s", error)
+
+    async def _fail(
+        self, backoff: Backoff, link: _Link | None, reason: str, *, refused: bool = False
+    ) -> None:
+        """The Manager answered, but not as it should: the same address, after backoff."""
+        self._lost(reason, link, quiet=True)
+        delay = backoff.next_delay()
+        where = link.endpoint if link is not None else self._settings.address
         if refused:
             # Reached, but it said no: retrying will not help until the config is fixed.
             log.error(
                 "the Manager at %s refuses node %s (%s) — check node_id and the node "
                 "certificate (manager.tls.cert_file); retrying in %.1fs",
-                self._settings.address,
+                where,
                 self._node.node_id,
                 reason,
                 delay,
             )
         else:
-            log.warning(
-                "Manager at %s unreachable (%s); retrying in %.1fs",
-                self._settings.address,
-                reason,
-                delay,
-            )
+            log.warning("the Manager at %s failed (%s); retrying in %.1fs", where, reason, delay)
         await asyncio.sleep(delay)
 
     async def _metrics_loop(self) -> None:
@@ -306,6 +435,12 @@ class ManagerClient:
                 )
                 self._outbox.put(bytes(report))
                 self._outbox_ready.set()
+                log.debug(
+                    "queued metrics report %d: %d samples at %s",
+                    self._outbox.newest,
+                    len(metrics),
+                    metrics[0].timestamp if metrics else "-",
+                )
             except asyncio.CancelledError:
                 raise
             except OSError as exc:
@@ -320,7 +455,6 @@ class ManagerClient:
                 log.exception("sampling host metrics failed")
 
     async def _sender_loop(self) -> None:
-        assert self._stub is not None
         # Its own backoff: a Manager that answers heartbeats but fails reports (say, its
         # database is down) must not be hammered in a tight lost/up loop.
         retry = self._new_backoff()
@@ -332,19 +466,27 @@ class ManagerClient:
                 await self._outbox_ready.wait()
                 continue
             seq, payload = item
+            link = self._link
+            if link is None:  # not while connected; but never spin on it
+                await asyncio.sleep(min(1.0, self._settings.reconnect_interval))
+                continue
             try:
                 report = manager_pb.ReportMetricsRequest().parse(payload)
-                await self._stub.report_metrics(report, timeout=self._settings.timeout)
+                await link.stub.report_metrics(report, timeout=self._settings.timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if link is not self._link:
+                    # Sent to a Manager we have left since (closing its channel ended the
+                    # call): the report is still queued, for the next one.
+                    continue
                 if isinstance(exc, GRPCError) and exc.status in _POISON:
                     log.error(
                         "the Manager refused queued report %d (%s): dropping it", seq, exc.message
                     )
                     self._outbox.remove(seq)
                 elif _transient(exc):
-                    self._lost(f"ReportMetrics: {_describe(exc)}")
+                    self._lost(f"ReportMetrics: {_describe(exc)}", link)
                     await asyncio.sleep(retry.next_delay())
                 else:
                     log.warning(
@@ -355,27 +497,34 @@ class ManagerClient:
             retry.reset()
             self._outbox.remove(seq)
             self.reports_sent += 1
-            log.debug("sent metrics report %d (%d still queued)", seq, len(self._outbox))
-            self._up()
+            log.debug(
+                "sent metrics report %d to %s (%d still queued)",
+                seq,
+                link.endpoint,
+                len(self._outbox),
+            )
+            self._up(link)
 
     async def _sync_loop(self) -> None:
-        assert self._stub is not None
         while True:
             await self._connected.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sync_wanted.wait(), self._settings.sync_interval)
-            if not self._connected.is_set():
+            link = self._link
+            if not self._connected.is_set() or link is None:
                 continue
             self._sync_wanted.clear()
             request = self._full_sync()
             try:
-                await self._stub.sync_agent_states(request, timeout=self._settings.timeout)
+                await link.stub.sync_agent_states(request, timeout=self._settings.timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if _transient(exc):
+                if link is not self._link:
+                    self._sync_wanted.set()  # to the Manager we moved to
+                elif _transient(exc):
                     self._sync_wanted.set()
-                    self._lost(f"SyncAgentStates: {_describe(exc)}")
+                    self._lost(f"SyncAgentStates: {_describe(exc)}", link)
                     # Don't spin while the link loop re-establishes contact.
                     await asyncio.sleep(min(1.0, self._settings.reconnect_interval))
                 else:
@@ -384,6 +533,10 @@ class ManagerClient:
 
 _POISON = frozenset({Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED})
 _REFUSALS = frozenset({Status.PERMISSION_DENIED, Status.UNAUTHENTICATED})
+# The Manager at this address cannot serve us now: try the next address.
+_UNREACHABLE = frozenset(
+    {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.UNKNOWN}
+)
 _TRANSIENT = frozenset(
     {
         Status.UNAVAILABLE,

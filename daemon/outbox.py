@@ -43,6 +43,11 @@ class Outbox:
         """Reports dropped because the queue was full (since the state dir was created)."""
         return self._dropped
 
+    @property
+    def newest(self) -> int:
+        """Sequence number of the report put last (0 before any)."""
+        return self._next - 1
+
     def __len__(self) -> int:
         return len(self._seqs)
 
