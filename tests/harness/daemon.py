@@ -192,11 +192,15 @@ def start_daemon(
     insecure: bool = False,
     config: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
+    manager_addresses: Sequence[str] = (),
 ) -> DaemonProc:
     """Write a TOML config under ``tmp_path`` and start ``fleet-daemon`` until ready.
 
     ``config`` is merged over the generated top-level tables (e.g.
     ``{"history": {"interval": 0.5}}``); ``agents`` become ``[[agents]]``.
+    ``manager_addresses`` (several Managers to fail over between) replaces
+    ``manager_port``: a TOML list in the file, and the same comma-separated in
+    ``--manager``.
     """
     base = tmp_path / f"daemon-{node_id}"
     base.mkdir(parents=True, exist_ok=True)
@@ -234,6 +238,8 @@ def start_daemon(
             data[key] = value
     if agents:
         data["agents"] = [dict(a) for a in agents]
+    if manager_addresses:
+        data["manager"]["address"] = list(manager_addresses)
     config_path = base / "daemon.toml"
     config_path.write_text(to_toml(data))
     argv = [
@@ -244,7 +250,7 @@ def start_daemon(
         "--node-id",
         node_id,
         "--manager",
-        data["manager"]["address"],
+        ",".join(manager_addresses) or data["manager"]["address"],
         *extra_args,
     ]
     return _launch(
@@ -280,6 +286,7 @@ __all__ = [
     "daemon_channel",
     "list_agents",
     "read_config",
+    "scrape_metrics",
     "start_daemon",
     "start_daemon_without_config",
     "write_config",
@@ -380,3 +387,19 @@ def all_running(certs: Path, daemon: DaemonProc, *, what: str = "") -> dict[str,
         ),
         what=what or "every agent RUNNING",
     )
+
+
+def scrape_metrics(http_port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A Daemon's ``/metrics`` (``http.listen``) as ``{"name{labels}": value}``, e.g.
+    ``m["fleet_daemon_manager_connected"]``,
+    ``m['fleet_daemon_manager_info{address="127.0.0.1:5",configured="127.0.0.1:5"}']``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{http_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
