@@ -154,10 +154,9 @@ class ManagerAddresses:
     async def _lookup(self, entry: str, host: str, port: int) -> list[Endpoint]:
         self.lookups += 1
         resolve = self._resolve or asyncio.get_running_loop().getaddrinfo
-        infos = await asyncio.wait_for(
-            resolve(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
-            self._timeout,
-        )
+        # asyncio.timeout, not wait_for: see manager_client._wait (a lost cancellation).
+        async with asyncio.timeout(self._timeout):
+            infos = await resolve(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
         endpoints = [
             Endpoint(str(info[4][0]), port, entry)
             for info in infos

@@ -335,10 +335,7 @@ class ManagerClient:
                 self._wake_link.clear()
                 if self._reregister:
                     continue  # labels changed while we were talking
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake_link.wait(), self._settings.heartbeat_interval
-                    )
+                await _wait(self._wake_link, self._settings.heartbeat_interval)
             except asyncio.CancelledError:
                 raise
             except GRPCError as exc:
@@ -508,8 +505,7 @@ class ManagerClient:
     async def _sync_loop(self) -> None:
         while True:
             await self._connected.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sync_wanted.wait(), self._settings.sync_interval)
+            await _wait(self._sync_wanted, self._settings.sync_interval)
             link = self._link
             if not self._connected.is_set() or link is None:
                 continue
@@ -546,6 +542,18 @@ _TRANSIENT = frozenset(
         Status.NOT_FOUND,
     }
 )
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """``event.wait()`` for at most ``seconds``.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns normally when the cancellation
+    arrives just as the event is set (gh-86296), and the task, its cancellation lost,
+    would outlive ``close()`` — a stop that hung until the next interval, or forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 def _transient(exc: BaseException) -> bool:

@@ -181,12 +181,13 @@ def _link(
     *,
     node_id: str = "node-a",
     resolve: Callable[..., Awaitable[list[tuple[Any, ...]]]] | None = None,
+    timeout: float = 5.0,
 ) -> ManagerClient:
     """The Daemon's real Manager link (as in test_faults_outage), quick to give up."""
     files = TLSFiles(certs / f"{node_id}.crt", certs / f"{node_id}.key", certs / "ca.crt")
     settings = ManagerSettings(
         address=address,
-        timeout=5.0,
+        timeout=timeout,
         heartbeat_interval=1.0,
         reconnect_interval=1.0,
         metrics_interval=3600.0,
@@ -336,6 +337,50 @@ def test_an_address_without_a_manager_certificate_is_passed_over(
     assert "expected manager" in line, line
 
 
+def test_a_dead_connection_is_left_and_a_manager_that_does_not_know_the_node_gets_it(
+    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Manager in use stops answering without closing anything (SIGSTOP: the kernel
+    still accepts; no reset ever comes): its heartbeat ends by its deadline and the link
+    moves on. The next Manager has a database of its own, so it answers NOT_FOUND and the
+    node registers there — the one case where moving brings a RegisterNode."""
+    first = start_manager(tmp_path / "first", certs)
+    second = start_manager(tmp_path / "second", certs)
+    addresses = [second.address, second.address]
+    addresses[start_index("node-a", 2)] = first.address
+    caplog.set_level(logging.INFO, logger="daemon.manager_client")
+
+    async def scenario() -> None:
+        async with _link(tmp_path, certs, ",".join(addresses), timeout=2.0) as link:
+            await _until(lambda: link.connected and link.registrations == 1, "registered")
+            assert link.endpoint is not None and link.endpoint.address == first.address
+            first.signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            await _until(
+                lambda: link.connected and link.registrations == 2, "registered at the second"
+            )
+            took = time.monotonic() - stopped
+            assert link.endpoint is not None and link.endpoint.address == second.address
+            # heartbeat_interval (1 s) + deadline (2 s) + backoff (<= 1.2 s), with room.
+            assert took < 10, took
+            assert link.switches == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        first.signal(signal.SIGCONT)
+        first.stop()
+        second.stop()
+    (line,) = _switch_lines(caplog)
+    # grpclib ends a call past its deadline with TimeoutError("Deadline exceeded").
+    assert line.startswith(f"Manager {first.address} unavailable ("), line
+    assert "Deadline exceeded" in line or "DEADLINE_EXCEEDED" in line, line
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"the Manager at {second.address} does not know node node-a: registering again" in (
+        messages
+    )
+
+
 # ---- two real Managers on one PostgreSQL, a real Daemon, kill -9 -------------------
 
 HEARTBEAT = 3.0  # the Manager's grace is 3 x this: 9 s
@@ -382,6 +427,12 @@ def _wait_in_use(http_port: int, address: str = "", *, what: str) -> str:
 
 def _sent_to(log: str, address: str) -> int:
     return sum(1 for m in _SENT.finditer(log) if m.group(2) == address)
+
+
+def _unacknowledged(log: str) -> bool:
+    """Whether a report was queued after the last one a Manager acknowledged."""
+    sent = [int(m.group(1)) for m in _SENT.finditer(log)]
+    return any(int(m.group(1)) > max(sent, default=0) for m in _QUEUED.finditer(log))
 
 
 def _wait_sent(daemon: Any, address: str, count: int) -> None:
@@ -445,12 +496,9 @@ def _kill_9_scenario(tmp_path: Path, certs: Path, db_url: str) -> None:
             (survivor,) = [a for a in managers if a != victim]
             # Kill it while a report is on its way: stop it, wait until the Daemon queued
             # (and sent) a report it cannot have answered, then SIGKILL.
-            last_sent = max(int(m.group(1)) for m in _SENT.finditer(daemon.output()))
             managers[victim].signal(signal.SIGSTOP)
             wait_until(
-                lambda n=last_sent: any(
-                    int(m.group(1)) > n for m in _QUEUED.finditer(daemon.output())
-                ),
+                lambda: _unacknowledged(daemon.output()),
                 timeout=10,
                 what="a report queued while the Manager is stopped",
             )
