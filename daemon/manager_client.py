@@ -122,6 +122,7 @@ class ManagerClient:
         self._link: _Link | None = None
         self._lost_at = 0.0  # monotonic time the last working link failed (0: none)
         self._lost_from: Endpoint | None = None
+        self._lookup_errors: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._wake_link = asyncio.Event()
@@ -378,7 +379,9 @@ class ManagerClient:
                 "; ".join(self._addresses.errors) or reason,
                 delay,
             )
-        elif failed is None or following == failed:
+        elif failed is None:
+            log.info("trying the Manager at %s in %.1fs", following, delay)
+        elif following == failed:
             log.warning(
                 "Manager at %s unreachable (%s); retrying in %.1fs",
                 following,
@@ -397,8 +400,12 @@ class ManagerClient:
         await asyncio.sleep(delay)
 
     def _log_lookup_errors(self) -> None:
-        for error in self._addresses.errors:
-            log.warning("manager.address: %s", error)
+        """Names that do not resolve (while others do): logged when that changes."""
+        errors = self._addresses.errors if self._addresses.endpoints else []
+        if errors != self._lookup_errors:
+            for error in errors:
+                log.warning("manager.address: %s (trying the other addresses)", error)
+            self._lookup_errors = list(errors)
 
     async def _fail(
         self, backoff: Backoff, link: _Link | None, reason: str, *, refused: bool = False

@@ -285,6 +285,31 @@ def test_a_name_is_resolved_again_after_failures(
     assert f"switching to 127.0.0.1:{port} (manager.fleet.test) in " in line, line
 
 
+def test_a_name_that_does_not_resolve_leaves_the_other_addresses(
+    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mgr = start_manager(tmp_path, certs)
+    dns = StandInDNS("managers.fleet.test", [["127.0.0.1"]])  # knows no other name
+    caplog.set_level(logging.INFO, logger="daemon.manager_client")
+    address = f"gone.fleet.test:{mgr.grpc_port},{mgr.address}"
+
+    async def scenario() -> None:
+        async with _link(tmp_path, certs, address, resolve=dns) as link:
+            await _until(lambda: link.connected, "connected to the address that resolves")
+            assert link.endpoint is not None and link.endpoint.address == mgr.address
+            assert link.registrations == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        mgr.stop()
+    warnings = [r.getMessage() for r in caplog.records if "cannot resolve" in r.getMessage()]
+    assert warnings == [
+        "manager.address: cannot resolve gone.fleet.test: Name or service not known "
+        "(trying the other addresses)"
+    ], warnings
+
+
 def test_an_address_without_a_manager_certificate_is_passed_over(
     tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
