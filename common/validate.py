@@ -69,6 +69,51 @@ def check_text(field: str, value: str, *, max_len: int = MAX_TEXT_LEN) -> str:
     return value
 
 
+# ECMA-48 escape sequences, removed whole by clean_text: CSI (ESC [ … final byte, e.g.
+# colours), OSC / DCS / APC / PM / SOS strings (ESC ] … BEL or ST: window titles,
+# hyperlinks), two-character escapes, and the 8-bit CSI / OSC forms (U+009B, U+009D).
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
+    r"|(?:\x1b[\]PX^_]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[\x20-\x7e]?"
+)
+_CONTROL_RUN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]+")
+ELLIPSIS = "\u2026"
+
+
+def clean_text(value: str, *, max_len: int = MAX_TEXT_LEN) -> tuple[str, str]:
+    """``value`` made acceptable to :func:`check_text`, and what was changed ("" if
+    nothing): escape sequences removed, runs of other control characters turned into one
+    space (none left at either end), bidi overrides and line separators removed, then
+    cut to ``max_len`` characters (ending in "…"). For text a peer relays rather than
+    chooses (an agent's last stderr line), where one bad entry must not cost the whole
+    report."""
+    if len(value) <= max_len and value.isprintable():
+        return value, ""
+    changes: list[str] = []
+    # Bounded work whatever the length: only what can survive the cut is cleaned.
+    text = value[: max_len * 4 + 256]
+    cut = len(text) < len(value)
+    if not text.isprintable():
+        if "\x1b" in text or "\x9b" in text or "\x9d" in text:
+            stripped = _ESCAPES.sub("", text)
+            if stripped != text:
+                changes.append("escape sequences removed")
+                text = stripped
+        if _CONTROL.search(text):
+            text = _CONTROL_RUN.sub(" ", text).strip(" ")
+            changes.append("control characters replaced")
+        if _DISGUISE.search(text):
+            text = _DISGUISE.sub("", text)
+            changes.append("bidi overrides or line separators removed")
+    if len(text) > max_len:
+        text = text[: max_len - len(ELLIPSIS)] + ELLIPSIS
+        cut = True
+    if cut:
+        changes.append(f"cut to {max_len} of {len(value)} characters")
+    return text, ", ".join(changes)
+
+
 def check_labels(field: str, labels: Mapping[str, str]) -> dict[str, str]:
     """Labels: at most 64 pairs, keys like Kubernetes label keys, bounded values."""
     if len(labels) > MAX_LABELS:

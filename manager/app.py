@@ -1,9 +1,9 @@
 """ManagerApp: owns and wires every part of a running Manager.
 
-Start order: database (migrations) → heartbeat flusher → retention loop → gRPC server
-(ManagerService, AdminService, grpc.health.v1, reflection) → liveness loop (its restart
-guard counts from here) → spec controller and rollout driver → HTTP side, then one
-``manager ready`` log line.
+Start order: database (migrations) → stall clock → heartbeat flusher → retention loop →
+gRPC server (ManagerService, AdminService, grpc.health.v1, reflection; with TLS, behind
+the handshake gate) → liveness loop (its restart guard counts from here) → spec
+controller and rollout driver → HTTP side, then one ``manager ready`` log line.
 ``close()`` stops intake; ``wait_closed()`` writes the pending heartbeats, answers the
 calls waiting on them, then stops the rest in reverse order.
 """
@@ -26,11 +26,13 @@ from common.wirelimits import manager_report_metrics_limits
 
 from .config import ManagerConfig, split_host_port
 from .daemon_pool import DaemonClientPool
+from .handshakes import GatedServer, TLSGate
 from .heartbeats import HeartbeatBuffer
 from .http import HttpServer
 from .known_nodes import KnownNodes
 from .liveness import LivenessMonitor, log_transitions
 from .metrics import ManagerMetrics
+from .quotas import EventQuota, MetricsQuota
 from .reflection import with_reflection
 from .retention import MetricRetention
 from .services import AdminService, ManagerService
@@ -38,6 +40,7 @@ from .services.spec_admin import SpecAdmin
 from .specs.catalog import RevisionCatalog
 from .specs.controller import SpecController
 from .specs.rollouts import RolloutDriver
+from .stalls import StallClock
 from .store import Database, Store
 from .store.specs import SpecStore
 
@@ -77,7 +80,17 @@ class ManagerApp:
         self.config = config
         self.metrics = ManagerMetrics()
         self.database = Database(url=config.db_url)
-        self.store = Store(database=self.database)
+        self.event_quota = EventQuota(
+            events=config.events_node_quota,
+            window=config.events_node_quota_window,
+            metrics=self.metrics,
+        )
+        self.metrics_quota = MetricsQuota(
+            samples=config.metrics_node_quota,
+            window=config.metrics_node_quota_window,
+            metrics=self.metrics,
+        )
+        self.store = Store(database=self.database, event_filter=self.event_quota)
         self.known_nodes = KnownNodes()
         self.heartbeats = HeartbeatBuffer(
             store=self.store,
@@ -89,11 +102,16 @@ class ManagerApp:
             on_transitions=lambda ts: log_transitions(ts, self.metrics),
             on_missing=self.known_nodes.discard_all,
         )
+        self.stalls = StallClock(metrics=self.metrics, threshold=config.stall_threshold)
         self.liveness = LivenessMonitor(
             store=self.store,
             heartbeats=self.heartbeats,
             metrics=self.metrics,
+            stalls=self.stalls,
             sweep_interval=config.sweep_interval,
+            mass_offline_share=config.mass_offline_share,
+            mass_offline_min_nodes=config.mass_offline_min_nodes,
+            mass_offline_hold=config.mass_offline_hold,
         )
         self.retention = MetricRetention(
             store=self.store,
@@ -101,6 +119,7 @@ class ManagerApp:
             retention=config.metrics_retention,
             interval=config.retention_interval,
             batch=config.retention_batch,
+            events_retention=config.events_retention,
         )
         self.pool = DaemonClientPool(
             ssl_context=self._daemon_ssl(),
@@ -127,6 +146,7 @@ class ManagerApp:
             interval=config.rollout_interval,
         )
         self.grpc: HardenedServer | None = None
+        self.tls_gate: TLSGate | None = None
         self.http: HttpServer | None = None
         self.grpc_address = ""
         self.http_address = ""
@@ -153,6 +173,7 @@ class ManagerApp:
             warn_insecure("fleet-manager")
             transport = Transport.INSECURE
         await self.database.start()
+        await self.stalls.start()
         await self.heartbeats.start()
         await self.retention.start()
 
@@ -169,6 +190,7 @@ class ManagerApp:
             known=self.known_nodes,
             metrics=self.metrics,
             specs=self.specs,
+            metrics_quota=self.metrics_quota,
         )
         spec_admin = SpecAdmin(
             store=self.spec_store,
@@ -196,14 +218,24 @@ class ManagerApp:
         )
         guarded_admin = GuardedService(admin_service, policy=ADMIN_POLICY, **guard)
         # grpc.health.v1: both services (and the overall "") are SERVING while the
-        # database answers, NOT_SERVING when it does not.
-        db_check = ServiceCheck(self.database.ping, check_ttl=5, check_timeout=5)
+        # database takes writes, NOT_SERVING when it does not (as /readyz).
+        db_check = ServiceCheck(self.database.writable, check_ttl=5, check_timeout=5)
         health = Health({guarded_manager: [db_check], guarded_admin: [db_check]})
         services: list[Any] = [guarded_manager, guarded_admin, health]
-        grpc = make_server(with_reflection(services), limits=cfg.grpc_limits)
+        grpc: HardenedServer
+        if server_ssl is not None:
+            # The gate does the TLS handshakes itself, to log the ones it refuses.
+            self.tls_gate = TLSGate(
+                ssl_context=server_ssl, metrics=self.metrics, timeout=cfg.tls_handshake_timeout
+            )
+            grpc = GatedServer(
+                with_reflection(services), limits=cfg.grpc_limits, gate=self.tls_gate
+            )
+        else:
+            grpc = make_server(with_reflection(services), limits=cfg.grpc_limits)
         host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
         try:
-            await grpc.start(host, port, ssl=server_ssl, reuse_address=True)
+            await grpc.start(host, port, reuse_address=True)
         except OSError as exc:
             raise OSError(f"cannot serve gRPC on {host}:{port}: {exc.strerror or exc}") from None
         self.grpc = grpc
@@ -220,7 +252,7 @@ class ManagerApp:
         if cfg.http_listen:
             self.http = HttpServer(
                 listen=cfg.http_listen,
-                ready=self.database.ping,
+                ready=self.database.write_status,
                 render_metrics=self.render_metrics,
                 read_timeout=cfg.http_read_timeout,
                 write_timeout=cfg.http_write_timeout,
@@ -244,6 +276,8 @@ class ManagerApp:
         except Exception as exc:  # still serve the process metrics
             log.warning("metrics: status counts unavailable: %s", exc)
         self.metrics.set_pool_states(self.pool.states())
+        self.metrics.throttled_nodes.labels("metrics").set(self.metrics_quota.throttled_count())
+        self.metrics.database_writable.set(0 if await self.database.write_status() else 1)
         return self.metrics.render()
 
     def close(self) -> None:
@@ -268,10 +302,15 @@ class ManagerApp:
                 # Let the handlers whose heartbeats were just flushed send their answers.
                 await asyncio.sleep(0.1)
                 self.grpc.close()
+                if self.tls_gate is not None:
+                    self.tls_gate.close()
+                    await self.tls_gate.wait_closed()
                 # Bounded: Daemons keep idle channels open, and from Python 3.12
                 # wait_closed() would wait for every one of them to hang up.
                 await wait_server_closed(self.grpc)
             await self.liveness.wait_closed()
+            self.stalls.close()
+            await self.stalls.wait_closed()
             await self.retention.wait_closed()
             await self.rollouts.wait_closed()
             await self.specs.wait_closed()

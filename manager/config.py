@@ -44,6 +44,8 @@ class ManagerConfig:
     key_file: str = "certs/manager.key"
     ca_file: str = "certs/ca.crt"
     max_message_bytes: int = 4 * 1024 * 1024
+    # A TLS handshake not finished within this is dropped (and logged).
+    tls_handshake_timeout: float = 10.0
     # Load shedding: RegisterNode calls in progress at once; more get UNAVAILABLE at once.
     max_concurrent_registrations: int = 256
     # HTTP/2 bounds against hostile peers ([grpc.limits], common/h2limits.py).
@@ -60,6 +62,14 @@ class ManagerConfig:
     grace_factor: float = 3.0
     default_heartbeat_interval: float = 60.0
     sweep_interval: float = 1.0
+    # The event loop running a timer later than this counts as a stall of the Manager,
+    # not held against any node's liveness.
+    stall_threshold: float = 0.5
+    # Mass silence: at least this many online nodes, and this share of them, silent at
+    # once → hold their offline transitions this long (0 disables the hold).
+    mass_offline_share: float = 0.5
+    mass_offline_min_nodes: int = 5
+    mass_offline_hold: float = 300.0
     # Heartbeat coalescing.
     heartbeat_flush_interval: float = 1.0
     heartbeat_max_batch: int = 5000
@@ -72,6 +82,13 @@ class ManagerConfig:
     retention_batch: int = 5000
     max_samples_per_report: int = 1000
     max_values_per_sample: int = 64
+    # Per-node ingest quota: samples per window (0: none). At least one full report.
+    metrics_node_quota: int = 12_000
+    metrics_node_quota_window: float = 600.0
+    # Node events: per-node quota (events per window, 0: none) and retention.
+    events_node_quota: int = 60
+    events_node_quota_window: float = 3600.0
+    events_retention: float = 30 * 86400.0
     # Manager -> Daemon client pool.
     daemon_call_timeout: float = 30.0
     daemon_connect_timeout: float = 5.0
@@ -104,6 +121,11 @@ class ManagerConfig:
             "daemon_backoff_initial",
             "spec_sweep_interval",
             "rollout_interval",
+            "tls_handshake_timeout",
+            "stall_threshold",
+            "metrics_node_quota_window",
+            "events_node_quota_window",
+            "events_retention",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -123,6 +145,23 @@ class ManagerConfig:
         for name in ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key_of(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("metrics_node_quota", "events_node_quota", "mass_offline_hold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_key_of(name)} must be >= 0, got {getattr(self, name)}")
+        if 0 < self.metrics_node_quota < self.max_samples_per_report:
+            raise ValueError(
+                f"metrics.node_quota ({self.metrics_node_quota}) must hold at least one full "
+                f"report (metrics.max_samples_per_report = {self.max_samples_per_report}), "
+                "or be 0 for no quota"
+            )
+        if not 0 < self.mass_offline_share <= 1:
+            raise ValueError(
+                f"liveness.mass_offline_share must be in (0, 1], got {self.mass_offline_share}"
+            )
+        if self.mass_offline_min_nodes < 1:
+            raise ValueError(
+                f"liveness.mass_offline_min_nodes must be >= 1, got {self.mass_offline_min_nodes}"
+            )
         if self.daemon_backoff_max < self.daemon_backoff_initial:
             raise ValueError("daemons.backoff_max must be >= daemons.backoff_initial")
         if self.heartbeat_ack not in {"buffered", "flushed"}:
@@ -177,6 +216,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "grpc.tls.cert_file": ("cert_file", "str"),
     "grpc.tls.key_file": ("key_file", "str"),
     "grpc.tls.ca_file": ("ca_file", "str"),
+    "grpc.tls.handshake_timeout": ("tls_handshake_timeout", "duration"),
     "server.listen": ("http_listen", "str"),
     "server.read_timeout": ("http_read_timeout", "duration"),
     "server.write_timeout": ("http_write_timeout", "duration"),
@@ -187,6 +227,10 @@ KEYS: dict[str, tuple[str, str]] = {
     "liveness.grace_factor": ("grace_factor", "float"),
     "liveness.default_heartbeat_interval": ("default_heartbeat_interval", "duration"),
     "liveness.sweep_interval": ("sweep_interval", "duration"),
+    "liveness.stall_threshold": ("stall_threshold", "duration"),
+    "liveness.mass_offline_share": ("mass_offline_share", "float"),
+    "liveness.mass_offline_min_nodes": ("mass_offline_min_nodes", "int"),
+    "liveness.mass_offline_hold": ("mass_offline_hold", "duration"),
     "heartbeats.flush_interval": ("heartbeat_flush_interval", "duration"),
     "heartbeats.max_batch": ("heartbeat_max_batch", "int"),
     "heartbeats.ack": ("heartbeat_ack", "str"),
@@ -195,6 +239,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "metrics.retention_batch": ("retention_batch", "int"),
     "metrics.max_samples_per_report": ("max_samples_per_report", "int"),
     "metrics.max_values_per_sample": ("max_values_per_sample", "int"),
+    "metrics.node_quota": ("metrics_node_quota", "int"),
+    "metrics.node_quota_window": ("metrics_node_quota_window", "duration"),
+    "events.node_quota": ("events_node_quota", "int"),
+    "events.node_quota_window": ("events_node_quota_window", "duration"),
+    "events.retention": ("events_retention", "duration"),
     "daemons.call_timeout": ("daemon_call_timeout", "duration"),
     "daemons.connect_timeout": ("daemon_connect_timeout", "duration"),
     "daemons.connect_attempts": ("daemon_connect_attempts", "int"),

@@ -1,4 +1,5 @@
-"""The Manager's HTTP side: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus).
+"""The Manager's HTTP side: ``/healthz``, ``/readyz`` (the database takes writes) and
+``/metrics`` (Prometheus).
 
 Starlette on uvicorn, served on the Manager's own event loop. Signals stay with
 ``__main__``: uvicorn's own signal capture is switched off. Handlers are bounded by the
@@ -33,13 +34,17 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    """Health, readiness and metrics endpoints on ``listen``."""
+    """Health, readiness and metrics endpoints on ``listen``.
+
+    ``ready()`` answers why the Manager is not ready ("" when it is): /readyz is 200, or
+    503 with that reason (e.g. "database is locked: another process holds a lock on …").
+    """
 
     def __init__(
         self,
         *,
         listen: str,
-        ready: Callable[[], Awaitable[bool]],
+        ready: Callable[[], Awaitable[str]],
         render_metrics: Callable[[], Awaitable[bytes]],
         read_timeout: float = 30.0,
         write_timeout: float = 30.0,
@@ -88,9 +93,10 @@ class HttpServer:
 
     async def _readyz(self, request: Request) -> Response:
         async def check() -> Response:
-            if await self._ready():
+            problem = await self._ready()
+            if not problem:
                 return JSONResponse({"ready": True, "database": "ok"})
-            return JSONResponse({"ready": False, "database": "unreachable"}, status_code=503)
+            return JSONResponse({"ready": False, "database": problem}, status_code=503)
 
         return await self._bounded(check)
 

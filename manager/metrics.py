@@ -78,6 +78,74 @@ class ManagerMetrics:
             ["method", "code"],
             registry=r,
         )
+        # Issue 11: the Manager's own stalls, liveness holds, quotas, relayed text, TLS.
+        self.loop_lag = Gauge(
+            "fleet_manager_event_loop_lag_seconds",
+            "How late the event loop ran its last timer check.",
+            registry=r,
+        )
+        self.loop_stalls = Counter(
+            "fleet_manager_event_loop_stalls",
+            "Event-loop stalls (a timer late by more than the stall threshold).",
+            registry=r,
+        )
+        self.loop_stall_seconds = Counter(
+            "fleet_manager_event_loop_stall_seconds",
+            "Seconds the event loop was stalled (not counted against any node's liveness).",
+            registry=r,
+        )
+        self.liveness_held = Gauge(
+            "fleet_manager_liveness_held_nodes",
+            "Overdue nodes not declared offline in the last sweep, by why.",
+            ["reason"],
+            registry=r,
+        )
+        self.mass_silence = Gauge(
+            "fleet_manager_liveness_mass_silence",
+            "1 while a large share of nodes went silent at once and offline transitions "
+            "are held as a suspected Manager or network fault.",
+            registry=r,
+        )
+        self.throttled_nodes = Gauge(
+            "fleet_manager_throttled_nodes",
+            "Nodes over a per-node quota (refused within the quota window), by quota.",
+            ["quota"],
+            registry=r,
+        )
+        self.quota_refusals = Counter(
+            "fleet_manager_quota_refusals",
+            "Calls refused (metrics) or node events not recorded (events) for a quota.",
+            ["quota"],
+            registry=r,
+        )
+        self.agent_sync_problems = Counter(
+            "fleet_manager_agent_sync_problems",
+            "SyncAgentStates fields stored other than as sent (kind: sanitised).",
+            ["kind"],
+            registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "fleet_manager_tls_handshake_failures",
+            "TLS handshakes refused on the gRPC port, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.node_events_deleted = Counter(
+            "fleet_manager_node_events_deleted",
+            "Node events removed by retention.",
+            registry=r,
+        )
+        self.database_writable = Gauge(
+            "fleet_manager_database_writable",
+            "1 when the last write check succeeded, 0 when it failed (see /readyz).",
+            registry=r,
+        )
+        for reason in ("restart_guard", "manager_stall", "mass_silence"):
+            self.liveness_held.labels(reason)
+        for quota in ("metrics", "events"):
+            self.throttled_nodes.labels(quota)
+            self.quota_refusals.labels(quota)
+        self.agent_sync_problems.labels("sanitised")
         # Label children per (method, code) and per method, bound on first use: ``labels()``
         # on every request is a measurable part of a Manager serving thousands of calls/s.
         self._rpc_children: dict[tuple[str, str], Any] = {}

@@ -1,14 +1,16 @@
-"""Metric retention: host metric samples older than the retention are deleted.
+"""Retention: host metric samples and node events older than their retention are deleted.
 
 Deletion runs in the background in bounded batches (``metrics.retention_batch`` rows per
-short transaction), so it never holds a long lock on the table.
+short transaction), so it never holds a long lock on a table. Node events are kept
+``events.retention`` (30 days); their growth per node is bounded besides by the event
+quota (manager/quotas.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .metrics import ManagerMetrics
 from .periodic import Periodic
@@ -18,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class MetricRetention:
-    """Deletes host metric samples older than the retention, in bounded batches."""
+    """Deletes host metric samples and node events past their retention, in batches."""
 
     def __init__(
         self,
@@ -28,31 +30,53 @@ class MetricRetention:
         retention: float,
         interval: float,
         batch: int,
+        events_retention: float = 30 * 86400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._retention = retention
+        self._events_retention = events_retention
         self._batch = batch
         self._clock = clock
-        self._loop = Periodic(name="metric-retention", interval=interval, step=self._step)
+        self._loop = Periodic(name="retention", interval=interval, step=self._step)
 
     async def _step(self) -> None:
         await self.run_once()
+        await self.run_events_once()
 
     async def run_once(self) -> int:
         """Delete expired samples batch by batch; returns how many were deleted."""
         cutoff = int(self._clock() - self._retention)
-        total = 0
-        while True:
-            deleted = await self._store.delete_metrics_before(cutoff, batch=self._batch)
-            total += deleted
-            self._metrics.metric_rows_deleted.inc(deleted)
-            if deleted < self._batch:
-                break
+        total = await self._drain(
+            lambda: self._store.delete_metrics_before(cutoff, batch=self._batch),
+            self._metrics.metric_rows_deleted.inc,
+        )
         if total:
             log.info("retention: deleted %d metric samples older than %d", total, cutoff)
         return total
+
+    async def run_events_once(self) -> int:
+        """Delete expired node events batch by batch; returns how many were deleted."""
+        cutoff = self._clock() - self._events_retention
+        total = await self._drain(
+            lambda: self._store.delete_events_before(cutoff, batch=self._batch),
+            self._metrics.node_events_deleted.inc,
+        )
+        if total:
+            log.info("retention: deleted %d node events older than %.0f", total, cutoff)
+        return total
+
+    async def _drain(
+        self, delete: Callable[[], Awaitable[int]], count: Callable[[float], None]
+    ) -> int:
+        total = 0
+        while True:
+            deleted = await delete()
+            total += deleted
+            count(deleted)
+            if deleted < self._batch:
+                return total
 
     async def start(self) -> None:
         await self._loop.start()

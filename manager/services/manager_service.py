@@ -20,12 +20,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import grpclib.const
 
 from common import validate
-from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from common.rpc import current_call
 from schema import manager_pb, manager_pb2
 
@@ -35,18 +41,23 @@ from ..heartbeats import HeartbeatBuffer
 from ..known_nodes import KnownNodes
 from ..liveness import log_transitions
 from ..metrics import ManagerMetrics
+from ..quotas import MetricsQuota
+from ..ratelimit import LogLimiter
 from ..specs.controller import SpecController
-from ..specs.desired import SPEC_STATUSES
-from ..store import ONLINE, AgentRecord, Store, Transition
-from ..store.specs import SpecStateRecord
+from ..store import ONLINE, Store, Transition
+from .agent_sync import (
+    AGENT_STATUSES,
+    MAX_AGENTS_PER_SYNC,
+    MAX_SPECS_PER_SYNC,
+    SyncProblems,
+    check_agent_states,
+    check_spec_states,
+)
+
+__all__ = ["AGENT_STATUSES", "MAX_AGENTS_PER_SYNC", "MAX_SPECS_PER_SYNC", "ManagerService"]
 
 log = logging.getLogger(__name__)
 
-AGENT_STATUSES = frozenset(
-    {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
-)
-MAX_AGENTS_PER_SYNC = 1000
-MAX_SPECS_PER_SYNC = 1000
 MAX_HEARTBEAT_INTERVAL = 86_400
 _MAX_TRACKED = 10_000
 _MAX_CACHED_NAMES = 4096
@@ -86,9 +97,12 @@ class ManagerService(manager_pb.ManagerServiceBase):
         known: KnownNodes,
         metrics: ManagerMetrics,
         specs: SpecController,
+        metrics_quota: MetricsQuota | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._quota = metrics_quota
+        self._sync_log = LogLimiter(interval=60.0)
         self._specs = specs
         self._store = store
         self._heartbeats = heartbeats
@@ -242,6 +256,8 @@ class ManagerService(manager_pb.ManagerServiceBase):
             raise InvalidArgument(
                 f"metrics has {len(metrics)} samples (max {cfg.max_samples_per_report})"
             )
+        if self._quota is not None:
+            await self._within_quota(node_id, len(metrics))
         now = self._clock()
         latest = now + validate.MAX_FUTURE_SKEW
         max_values = cfg.max_values_per_sample
@@ -296,90 +312,57 @@ class ManagerService(manager_pb.ManagerServiceBase):
             keys.clear()
         keys.update(values)
 
+    async def _within_quota(self, node_id: str, samples: int) -> None:
+        """Raise RESOURCE_EXHAUSTED, with a retry hint, for a report over the node's
+        metrics quota; the start and the end of a throttled stretch are node events."""
+        assert self._quota is not None
+        answer = self._quota.take(node_id, samples)
+        quota = self._quota.describe()
+        if answer.ended:
+            reason = f"metrics no longer throttled ({answer.ended} report(s) refused meanwhile)"
+            log.info("node %s: %s", node_id, reason)
+            await self._store.record_event(Transition(node_id, "", "", reason), self._clock())
+        if not answer.retry:
+            return
+        retry = max(1, math.ceil(answer.retry))
+        if answer.started:
+            reason = f"metrics throttled: over its quota of {quota}"
+            log.warning("node %s: %s; refusing its reports until they fit", node_id, reason)
+            await self._store.record_event(Transition(node_id, "", "", reason), self._clock())
+        raise ResourceExhausted(
+            f"node {node_id} is over its metrics quota ({quota}): retry in {retry} s, when "
+            f"this report of {samples} samples fits"
+        )
+
     async def sync_agent_states(
         self, request: manager_pb.SyncAgentStatesRequest
     ) -> manager_pb.SyncAgentStatesResponse:
         node_id = check_node_caller(request.node_id)
-        if len(request.states) > MAX_AGENTS_PER_SYNC:
-            raise InvalidArgument(
-                f"states has {len(request.states)} agents (max {MAX_AGENTS_PER_SYNC})"
-            )
-        records: list[AgentRecord] = []
-        seen: set[str] = set()
-        for i, s in enumerate(request.states):
-            where = f"states[{i}]"
-            agent_id = validate.check_id(f"{where}.agent_id", s.agent_id)
-            if agent_id in seen:
-                raise InvalidArgument(f"agent {agent_id} appears twice in states")
-            seen.add(agent_id)
-            status = s.status.upper()
-            if status not in AGENT_STATUSES:
-                raise InvalidArgument(
-                    f"{where}.status {s.status[:32]!r} is not one of "
-                    f"{', '.join(sorted(AGENT_STATUSES))}"
-                )
-            for name in ("pid", "restart_count", "start_time", "last_heartbeat", "spec_revision"):
-                if getattr(s, name) < 0:
-                    raise InvalidArgument(f"{where}.{name} must not be negative")
-            records.append(
-                AgentRecord(
-                    agent_id=agent_id,
-                    status=status,
-                    pid=s.pid,
-                    last_heartbeat=s.last_heartbeat,
-                    type=validate.check_text(f"{where}.type", s.type, max_len=_SHORT),
-                    version=validate.check_text(f"{where}.version", s.version, max_len=_SHORT),
-                    start_time=s.start_time,
-                    restart_count=s.restart_count,
-                    status_reason=validate.check_text(f"{where}.status_reason", s.status_reason),
-                    config_hash=validate.check_text(
-                        f"{where}.config_hash", s.config_hash, max_len=128
-                    ),
-                    spec=validate.check_id(f"{where}.spec", s.spec) if s.spec else "",
-                    spec_revision=s.spec_revision,
-                )
-            )
-        spec_states = self._check_spec_states(request.specs) if request.full else None
+        problems = SyncProblems()
+        records = check_agent_states(request.states, problems)
+        spec_states = check_spec_states(request.specs, problems) if request.full else None
         await self._require_registered(node_id)
         upserted, removed = await self._store.sync_agents(
             node_id=node_id, states=records, full=request.full, now=self._clock()
         )
         await self._specs.node_synced(node_id, spec_states)
-        return manager_pb.SyncAgentStatesResponse(
-            success=True, message=f"synced {upserted} agents, removed {removed}"
-        )
+        message = f"synced {upserted} agents, removed {removed}"
+        if problems:
+            message += f"; {self._report_problems(node_id, problems)}"
+        return manager_pb.SyncAgentStatesResponse(success=True, message=message)
 
-    @staticmethod
-    def _check_spec_states(specs: Sequence[manager_pb.SpecState]) -> list[SpecStateRecord]:
-        """A full sync's spec states, validated (one per spec, known statuses)."""
-        if len(specs) > MAX_SPECS_PER_SYNC:
-            raise InvalidArgument(f"specs has {len(specs)} entries (max {MAX_SPECS_PER_SYNC})")
-        records: list[SpecStateRecord] = []
-        seen: set[str] = set()
-        for i, s in enumerate(specs):
-            where = f"specs[{i}]"
-            name = validate.check_id(f"{where}.name", s.name)
-            if name in seen:
-                raise InvalidArgument(f"spec {name} appears twice in specs")
-            seen.add(name)
-            if s.status not in SPEC_STATUSES:
-                raise InvalidArgument(
-                    f"{where}.status {s.status[:32]!r} is not one of {', '.join(SPEC_STATUSES)}"
-                )
-            if s.revision < 0 or s.running_revision < 0:
-                raise InvalidArgument(f"{where}: revisions must not be negative")
-            if not s.revision and not s.running_revision:
-                continue  # a spec the node holds nothing of (just removed)
-            records.append(
-                SpecStateRecord(
-                    name=name,
-                    revision=s.revision,
-                    status=s.status,
-                    reason=validate.check_text(f"{where}.reason", s.reason),
-                    running_revision=s.running_revision,
-                )
+    def _report_problems(self, node_id: str, problems: SyncProblems) -> str:
+        """Count, log (once a minute per node) and describe what a sync could not store
+        as sent."""
+        self._metrics.agent_sync_problems.labels("sanitised").inc(len(problems.sanitised))
+        summary = problems.summary()
+        held = self._sync_log.allow(node_id, time.monotonic())
+        if held is not None:
+            more = f" ({held} more such syncs since the last line)" if held else ""
+            log.warning(
+                "node %s: SyncAgentStates stored with changes: %s%s", node_id, summary, more
             )
-        return records
+        return summary
 
     @staticmethod
     def _check_address(address: str) -> str:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class GroupCommit(Generic[I, R]):
     async def submit(self, item: I) -> R:
         """Queue ``item``; return its result once its batch committed (or raise its error)."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        # Marked retrieved whatever happens: a caller that went away must not leave a
+        # "Future exception was never retrieved" traceback behind.
+        future.add_done_callback(_retrieve)
         self._queue.append((item, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name=self._name)
@@ -107,3 +110,8 @@ class GroupCommit(Generic[I, R]):
                 if not future.done():
                     future.set_exception(ConnectionError(f"{self._name} stopped"))
             self._queue.clear()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

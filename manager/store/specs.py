@@ -21,7 +21,7 @@ from tortoise.transactions import in_transaction
 
 from common.errors import FailedPrecondition, Unavailable
 
-from .database import DB_ERRORS, Database, db_errors_unavailable
+from .database import Database, as_db_error, db_errors_unavailable
 from .group_commit import GroupCommit
 from .models import (
     ACTIVE_ROLLOUT_STATES,
@@ -409,9 +409,13 @@ class SpecStore:
                 )
                 if rows:
                     await tx.execute_many(insert_states_sql(pg), rows)
-        except DB_ERRORS as exc:
-            log.warning("database error writing spec states of %d nodes: %s", len(items), exc)
-            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
+        except Exception as exc:
+            failure = as_db_error(exc)
+            if failure is None:
+                raise
+            message = self._db.describe_error(failure)
+            log.warning("database error writing spec states of %d nodes: %s", len(items), message)
+            return [Unavailable(message) for _ in items]
         return [None for _ in items]
 
     @db_errors_unavailable

@@ -21,7 +21,7 @@ from tortoise.transactions import in_transaction
 
 from common.errors import Unavailable
 
-from .database import DB_ERRORS, Database, db_errors_unavailable
+from .database import Database, as_db_error, db_errors_unavailable
 from .group_commit import GroupCommit
 from .models import (
     OFFLINE,
@@ -354,6 +354,7 @@ async def _batch_or_each(
     batch: Callable[[list[_Item]], Awaitable[Sequence[_Result]]],
     one: Callable[[_Item], Awaitable[_Result]],
     items: list[_Item],
+    describe: Callable[[BaseException], str],
 ) -> list[_Result | BaseException]:
     """A GroupCommit batch: ``batch`` in one transaction, else each caller its own outcome.
 
@@ -363,37 +364,59 @@ async def _batch_or_each(
     """
     try:
         return list(await batch(items))
-    except DB_ERRORS as exc:
-        if not isinstance(exc, IntegrityError):
-            log.warning("database error in %s (%d nodes): %s", what, len(items), exc)
-            return [Unavailable(f"database unavailable: {type(exc).__name__}") for _ in items]
-    except Exception:
-        log.exception("%s batch of %d failed: writing one by one", what, len(items))
+    except Exception as exc:
+        failure = as_db_error(exc)
+        if failure is not None and not isinstance(exc, IntegrityError):
+            message = describe(failure)
+            log.warning("database error in %s (%d nodes): %s", what, len(items), message)
+            return [Unavailable(message) for _ in items]
+        if failure is None:
+            log.exception("%s batch of %d failed: writing one by one", what, len(items))
     results: list[_Result | BaseException] = []
     for item in items:
         try:
             results.append(await one(item))
         except Exception as exc:
-            results.append(exc)
+            failure = as_db_error(exc)
+            if failure is not None and not isinstance(exc, IntegrityError):
+                results.append(Unavailable(describe(failure)))
+            else:
+                results.append(exc)
     return results
 
 
-class Store:
-    """Queries and updates over the Manager's models."""
+# Node events pass through this before they are written: (node id, reason) -> the reason
+# to record (possibly amended), or None to record nothing (manager/quotas.py EventQuota).
+EventFilter = Callable[[str, str], str | None]
 
-    def __init__(self, *, database: Database) -> None:
+
+class Store:
+    """Queries and updates over the Manager's models.
+
+    ``event_filter`` sees every node event before it is written (the per-node event
+    quota); without one, every event is written.
+    """
+
+    def __init__(self, *, database: Database, event_filter: EventFilter | None = None) -> None:
         self._db = database
+        self._event_filter = event_filter
         self._pg = database.backend == "postgres"
         self._registrations: GroupCommit[_Registration, RegisterResult] = GroupCommit(
             lambda items: _batch_or_each(
-                "register_node", self._register_batch, self._register_one, items
+                "register_node",
+                self._register_batch,
+                self._register_one,
+                items,
+                database.describe_error,
             ),
             key=lambda item: item.node_id,
             max_batch=_REGISTER_BATCH,
             name="register-node-writer",
         )
         self._agent_syncs: GroupCommit[_AgentSync, tuple[int, int]] = GroupCommit(
-            lambda items: _batch_or_each("sync_agents", self._sync_batch, self._sync_one, items),
+            lambda items: _batch_or_each(
+                "sync_agents", self._sync_batch, self._sync_one, items, database.describe_error
+            ),
             key=lambda item: item.node_id,
             max_batch=_SYNC_BATCH,
             name="agent-sync-writer",
@@ -459,7 +482,7 @@ class Store:
                 )
                 if transition is not None:
                     since = now
-                    events.append([node_id, now, transition.old, ONLINE, transition.reason])
+                    self._event_row(events, transition, now)
                 if created:
                     inserts.append(
                         [
@@ -495,7 +518,7 @@ class Store:
                         ]
                     )
                 if replaced is not None:
-                    events.append([node_id, now, ONLINE, ONLINE, replaced.reason])
+                    self._event_row(events, replaced, now)
                 results.append(
                     RegisterResult(created, transition, previous_instance, previous_address)
                 )
@@ -535,9 +558,28 @@ class Store:
                     await self._event(event, now)
         return RegisterResult(created, transition, previous_instance, previous_address)
 
-    async def _event(self, t: Transition, now: float) -> None:
+    def _admit_event(self, t: Transition) -> str | None:
+        """The reason to record for ``t``, or None when the event quota drops it."""
+        if self._event_filter is None:
+            return t.reason
+        return self._event_filter(t.node_id, t.reason)
+
+    def _event_row(self, rows: list[list[Any]], t: Transition, now: float) -> None:
+        reason = self._admit_event(t)
+        if reason is not None:
+            rows.append([t.node_id, now, t.old, t.new, reason[:1024]])
+
+    async def _event(self, t: Transition, now: float, using_db: Any = None) -> None:
+        reason = self._admit_event(t)
+        if reason is None:
+            return
         await NodeEvent.create(
-            node_id=t.node_id, timestamp=now, old_status=t.old, new_status=t.new, reason=t.reason
+            node_id=t.node_id,
+            timestamp=now,
+            old_status=t.old,
+            new_status=t.new,
+            reason=reason[:1024],
+            using_db=using_db,
         )
 
     @db_errors_unavailable
@@ -609,42 +651,68 @@ class Store:
                 if params:
                     await tx.execute_many(sql, params)
             for t in transitions:
-                await NodeEvent.create(
-                    node_id=t.node_id,
-                    timestamp=now,
-                    old_status=t.old,
-                    new_status=t.new,
-                    reason=t.reason,
-                    using_db=tx,
-                )
+                await self._event(t, now, using_db=tx)
         return transitions, missing
 
     @db_errors_unavailable
     async def mark_overdue_offline(
         self, *, now: float, started_at: float, exclude: Iterable[str] = (), limit: int = 1000
     ) -> tuple[list[Transition], int]:
-        """Mark online nodes whose grace ran out offline.
+        """Mark online nodes whose grace ran out offline (no stall or mass-silence checks:
+        :class:`manager.liveness.LivenessMonitor` makes those decisions itself).
 
         Restart guard: a node is not declared offline before a full grace period has
         passed since this Manager started (``started_at``), because heartbeats sent while
         the Manager was down could not arrive. Returns (transitions, nodes held by the guard).
         """
-        rows = (
-            await Node.filter(status=ONLINE, offline_after__lt=now)
-            .limit(limit)
-            .values_list("node_id", "last_heartbeat", "grace")
-        )
         skip = set(exclude)
-        transitions: list[Transition] = []
+        due: list[tuple[str, str]] = []
         held = 0
-        for node_id, last, grace in rows:
+        for node_id, last, grace in await self.overdue_nodes(now=now, limit=limit):
             if node_id in skip:
                 continue
             if now - started_at < grace:
                 held += 1
                 continue
-            silent = now - (last or 0)
-            reason = f"no heartbeat for {silent:.0f} s (grace {grace:g} s)"
+            due.append((node_id, f"no heartbeat for {now - last:.0f} s (grace {grace:g} s)"))
+        return await self.mark_offline(due, now=now), held
+
+    @db_errors_unavailable
+    async def overdue_nodes(self, *, now: float, limit: int) -> list[tuple[str, float, float]]:
+        """(node id, last heartbeat, grace) of online nodes past their deadline, the
+        longest overdue first (one range scan of the ``offline_after`` index)."""
+        rows = (
+            await Node.filter(status=ONLINE, offline_after__lt=now)
+            .order_by("offline_after")
+            .limit(limit)
+            .values_list("node_id", "last_heartbeat", "grace")
+        )
+        return [(node_id, last or 0.0, grace) for node_id, last, grace in rows]
+
+    @db_errors_unavailable
+    async def late_nodes(self, *, now: float) -> tuple[int, list[tuple[str, float, float]]]:
+        """(online nodes, and (node id, last heartbeat, grace) of those silent for more
+        than half their grace) — what a mass-silence check needs."""
+        pg = self._pg
+        one, two = _marks(2, pg)
+        conn = self._db.connection()
+        _, counted = await conn.execute_query(
+            f"SELECT COUNT(*) FROM fleet_node WHERE status = {one}", [ONLINE]
+        )
+        _, rows = await conn.execute_query(
+            "SELECT node_id, last_heartbeat, grace FROM fleet_node "
+            f"WHERE status = {one} AND offline_after - grace * 0.5 < {two}",
+            [ONLINE, now],
+        )
+        return int(counted[0][0]), [(r[0], r[1] or 0.0, r[2]) for r in rows]
+
+    @db_errors_unavailable
+    async def mark_offline(self, due: Sequence[tuple[str, str]], *, now: float) -> list[Transition]:
+        """Mark each (node id, reason) offline if it is still online and overdue (a
+        conditional update: a heartbeat flushed meanwhile, or another Manager's sweep,
+        wins); returns the transitions recorded."""
+        transitions: list[Transition] = []
+        for node_id, reason in due:
             changed = await Node.filter(
                 node_id=node_id, status=ONLINE, offline_after__lt=now
             ).update(status=OFFLINE, status_since=now)
@@ -652,7 +720,7 @@ class Store:
                 t = Transition(node_id, ONLINE, OFFLINE, reason)
                 await self._event(t, now)
                 transitions.append(t)
-        return transitions, held
+        return transitions
 
     @db_errors_unavailable
     async def remove_node(self, node_id: str) -> bool:
@@ -699,6 +767,24 @@ class Store:
     @db_errors_unavailable
     async def get_node(self, node_id: str) -> Node | None:
         return await Node.get_or_none(node_id=node_id)
+
+    @db_errors_unavailable
+    async def delete_events_before(self, cutoff: float, *, batch: int) -> int:
+        """Delete at most ``batch`` node events older than ``cutoff`` (one short statement).
+
+        Oldest first by id: events are appended in time order, so the scan reads the
+        primary key from its start and stops at the first event that is young enough —
+        no index on the timestamp, and no scan of the whole table when nothing is old.
+        """
+        rows = await NodeEvent.all().order_by("id").limit(batch).values_list("id", "timestamp")
+        ids: list[int] = []
+        for event_id, timestamp in rows:
+            if timestamp >= cutoff:
+                break
+            ids.append(event_id)
+        if not ids:
+            return 0
+        return await NodeEvent.filter(id__in=ids).delete()
 
     @db_errors_unavailable
     async def node_events(self, node_id: str, limit: int) -> list[NodeEvent]:

@@ -269,13 +269,51 @@ def node_channel(certs: Path, manager_port: int, node_id: str) -> Channel:
     return _channel(certs, manager_port, node_id)
 
 
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """(status, body) of a GET, whatever the status (the Manager's /readyz, /metrics)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` (with at least these labels) in Prometheus text, or
+    None: ``metric_value(http_get(f"{mgr.http_url}/metrics")[1], "fleet_manager_nodes",
+    status="online")``."""
+    for line in metrics_text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(match.group(3))
+    return None
+
+
+def fleet_certs(directory: Path, nodes: Sequence[str]) -> Path:
+    """A certificate directory like the ``certs`` fixture's (CA, manager, admin) with a
+    node certificate for each of ``nodes``."""
+    from . import load_certgen
+
+    load_certgen().dev(directory, list(nodes), echo=lambda _line: None)
+    return directory
+
+
 __all__ = [
     "ManagerProc",
     "admin_channel",
+    "fleet_certs",
     "free_port",
+    "http_get",
     "manager_argv",
     "manager_rpc",
     "manager_rpc_error",
+    "metric_value",
     "node_channel",
     "sign_spec",
     "spec_document",
