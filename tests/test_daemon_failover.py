@@ -385,6 +385,7 @@ def test_a_dead_connection_is_left_and_a_manager_that_does_not_know_the_node_get
                 lambda: link.connected and link.registrations == 2, "registered at the second"
             )
             took = time.monotonic() - stopped
+            print(f"SIGSTOP -> registered at the next Manager: {took:.1f} s")
             assert link.endpoint is not None and link.endpoint.address == second.address
             # heartbeat_interval (1 s) + deadline (2 s) + backoff (<= 1.2 s), with room.
             assert took < 10, took
