@@ -126,7 +126,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fle
             {"role": "edge", "zone": "z2"},
             [
                 agent("web", "sleeper"),
-                agent("cfg", "sdk_agent", str(cfg_out), heartbeat_interval=1.0),
+                # A restart counts as failed only if the agent exits within
+                # start_seconds: 1 s is less than this Python agent may take to start,
+                # read {"fail": true} and exit on a loaded machine.
+                agent("cfg", "sdk_agent", str(cfg_out), heartbeat_interval=1.0, start_seconds=5.0),
             ],
         ),
         "node-c": (
