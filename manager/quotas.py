@@ -61,6 +61,7 @@ class MetricsQuota:
         self._buckets = TokenBuckets(capacity=samples, window=window) if samples else None
         # node -> [last refusal (clock), reports refused in this episode]
         self._throttled: dict[str, list[float]] = {}
+        self._refused = metrics.quota_refusals.labels("metrics")
 
     def describe(self) -> str:
         return f"{self.samples} samples per {format_duration(self.window)}"
@@ -73,7 +74,7 @@ class MetricsQuota:
         retry = self._buckets.take(node_id, count, now)
         episode = self._throttled.get(node_id)
         if retry:
-            self._metrics.quota_refusals.labels("metrics").inc()
+            self._refused.inc()
             if episode is None:
                 self._throttled[node_id] = [now, 1]
                 return QuotaAnswer(retry, True, 0)
@@ -114,23 +115,27 @@ class EventQuota:
         self._buckets = TokenBuckets(capacity=events, window=window) if events else None
         self._dropped: dict[str, int] = {}
         self._log = LogLimiter(interval=60.0)
+        self._throttled = metrics.throttled_nodes.labels("events")
+        self._refused = metrics.quota_refusals.labels("events")
 
     def __call__(self, node_id: str, reason: str) -> str | None:
         if self._buckets is None:
             return reason
         now = self._clock()
         if not self._buckets.take(node_id, 1, now):
+            if not self._dropped:
+                return reason
             dropped = self._dropped.pop(node_id, 0)
-            self._metrics.throttled_nodes.labels("events").set(len(self._dropped))
             if not dropped:
                 return reason
+            self._throttled.set(len(self._dropped))
             return (
                 f"{reason} ({dropped} earlier event(s) not recorded: over the node event "
                 f"quota of {self.events} per {format_duration(self.window)})"
             )
         dropped = self._dropped[node_id] = self._dropped.get(node_id, 0) + 1
-        self._metrics.quota_refusals.labels("events").inc()
-        self._metrics.throttled_nodes.labels("events").set(len(self._dropped))
+        self._refused.inc()
+        self._throttled.set(len(self._dropped))
         held = self._log.allow(node_id, now)
         if held is not None:
             log.warning(
