@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Callable
 
 from .metrics import ManagerMetrics
@@ -24,9 +24,10 @@ from .ratelimit import LogLimiter
 log = logging.getLogger(__name__)
 
 # Stalls older than this are forgotten (no grace is longer: heartbeat intervals are at
-# most a day, graces a few intervals).
+# most a day, graces a few intervals), and at most this many are kept (the oldest half
+# goes when full; forgetting only ever makes liveness stricter).
 _KEEP_SECONDS = 4 * 86_400.0
-_MAX_STALLS = 4096
+_MAX_STALLS = 100_000
 
 
 class StallClock:
@@ -46,8 +47,14 @@ class StallClock:
         self._threshold = threshold
         self._clock = clock
         self._monotonic = monotonic
-        # (start, end) in wall-clock seconds, oldest first, merged when close together.
-        self._stalls: deque[tuple[float, float]] = deque(maxlen=_MAX_STALLS)
+        # Stalls as wall-clock intervals, oldest first, and the stalled seconds up to the
+        # end of each (cumulative): how much of any span was stalled is two binary
+        # searches, however many stalls a sluggish hour recorded. Only the lateness is
+        # recorded, not the time between late ticks: a loop that runs late all the time
+        # excuses that share of a node's silence, not all of it.
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+        self._cumulative: list[float] = []
         self._due = 0.0  # monotonic time the pending tick should run
         self._handle: asyncio.TimerHandle | None = None
         self._started = False
@@ -76,16 +83,22 @@ class StallClock:
         start = now - late
         self._metrics.loop_stalls.inc()
         self._metrics.loop_stall_seconds.inc(late)
-        if self._stalls and start - self._stalls[-1][1] <= 2 * self._tick:
-            start = min(start, self._stalls[-1][0])  # one sluggish stretch, not many
-            self._stalls.pop()
-        self._stalls.append((start, now))
-        while self._stalls and self._stalls[0][1] < now - _KEEP_SECONDS:
-            self._stalls.popleft()
+        if self._ends:  # wall clock stepped back: keep the intervals ordered
+            start = max(start, self._ends[-1])
+            now = max(now, start)
+        total = self._cumulative[-1] if self._cumulative else 0.0
+        self._starts.append(start)
+        self._ends.append(now)
+        self._cumulative.append(total + (now - start))
+        old = bisect_right(self._ends, now - _KEEP_SECONDS)
+        if len(self._ends) > _MAX_STALLS:
+            old = max(old, len(self._ends) // 2)
+        if old:
+            del self._starts[:old], self._ends[:old], self._cumulative[:old]
         self._unlogged += late
         held = self._log.allow("stall", self._monotonic())
         if held is not None:
-            more = f" ({held} shorter stalls before it)" if held else ""
+            more = f" ({held} more stalls not logged)" if held else ""
             log.warning(
                 "event loop stalled %.2f s, %.1f s in all since the last line%s: heartbeats "
                 "that arrived meanwhile could not be read, and liveness does not count that "
@@ -105,16 +118,25 @@ class StallClock:
 
     def stalled(self, since: float, until: float) -> float:
         """Seconds of [since, until] (wall clock) during which the loop was stalled."""
-        total = 0.0
+        if until <= since:
+            return 0.0
+        total = self._stalled_before(until) - self._stalled_before(since)
         ongoing = self.current_stall()
         if ongoing:
             now = self._clock()
             total += _overlap(now - ongoing, now, since, until)
-        for start, end in reversed(self._stalls):
-            if end <= since:
-                break
-            total += _overlap(start, end, since, until)
-        return min(total, max(0.0, until - since))
+        return min(total, until - since)
+
+    def _stalled_before(self, moment: float) -> float:
+        """Stalled seconds recorded up to ``moment`` (relative to a fixed origin)."""
+        ends = self._ends
+        if not ends:
+            return 0.0
+        i = bisect_right(ends, moment)  # stalls [0, i) ended by then
+        before = self._cumulative[i - 1] if i else self._cumulative[0] - (ends[0] - self._starts[0])
+        if i < len(ends) and self._starts[i] < moment:
+            before += moment - self._starts[i]  # inside stall i
+        return before
 
     def close(self) -> None:
         if self._handle is not None:
