@@ -41,7 +41,7 @@ from .specs.catalog import RevisionCatalog
 from .specs.controller import SpecController
 from .specs.rollouts import RolloutDriver
 from .stalls import StallClock
-from .store import Database, Store
+from .store import ONLINE, Database, Store, Transition
 from .store.specs import SpecStore
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class ManagerApp:
             ack=config.heartbeat_ack,
             grace_for=config.grace_for,
             metrics=self.metrics,
-            on_transitions=lambda ts: log_transitions(ts, self.metrics),
+            on_transitions=self._heartbeat_transitions,
             on_missing=self.known_nodes.discard_all,
         )
         self.stalls = StallClock(metrics=self.metrics, threshold=config.stall_threshold)
@@ -158,6 +158,14 @@ class ManagerApp:
         if not self.config.tls_enabled:
             return None
         return client_context(self.config.tls_files, expect_role="node")
+
+    def _heartbeat_transitions(self, transitions: list[Transition]) -> None:
+        log_transitions(transitions, self.metrics)
+        back = [t.node_id for t in transitions if t.new == ONLINE]
+        if back:
+            # A Daemon back from an outage heartbeats without registering again: it may
+            # have missed applies meanwhile, so look at its specs now, not at the sweep.
+            self.specs.reconcile_nodes(back)
 
     async def start(self) -> None:
         if self._started:

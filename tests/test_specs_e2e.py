@@ -14,6 +14,8 @@ Manager's view.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,7 +116,11 @@ def spec_status(fleet: Fleet, name: str) -> dict[str, dict[str, Any]]:
 def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("specs-e2e")
     # A fixed port, so that the Manager can be restarted where the Daemons look for it.
-    manager = start_manager(tmp, certs, grpc_port=free_port())
+    # No periodic drift sweep during the module: every convergence below must come from
+    # its own trigger (apply, registration, a node back online), not from a sweep.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEET_MANAGER_SPECS_SWEEP_INTERVAL", "1h")
+        manager = start_manager(tmp, certs, grpc_port=free_port())
     daemons: dict[str, DaemonProc] = {}
     layout: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
         "node-a": (WEB, {}),
@@ -319,6 +325,30 @@ def test_offline_node_converges_when_it_returns(fleet: Fleet) -> None:
     wait_until(lambda: running(fleet, "node-b", "away-app", "away", 1), timeout=60)
 
 
+def test_node_back_from_a_partition_converges_at_once(fleet: Fleet) -> None:
+    """A Daemon that was unreachable (frozen past its grace) heartbeats again without
+    registering anew: coming back online is what makes the Manager push it the spec."""
+    path = spec_file(fleet, "split", [sleeper(fleet, "split-app", "v1")], labels=WEB)
+    daemon = fleet.daemons["node-b"]
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: node_status(fleet, "node-b") == "offline",
+            timeout=60,
+            what="node-b offline while frozen",
+        )
+        assert cli(fleet, "apply", "-f", str(path), "--detach").exit_code == 0
+        wait_running(fleet, "split-app", "split", 1, "node-a")
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    wait_running(fleet, "split-app", "split", 1, "node-b")
+
+
+def node_status(fleet: Fleet, node_id: str) -> str:
+    nodes = {n["node_id"]: n for n in ok_json(fleet, "nodes", "list")}
+    return str(nodes[node_id]["status"])
+
+
 def test_central_agents_survive_a_daemon_restart_with_the_manager_down(fleet: Fleet) -> None:
     path = spec_file(fleet, "keep", [sleeper(fleet, "keep-app", "v1")], nodes=["node-a"])
     assert cli(fleet, "apply", "-f", str(path)).exit_code == 0
@@ -331,9 +361,11 @@ def test_central_agents_survive_a_daemon_restart_with_the_manager_down(fleet: Fl
         info = wait_until(lambda: running(fleet, "node-a", "keep-app", "keep", 1), timeout=60)
         assert info.pid
     finally:
-        fleet.manager = start_manager(
-            fleet.tmp, fleet.certs, grpc_port=port, log_name="manager-2.log"
-        )
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FLEET_MANAGER_SPECS_SWEEP_INTERVAL", "1h")
+            fleet.manager = start_manager(
+                fleet.tmp, fleet.certs, grpc_port=port, log_name="manager-2.log"
+            )
     wait_until(
         lambda: [n["status"] for n in ok_json(fleet, "nodes", "list")].count("online") >= 3,
         timeout=60,
