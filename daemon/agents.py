@@ -442,7 +442,10 @@ class Agents:
             was_active = runner.state in ACTIVE
             if new_config is not None:
                 record.pushed_config = new_config
-            if version:
+                # The label belongs to the config it came with: a new config without one
+                # has none (it must not keep showing the old config's label).
+                record.pushed_version = version
+            elif version:
                 record.pushed_version = version
             self._changed(runner)
             log.info(

@@ -224,7 +224,15 @@ def test_push_update_applied_live_and_with_restart(tmp_path: Path, certs: Path) 
         assert reply.status == "APPLIED", reply.error_message
         now = wait_until(lambda: (d := _read_json(out)) and d["config"] == {"level": 3} and d)
         assert now["pid"] != first["pid"]
-        assert list_agents(certs, daemon)["a"].pid == now["pid"]
+        info = list_agents(certs, daemon)["a"]
+        assert info.pid == now["pid"]
+        # A config pushed without a label has none: "1.1" was the label of {"level": 2}.
+        assert info.version == ""
+        # A label alone labels the current config.
+        reply = call_daemon(
+            certs, daemon, "push_update", daemon_pb.UpdateRequest(agent_id="a", version="1.3")
+        )
+        assert reply.status == "APPLIED" and list_agents(certs, daemon)["a"].version == "1.3"
 
         for bad in ("not json", "[1, 2]"):
             with pytest.raises(GRPCError) as exc:

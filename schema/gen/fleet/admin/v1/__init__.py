@@ -207,6 +207,11 @@ class PushUpdateRequest(betterproto.Message):
     agent_id: str = betterproto.string_field(2)
     config_json: str = betterproto.string_field(3)
     version: str = betterproto.string_field(4)
+    """
+    As DaemonService UpdateRequest.version: with config_json, that config's label (empty =
+     none); without, a new label for the current config (empty = keep it).
+    """
+
     restart: bool = betterproto.bool_field(5)
 
 

@@ -121,7 +121,10 @@ class UpdateRequest(betterproto.Message):
     """New config as a JSON object; empty = keep the current config."""
 
     version: str = betterproto.string_field(3)
-    """New version label; empty = keep the current version."""
+    """
+    The version label. With config_json: that config's label (empty = none). Without:
+     a new label for the current config (empty = keep the current one).
+    """
 
     restart: bool = betterproto.bool_field(4)
     """
