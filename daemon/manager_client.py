@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
 import ssl
 import time
 import uuid
@@ -484,7 +486,17 @@ class ManagerClient:
                     # Sent to a Manager we have left since (closing its channel ended the
                     # call): the report is still queued, for the next one.
                     continue
-                if isinstance(exc, GRPCError) and exc.status in _POISON:
+                throttled = throttle_delay(exc)
+                if throttled is not None:
+                    # Over this node's quota: the report is kept and sent once it fits.
+                    log.warning(
+                        "the Manager throttles this node's metrics: report %d kept, next try "
+                        "in %.0fs",
+                        seq,
+                        throttled,
+                    )
+                    await asyncio.sleep(throttled)
+                elif isinstance(exc, GRPCError) and exc.status in _POISON:
                     log.error(
                         "the Manager refused queued report %d (%s): dropping it", seq, exc.message
                     )
@@ -535,6 +547,21 @@ class ManagerClient:
 
 
 _POISON = frozenset({Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED})
+# A RESOURCE_EXHAUSTED that says when to come back is a quota, not a report too large.
+_RETRY_HINT = re.compile(r"retry in (\d+(?:\.\d+)?) ?s\b")
+
+
+def throttle_delay(exc: BaseException) -> float | None:
+    """Seconds to wait when ``exc`` is the Manager throttling us ("retry in N s"), with up
+    to 20 % added so that throttled Daemons do not all come back at once; else None."""
+    if not isinstance(exc, GRPCError) or exc.status != Status.RESOURCE_EXHAUSTED:
+        return None
+    match = _RETRY_HINT.search(exc.message or "")
+    if match is None:
+        return None
+    return float(match.group(1)) * (1.0 + 0.2 * random.random())
+
+
 _REFUSALS = frozenset({Status.PERMISSION_DENIED, Status.UNAUTHENTICATED})
 # The Manager at this address cannot serve us now: try the next address.
 _UNREACHABLE = frozenset(
