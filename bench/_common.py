@@ -113,6 +113,19 @@ def console_script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def fleetctl_env(manager_address: str, cert_dir: Path) -> dict[str, str]:
+    """The environment for running the real ``fleetctl`` as the dev admin against a
+    Manager (no user config file)."""
+    return {
+        **os.environ,
+        "FLEET_MANAGER": manager_address,
+        "FLEET_CA": str(cert_dir / "ca.crt"),
+        "FLEET_CERT": str(cert_dir / "admin.crt"),
+        "FLEET_KEY": str(cert_dir / "admin.key"),
+        "FLEET_CONFIG": "/dev/null",
+    }
+
+
 @dataclass
 class SpawnedManager:
     """A ``fleet-manager`` child process on 127.0.0.1."""

@@ -15,7 +15,6 @@ through the Manager, which dials every Daemon over mTLS (first contact: a handsh
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from bench._common import (
     console_script,
     emit_json,
     ensure_node_certs,
+    fleetctl_env,
     machine_info,
     print_table,
     process_cpu_seconds,
@@ -111,14 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         daemons = fleet.daemons
         setup = time.perf_counter() - t
         print(f"{args.nodes} simulated daemons up and registered in {setup:.1f}s", file=sys.stderr)
-        env = {
-            **os.environ,
-            "FLEET_MANAGER": manager.address,
-            "FLEET_CA": str(cert_dir / "ca.crt"),
-            "FLEET_CERT": str(cert_dir / "admin.crt"),
-            "FLEET_KEY": str(cert_dir / "admin.key"),
-            "FLEET_CONFIG": "/dev/null",
-        }
+        env = fleetctl_env(manager.address, cert_dir)
         try:
             for attempt, parallel in enumerate(parallels):
                 before = sum(d.restarts for d in daemons)

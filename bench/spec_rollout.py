@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import resource
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from bench._common import (
     console_script,
     emit_json,
     ensure_node_certs,
+    fleetctl_env,
     fresh_postgres,
     latency_summary,
     machine_info,
@@ -205,14 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         setup = time.perf_counter() - t
         print(f"{args.nodes} simulated daemons up and registered in {setup:.1f}s", file=sys.stderr)
-        env = {
-            **os.environ,
-            "FLEET_MANAGER": manager.address,
-            "FLEET_CA": str(cert_dir / "ca.crt"),
-            "FLEET_CERT": str(cert_dir / "admin.crt"),
-            "FLEET_KEY": str(cert_dir / "admin.key"),
-            "FLEET_CONFIG": "/dev/null",
-        }
+        env = fleetctl_env(manager.address, cert_dir)
         try:
             for index, (label, tag, flags) in enumerate(applies):
                 path = spec_file(Path(tmp), tag)
