@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import console_script, free_port, run_cli
+from harness import clean_fleetctl_env, console_script, free_port, run_cli
 from typer.testing import CliRunner
 
 from fleetctl import render
@@ -27,21 +27,7 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No FLEET_* or colour settings from the developer's shell; an empty config home."""
-    for var in (
-        "FLEET_MANAGER",
-        "FLEET_CA",
-        "FLEET_CERT",
-        "FLEET_KEY",
-        "FLEET_CONFIG",
-        "FLEET_TIMEOUT",
-        "FLEET_INSECURE",
-        "FLEET_DEBUG",
-        "FORCE_COLOR",
-        "NO_COLOR",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    clean_fleetctl_env(monkeypatch, tmp_path)
 
 
 def admin_env(certs: Path, **extra: str) -> dict[str, str]:

@@ -162,3 +162,25 @@ def console_script(name: str) -> str:
     """Path of an installed console script next to this interpreter (fleet-manager, …)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
+
+
+# fleetctl settings a developer's shell may export; tests of fleetctl start without them.
+FLEETCTL_ENV_VARS = (
+    "FLEET_MANAGER",
+    "FLEET_CA",
+    "FLEET_CERT",
+    "FLEET_KEY",
+    "FLEET_CONFIG",
+    "FLEET_TIMEOUT",
+    "FLEET_INSECURE",
+    "FLEET_DEBUG",
+    "FORCE_COLOR",
+    "NO_COLOR",
+)
+
+
+def clean_fleetctl_env(monkeypatch: Any, tmp_path: Path) -> None:
+    """No FLEET_* or colour settings from the developer's shell; an empty config home."""
+    for var in FLEETCTL_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
