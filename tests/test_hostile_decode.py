@@ -28,9 +28,14 @@ from typing import Any
 import pytest
 from grpclib.client import Channel
 from harness import REPO
-from harness.daemon import DaemonProc, agent, start_daemon
+from harness.daemon import DaemonProc
 from harness.manager import ManagerProc
-from test_hostile_h2 import P99_BOUND, honest_node, start_hardened_manager
+from test_hostile_h2 import (
+    P99_BOUND,
+    honest_node,
+    start_hardened_manager,
+    start_hostile_daemon,
+)
 
 from common.tls import TLSFiles, client_context
 
@@ -207,11 +212,9 @@ def daemon(
     tmp_path_factory: pytest.TempPathFactory, hostile_certs: Path, manager: ManagerProc
 ) -> Iterator[DaemonProc]:
     """A real fleet-daemon (node-a) with make_server on both its servers, one agent."""
-    tmp = tmp_path_factory.mktemp("decode-daemon")
-    proc = start_daemon(
-        tmp, hostile_certs, node_id="node-a", manager_port=manager.grpc_port,
-        agents=[agent("sleeper", "sleeper")], config={"grpc": {"limits": LIMITS}},
-    )  # fmt: skip
+    proc = start_hostile_daemon(
+        tmp_path_factory.mktemp("decode-daemon"), hostile_certs, manager, LIMITS
+    )
     try:
         yield proc
     finally:

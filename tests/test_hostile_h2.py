@@ -353,16 +353,24 @@ def test_budgets_per_connection_peer_and_server(hostile_certs: Path) -> None:
     asyncio.run(scenario())
 
 
+def start_hostile_daemon(
+    tmp: Path, certs: Path, manager: ManagerProc, limits: dict[str, Any]
+) -> DaemonProc:
+    """A real fleet-daemon (node-a, one agent) with these [grpc.limits] on both servers."""
+    return start_daemon(
+        tmp, certs, node_id="node-a", manager_port=manager.grpc_port,
+        agents=[agent("sleeper", "sleeper")], config={"grpc": {"limits": limits}},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def daemon(
     tmp_path_factory: pytest.TempPathFactory, hostile_certs: Path, manager: ManagerProc
 ) -> Iterator[DaemonProc]:
     """A real fleet-daemon (node-a) whose two servers are built by make_server."""
-    tmp = tmp_path_factory.mktemp("hostile-daemon")
-    proc = start_daemon(
-        tmp, hostile_certs, node_id="node-a", manager_port=manager.grpc_port,
-        agents=[agent("sleeper", "sleeper")], config={"grpc": {"limits": LIMITS}},
-    )  # fmt: skip
+    proc = start_hostile_daemon(
+        tmp_path_factory.mktemp("hostile-daemon"), hostile_certs, manager, LIMITS
+    )
     try:
         yield proc
     finally:
