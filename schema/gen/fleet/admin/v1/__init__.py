@@ -246,6 +246,11 @@ class RemoveNodeRequest(betterproto.Message):
 class RemoveNodeResponse(betterproto.Message):
     removed: bool = betterproto.bool_field(1)
     message: str = betterproto.string_field(2)
+    certificates_revoked: bool = betterproto.bool_field(3)
+    """
+    Fleet extension: the node's certificates are revoked with it (an identity
+     revocation: every certificate of node/<id> issued until now).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -490,6 +495,149 @@ class ReloadDaemonRequest(betterproto.Message):
 class ReloadDaemonResponse(betterproto.Message):
     node_id: str = betterproto.string_field(1)
     result: "__daemon_v1__.ReloadConfigResponse" = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class JoinToken(betterproto.Message):
+    id: str = betterproto.string_field(1)
+    """
+    The public part of the token (before the dot); the secret is never stored or shown again.
+    """
+
+    created_at: int = betterproto.int64_field(2)
+    expires_at: int = betterproto.int64_field(3)
+    max_uses: int = betterproto.int32_field(4)
+    """0: unlimited."""
+
+    uses: int = betterproto.int32_field(5)
+    labels: Dict[str, str] = betterproto.map_field(
+        6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    """Labels every node that joins with it gets."""
+
+    description: str = betterproto.string_field(7)
+    created_by: str = betterproto.string_field(8)
+    """The admin identity that created it ("admin/alice")."""
+
+    revoked_at: int = betterproto.int64_field(9)
+    status: str = betterproto.string_field(10)
+    """active", "expired", "used" (no uses left) or "revoked"."""
+
+    nodes: List[str] = betterproto.string_field(11)
+    """Nodes that joined with it, oldest first (at most the last 100)."""
+
+
+@dataclass(eq=False, repr=False)
+class CreateJoinTokenRequest(betterproto.Message):
+    ttl_seconds: int = betterproto.int64_field(1)
+    """0: the Manager's default (1 h). At most 30 days."""
+
+    max_uses: int = betterproto.int32_field(2)
+    """0: unlimited uses within the TTL."""
+
+    labels: Dict[str, str] = betterproto.map_field(
+        3, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    description: str = betterproto.string_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class CreateJoinTokenResponse(betterproto.Message):
+    token: str = betterproto.string_field(1)
+    """<id>.<secret>": shown only here."""
+
+    info: "JoinToken" = betterproto.message_field(2)
+    ca_hash: str = betterproto.string_field(3)
+    """
+    sha256:<hex> of the fleet root CA's public key (SubjectPublicKeyInfo), for --ca-hash.
+    """
+
+    enroll_address: str = betterproto.string_field(4)
+    """
+    Where `fleet-daemon join --manager` should point (the enrollment listener), as this
+     Manager advertises it.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ListJoinTokensRequest(betterproto.Message):
+    all: bool = betterproto.bool_field(1)
+    """
+    Also expired, used-up and revoked tokens (kept 7 days after they stop working).
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ListJoinTokensResponse(betterproto.Message):
+    tokens: List["JoinToken"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RevokeJoinTokenRequest(betterproto.Message):
+    id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RevokeJoinTokenResponse(betterproto.Message):
+    token: "JoinToken" = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class Certificate(betterproto.Message):
+    serial: str = betterproto.string_field(1)
+    identity: str = betterproto.string_field(2)
+    """node/web-1"."""
+
+    not_before: int = betterproto.int64_field(3)
+    not_after: int = betterproto.int64_field(4)
+    issued_at: int = betterproto.int64_field(5)
+    issued_by: str = betterproto.string_field(6)
+    """
+    "join" (token id in `token_id`), "renew", or "" for a revocation of a certificate
+     this Manager did not issue.
+    """
+
+    token_id: str = betterproto.string_field(7)
+    revoked_at: int = betterproto.int64_field(8)
+    revoked_reason: str = betterproto.string_field(9)
+    revoked_by: str = betterproto.string_field(10)
+
+
+@dataclass(eq=False, repr=False)
+class ListCertificatesRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    """Only this node's certificates ("" = all)."""
+
+    revoked: bool = betterproto.bool_field(2)
+    """
+    Only revoked ones (including identity revocations, with an empty serial).
+    """
+
+    all: bool = betterproto.bool_field(3)
+    """Also certificates already expired."""
+
+    limit: int = betterproto.int32_field(4)
+    """0 = 1000."""
+
+
+@dataclass(eq=False, repr=False)
+class ListCertificatesResponse(betterproto.Message):
+    certificates: List["Certificate"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RevokeCertificateRequest(betterproto.Message):
+    serial: str = betterproto.string_field(1)
+    """Hex, any case, colons allowed (as `openssl x509 -serial` prints it)."""
+
+    reason: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RevokeCertificateResponse(betterproto.Message):
+    certificate: "Certificate" = betterproto.message_field(1)
+    connections_closed: int = betterproto.int32_field(2)
+    """Open connections of this certificate this Manager closed."""
 
 
 class AdminServiceStub(betterproto.ServiceStub):
@@ -782,6 +930,91 @@ class AdminServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def create_join_token(
+        self,
+        create_join_token_request: "CreateJoinTokenRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "CreateJoinTokenResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/CreateJoinToken",
+            create_join_token_request,
+            CreateJoinTokenResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_join_tokens(
+        self,
+        list_join_tokens_request: "ListJoinTokensRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListJoinTokensResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/ListJoinTokens",
+            list_join_tokens_request,
+            ListJoinTokensResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def revoke_join_token(
+        self,
+        revoke_join_token_request: "RevokeJoinTokenRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RevokeJoinTokenResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/RevokeJoinToken",
+            revoke_join_token_request,
+            RevokeJoinTokenResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_certificates(
+        self,
+        list_certificates_request: "ListCertificatesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListCertificatesResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/ListCertificates",
+            list_certificates_request,
+            ListCertificatesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def revoke_certificate(
+        self,
+        revoke_certificate_request: "RevokeCertificateRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RevokeCertificateResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/RevokeCertificate",
+            revoke_certificate_request,
+            RevokeCertificateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class AdminServiceBase(ServiceBase):
 
@@ -864,6 +1097,31 @@ class AdminServiceBase(ServiceBase):
     async def reload_daemon(
         self, reload_daemon_request: "ReloadDaemonRequest"
     ) -> "ReloadDaemonResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def create_join_token(
+        self, create_join_token_request: "CreateJoinTokenRequest"
+    ) -> "CreateJoinTokenResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_join_tokens(
+        self, list_join_tokens_request: "ListJoinTokensRequest"
+    ) -> "ListJoinTokensResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def revoke_join_token(
+        self, revoke_join_token_request: "RevokeJoinTokenRequest"
+    ) -> "RevokeJoinTokenResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_certificates(
+        self, list_certificates_request: "ListCertificatesRequest"
+    ) -> "ListCertificatesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def revoke_certificate(
+        self, revoke_certificate_request: "RevokeCertificateRequest"
+    ) -> "RevokeCertificateResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_list_nodes(
@@ -989,6 +1247,46 @@ class AdminServiceBase(ServiceBase):
         response = await self.reload_daemon(request)
         await stream.send_message(response)
 
+    async def __rpc_create_join_token(
+        self,
+        stream: "grpclib.server.Stream[CreateJoinTokenRequest, CreateJoinTokenResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_join_token(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_join_tokens(
+        self,
+        stream: "grpclib.server.Stream[ListJoinTokensRequest, ListJoinTokensResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_join_tokens(request)
+        await stream.send_message(response)
+
+    async def __rpc_revoke_join_token(
+        self,
+        stream: "grpclib.server.Stream[RevokeJoinTokenRequest, RevokeJoinTokenResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.revoke_join_token(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_certificates(
+        self,
+        stream: "grpclib.server.Stream[ListCertificatesRequest, ListCertificatesResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_certificates(request)
+        await stream.send_message(response)
+
+    async def __rpc_revoke_certificate(
+        self,
+        stream: "grpclib.server.Stream[RevokeCertificateRequest, RevokeCertificateResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.revoke_certificate(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.admin.v1.AdminService/ListNodes": grpclib.const.Handler(
@@ -1092,5 +1390,35 @@ class AdminServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ReloadDaemonRequest,
                 ReloadDaemonResponse,
+            ),
+            "/fleet.admin.v1.AdminService/CreateJoinToken": grpclib.const.Handler(
+                self.__rpc_create_join_token,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateJoinTokenRequest,
+                CreateJoinTokenResponse,
+            ),
+            "/fleet.admin.v1.AdminService/ListJoinTokens": grpclib.const.Handler(
+                self.__rpc_list_join_tokens,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListJoinTokensRequest,
+                ListJoinTokensResponse,
+            ),
+            "/fleet.admin.v1.AdminService/RevokeJoinToken": grpclib.const.Handler(
+                self.__rpc_revoke_join_token,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RevokeJoinTokenRequest,
+                RevokeJoinTokenResponse,
+            ),
+            "/fleet.admin.v1.AdminService/ListCertificates": grpclib.const.Handler(
+                self.__rpc_list_certificates,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListCertificatesRequest,
+                ListCertificatesResponse,
+            ),
+            "/fleet.admin.v1.AdminService/RevokeCertificate": grpclib.const.Handler(
+                self.__rpc_revoke_certificate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RevokeCertificateRequest,
+                RevokeCertificateResponse,
             ),
         }

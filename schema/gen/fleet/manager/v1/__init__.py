@@ -69,6 +69,10 @@ class HeartbeatRequest(betterproto.Message):
 class HeartbeatResponse(betterproto.Message):
     success: bool = betterproto.bool_field(1)
     message: str = betterproto.string_field(2)
+    revocations_version: int = betterproto.int64_field(3)
+    """
+    Fleet extension: version of the fleet's revocation list (GetRevocations); 0: none yet.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -173,6 +177,61 @@ class SyncAgentStatesResponse(betterproto.Message):
     message: str = betterproto.string_field(2)
 
 
+@dataclass(eq=False, repr=False)
+class RenewCertificateRequest(betterproto.Message):
+    csr_pem: str = betterproto.string_field(1)
+    """PKCS#10 certificate signing request, PEM (EC P-256 or P-384 key)."""
+
+
+@dataclass(eq=False, repr=False)
+class RenewCertificateResponse(betterproto.Message):
+    cert_pem: str = betterproto.string_field(1)
+    """
+    The new certificate, PEM, followed by the issuing CA's certificate when that is an
+     intermediate (the chain a peer needs to verify it against the fleet root).
+    """
+
+    ca_pem: str = betterproto.string_field(2)
+    """The fleet's root CA certificate(s), PEM, as GetCA would return them."""
+
+    serial: str = betterproto.string_field(3)
+    not_after: int = betterproto.int64_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class Revocation(betterproto.Message):
+    """
+    One revocation: a certificate by serial, or every certificate of an identity whose
+     notBefore is at or before `not_before_max` (how a removed node's certificates are
+     revoked, including those made outside the Manager with certgen).
+    """
+
+    serial: str = betterproto.string_field(1)
+    """Lower-case hex, no leading zeros ("" for an identity revocation)."""
+
+    identity: str = betterproto.string_field(2)
+    """node/web-1", "admin/alice" ("" for a serial revocation)."""
+
+    not_before_max: int = betterproto.int64_field(3)
+    revoked_at: int = betterproto.int64_field(4)
+    reason: str = betterproto.string_field(5)
+
+
+@dataclass(eq=False, repr=False)
+class GetRevocationsRequest(betterproto.Message):
+    known_version: int = betterproto.int64_field(1)
+    """
+    The version the caller holds; equal to the current one -> `unchanged` and no entries.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class GetRevocationsResponse(betterproto.Message):
+    version: int = betterproto.int64_field(1)
+    unchanged: bool = betterproto.bool_field(2)
+    revocations: List["Revocation"] = betterproto.message_field(3)
+
+
 class ManagerServiceStub(betterproto.ServiceStub):
     async def register_node(
         self,
@@ -242,6 +301,40 @@ class ManagerServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def renew_certificate(
+        self,
+        renew_certificate_request: "RenewCertificateRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RenewCertificateResponse":
+        return await self._unary_unary(
+            "/fleet.manager.v1.ManagerService/RenewCertificate",
+            renew_certificate_request,
+            RenewCertificateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_revocations(
+        self,
+        get_revocations_request: "GetRevocationsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetRevocationsResponse":
+        return await self._unary_unary(
+            "/fleet.manager.v1.ManagerService/GetRevocations",
+            get_revocations_request,
+            GetRevocationsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ManagerServiceBase(ServiceBase):
 
@@ -263,6 +356,16 @@ class ManagerServiceBase(ServiceBase):
     async def sync_agent_states(
         self, sync_agent_states_request: "SyncAgentStatesRequest"
     ) -> "SyncAgentStatesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def renew_certificate(
+        self, renew_certificate_request: "RenewCertificateRequest"
+    ) -> "RenewCertificateResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_revocations(
+        self, get_revocations_request: "GetRevocationsRequest"
+    ) -> "GetRevocationsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_register_node(
@@ -295,6 +398,22 @@ class ManagerServiceBase(ServiceBase):
         response = await self.sync_agent_states(request)
         await stream.send_message(response)
 
+    async def __rpc_renew_certificate(
+        self,
+        stream: "grpclib.server.Stream[RenewCertificateRequest, RenewCertificateResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.renew_certificate(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_revocations(
+        self,
+        stream: "grpclib.server.Stream[GetRevocationsRequest, GetRevocationsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_revocations(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.manager.v1.ManagerService/RegisterNode": grpclib.const.Handler(
@@ -320,5 +439,17 @@ class ManagerServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 SyncAgentStatesRequest,
                 SyncAgentStatesResponse,
+            ),
+            "/fleet.manager.v1.ManagerService/RenewCertificate": grpclib.const.Handler(
+                self.__rpc_renew_certificate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RenewCertificateRequest,
+                RenewCertificateResponse,
+            ),
+            "/fleet.manager.v1.ManagerService/GetRevocations": grpclib.const.Handler(
+                self.__rpc_get_revocations,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetRevocationsRequest,
+                GetRevocationsResponse,
             ),
         }

@@ -84,6 +84,26 @@ class AdminServiceBase(abc.ABC):
     async def ReloadDaemon(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def CreateJoinToken(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.CreateJoinTokenRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.CreateJoinTokenResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListJoinTokens(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ListJoinTokensRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ListJoinTokensResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def RevokeJoinToken(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeJoinTokenRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeJoinTokenResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListCertificates(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ListCertificatesRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ListCertificatesResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def RevokeCertificate(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/fleet.admin.v1.AdminService/ListNodes': grpclib.const.Handler(
@@ -187,6 +207,36 @@ class AdminServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonRequest,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonResponse,
+            ),
+            '/fleet.admin.v1.AdminService/CreateJoinToken': grpclib.const.Handler(
+                self.CreateJoinToken,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.CreateJoinTokenRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.CreateJoinTokenResponse,
+            ),
+            '/fleet.admin.v1.AdminService/ListJoinTokens': grpclib.const.Handler(
+                self.ListJoinTokens,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListJoinTokensRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListJoinTokensResponse,
+            ),
+            '/fleet.admin.v1.AdminService/RevokeJoinToken': grpclib.const.Handler(
+                self.RevokeJoinToken,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeJoinTokenRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeJoinTokenResponse,
+            ),
+            '/fleet.admin.v1.AdminService/ListCertificates': grpclib.const.Handler(
+                self.ListCertificates,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListCertificatesRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListCertificatesResponse,
+            ),
+            '/fleet.admin.v1.AdminService/RevokeCertificate': grpclib.const.Handler(
+                self.RevokeCertificate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateResponse,
             ),
         }
 
@@ -295,4 +345,34 @@ class AdminServiceStub:
             '/fleet.admin.v1.AdminService/ReloadDaemon',
             schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonRequest,
             schema.gen.pb2.fleet.admin.v1.admin_pb2.ReloadDaemonResponse,
+        )
+        self.CreateJoinToken = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/CreateJoinToken',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.CreateJoinTokenRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.CreateJoinTokenResponse,
+        )
+        self.ListJoinTokens = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/ListJoinTokens',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListJoinTokensRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListJoinTokensResponse,
+        )
+        self.RevokeJoinToken = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/RevokeJoinToken',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeJoinTokenRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeJoinTokenResponse,
+        )
+        self.ListCertificates = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/ListCertificates',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListCertificatesRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListCertificatesResponse,
+        )
+        self.RevokeCertificate = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/RevokeCertificate',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateResponse,
         )

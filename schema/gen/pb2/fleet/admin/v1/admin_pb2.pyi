@@ -273,12 +273,14 @@ class RemoveNodeRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RemoveNodeResponse(_message.Message):
-    __slots__ = ("removed", "message")
+    __slots__ = ("removed", "message", "certificates_revoked")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_REVOKED_FIELD_NUMBER: _ClassVar[int]
     removed: bool
     message: str
-    def __init__(self, removed: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    certificates_revoked: bool
+    def __init__(self, removed: _Optional[bool] = ..., message: _Optional[str] = ..., certificates_revoked: _Optional[bool] = ...) -> None: ...
 
 class GetAgentLogRequest(_message.Message):
     __slots__ = ("node_id", "agent_id", "stream", "lines")
@@ -536,3 +538,149 @@ class ReloadDaemonResponse(_message.Message):
     node_id: str
     result: _daemon_pb2.ReloadConfigResponse
     def __init__(self, node_id: _Optional[str] = ..., result: _Optional[_Union[_daemon_pb2.ReloadConfigResponse, _Mapping]] = ...) -> None: ...
+
+class JoinToken(_message.Message):
+    __slots__ = ("id", "created_at", "expires_at", "max_uses", "uses", "labels", "description", "created_by", "revoked_at", "status", "nodes")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created_at: int
+    expires_at: int
+    max_uses: int
+    uses: int
+    labels: _containers.ScalarMap[str, str]
+    description: str
+    created_by: str
+    revoked_at: int
+    status: str
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., created_by: _Optional[str] = ..., revoked_at: _Optional[int] = ..., status: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateJoinTokenRequest(_message.Message):
+    __slots__ = ("ttl_seconds", "max_uses", "labels", "description")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ttl_seconds: int
+    max_uses: int
+    labels: _containers.ScalarMap[str, str]
+    description: str
+    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class CreateJoinTokenResponse(_message.Message):
+    __slots__ = ("token", "info", "ca_hash", "enroll_address")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CA_HASH_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: JoinToken
+    ca_hash: str
+    enroll_address: str
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[JoinToken, _Mapping]] = ..., ca_hash: _Optional[str] = ..., enroll_address: _Optional[str] = ...) -> None: ...
+
+class ListJoinTokensRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListJoinTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[JoinToken]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[JoinToken, _Mapping]]] = ...) -> None: ...
+
+class RevokeJoinTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeJoinTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: JoinToken
+    def __init__(self, token: _Optional[_Union[JoinToken, _Mapping]] = ...) -> None: ...
+
+class Certificate(_message.Message):
+    __slots__ = ("serial", "identity", "not_before", "not_after", "issued_at", "issued_by", "token_id", "revoked_at", "revoked_reason", "revoked_by")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_BY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    identity: str
+    not_before: int
+    not_after: int
+    issued_at: int
+    issued_by: str
+    token_id: str
+    revoked_at: int
+    revoked_reason: str
+    revoked_by: str
+    def __init__(self, serial: _Optional[str] = ..., identity: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., issued_at: _Optional[int] = ..., issued_by: _Optional[str] = ..., token_id: _Optional[str] = ..., revoked_at: _Optional[int] = ..., revoked_reason: _Optional[str] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class ListCertificatesRequest(_message.Message):
+    __slots__ = ("node_id", "revoked", "all", "limit")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    revoked: bool
+    all: bool
+    limit: int
+    def __init__(self, node_id: _Optional[str] = ..., revoked: _Optional[bool] = ..., all: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListCertificatesResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[Certificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[Certificate, _Mapping]]] = ...) -> None: ...
+
+class RevokeCertificateRequest(_message.Message):
+    __slots__ = ("serial", "reason")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    reason: str
+    def __init__(self, serial: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeCertificateResponse(_message.Message):
+    __slots__ = ("certificate", "connections_closed")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    certificate: Certificate
+    connections_closed: int
+    def __init__(self, certificate: _Optional[_Union[Certificate, _Mapping]] = ..., connections_closed: _Optional[int] = ...) -> None: ...

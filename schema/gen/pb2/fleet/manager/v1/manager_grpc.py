@@ -30,6 +30,14 @@ class ManagerServiceBase(abc.ABC):
     async def SyncAgentStates(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.manager.v1.manager_pb2.SyncAgentStatesRequest, schema.gen.pb2.fleet.manager.v1.manager_pb2.SyncAgentStatesResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def RenewCertificate(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.manager.v1.manager_pb2.RenewCertificateRequest, schema.gen.pb2.fleet.manager.v1.manager_pb2.RenewCertificateResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetRevocations(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsRequest, schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/fleet.manager.v1.ManagerService/RegisterNode': grpclib.const.Handler(
@@ -55,6 +63,18 @@ class ManagerServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.manager.v1.manager_pb2.SyncAgentStatesRequest,
                 schema.gen.pb2.fleet.manager.v1.manager_pb2.SyncAgentStatesResponse,
+            ),
+            '/fleet.manager.v1.ManagerService/RenewCertificate': grpclib.const.Handler(
+                self.RenewCertificate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.manager.v1.manager_pb2.RenewCertificateRequest,
+                schema.gen.pb2.fleet.manager.v1.manager_pb2.RenewCertificateResponse,
+            ),
+            '/fleet.manager.v1.ManagerService/GetRevocations': grpclib.const.Handler(
+                self.GetRevocations,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsRequest,
+                schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsResponse,
             ),
         }
 
@@ -85,4 +105,16 @@ class ManagerServiceStub:
             '/fleet.manager.v1.ManagerService/SyncAgentStates',
             schema.gen.pb2.fleet.manager.v1.manager_pb2.SyncAgentStatesRequest,
             schema.gen.pb2.fleet.manager.v1.manager_pb2.SyncAgentStatesResponse,
+        )
+        self.RenewCertificate = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.manager.v1.ManagerService/RenewCertificate',
+            schema.gen.pb2.fleet.manager.v1.manager_pb2.RenewCertificateRequest,
+            schema.gen.pb2.fleet.manager.v1.manager_pb2.RenewCertificateResponse,
+        )
+        self.GetRevocations = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.manager.v1.ManagerService/GetRevocations',
+            schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsRequest,
+            schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsResponse,
         )

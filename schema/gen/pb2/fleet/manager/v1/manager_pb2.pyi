@@ -58,12 +58,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("success", "message")
+    __slots__ = ("success", "message", "revocations_version")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_VERSION_FIELD_NUMBER: _ClassVar[int]
     success: bool
     message: str
-    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    revocations_version: int
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ..., revocations_version: _Optional[int] = ...) -> None: ...
 
 class MetricData(_message.Message):
     __slots__ = ("type", "timestamp", "values")
@@ -161,3 +163,51 @@ class SyncAgentStatesResponse(_message.Message):
     success: bool
     message: str
     def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: str
+    def __init__(self, csr_pem: _Optional[str] = ...) -> None: ...
+
+class RenewCertificateResponse(_message.Message):
+    __slots__ = ("cert_pem", "ca_pem", "serial", "not_after")
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    cert_pem: str
+    ca_pem: str
+    serial: str
+    not_after: int
+    def __init__(self, cert_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[int] = ...) -> None: ...
+
+class Revocation(_message.Message):
+    __slots__ = ("serial", "identity", "not_before_max", "revoked_at", "reason")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MAX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    identity: str
+    not_before_max: int
+    revoked_at: int
+    reason: str
+    def __init__(self, serial: _Optional[str] = ..., identity: _Optional[str] = ..., not_before_max: _Optional[int] = ..., revoked_at: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetRevocationsRequest(_message.Message):
+    __slots__ = ("known_version",)
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known_version: int
+    def __init__(self, known_version: _Optional[int] = ...) -> None: ...
+
+class GetRevocationsResponse(_message.Message):
+    __slots__ = ("version", "unchanged", "revocations")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    unchanged: bool
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
