@@ -92,7 +92,7 @@ def test_init_makes_a_private_ten_year_ca(tmp_path: Path) -> None:
     assert b"BEGIN PRIVATE KEY" in (pki / "ca.key").read_bytes()  # PKCS8, unencrypted
     ca = load(pki / "ca.crt")
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
+    assert constraints.critical and constraints.value.ca and constraints.value.path_length == 1
     usage = ca.extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign
     assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Fleet CA"
@@ -147,7 +147,7 @@ def test_refuses_to_overwrite_without_force(ca_dir: Path) -> None:
 def test_issue_without_ca_says_to_run_init(tmp_path: Path) -> None:
     result = run("issue", "node", "n1", "--dir", tmp_path)
     assert_one_line_error(result, 1)
-    assert f"no CA in {tmp_path}: run `certgen.py init {tmp_path}` first" in result.stderr
+    assert f"no CA in {tmp_path}: run `certgen init {tmp_path}` first" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["../x", "", "a/b", "-x", ".x", "ca", "x" * 129, "é"])
