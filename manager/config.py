@@ -99,6 +99,29 @@ class ManagerConfig:
     spec_sweep_interval: float = 60.0
     rollout_interval: float = 1.0
     spec_push_concurrency: int = 64
+    # Onboarding ([enroll], docs/security.md). The enrollment listener serves
+    # EnrollService (GetCA, Join) with server-only TLS ("" disables it; never without TLS).
+    enroll_listen: str = "0.0.0.0:50053"
+    # HOST:PORT joining hosts are told to use (`tokens create` prints it); "" = derived
+    # from enroll.listen and this host's name.
+    enroll_advertise: str = ""
+    # Manager gRPC addresses written to a joined host's daemon.toml (comma-separated);
+    # "" = derived from grpc.listen and this host's name.
+    enroll_manager_addresses: str = ""
+    # The issuing CA that signs node certificates ("" = none: joins and renewals are
+    # refused, saying so). An intermediate from `certgen intermediate`, or the root.
+    enroll_ca_cert: str = ""
+    enroll_ca_key: str = ""
+    # Lifetime of the node certificates this Manager signs; Daemons renew at 2/3 of it.
+    node_cert_lifetime: float = 7 * 86400.0
+    # A join token's TTL when `tokens create` gives none, and the longest allowed.
+    join_token_ttl: float = 3600.0
+    join_token_max_ttl: float = 30 * 86400.0
+    # Join attempts per source address per minute (failed ones count double).
+    join_rate_per_minute: int = 30
+    # How often the revocation list is re-read from the database (other Managers'
+    # revocations reach this one within it).
+    revocation_refresh: float = 5.0
     # Process.
     event_loop: str = "auto"
     log_level: str = "info"
@@ -126,6 +149,10 @@ class ManagerConfig:
             "metrics_node_quota_window",
             "events_node_quota_window",
             "events_retention",
+            "node_cert_lifetime",
+            "join_token_ttl",
+            "join_token_max_ttl",
+            "revocation_refresh",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -141,6 +168,7 @@ class ManagerConfig:
             "max_values_per_sample",
             "daemon_connect_attempts",
             "spec_push_concurrency",
+            "join_rate_per_minute",
         )
         for name in ints:
             if getattr(self, name) < 1:
@@ -181,6 +209,18 @@ class ManagerConfig:
             )
         if self.tls_enabled:
             TLSFiles(Path(self.cert_file), Path(self.key_file), Path(self.ca_file))
+        if self.enroll_listen:
+            split_host_port(self.enroll_listen, "enroll.listen")
+        if self.enroll_advertise:
+            split_host_port(self.enroll_advertise, "enroll.advertise")
+        if bool(self.enroll_ca_cert) != bool(self.enroll_ca_key):
+            raise ValueError("enroll.ca_cert and enroll.ca_key go together: set both or neither")
+        if self.node_cert_lifetime < 3600:
+            raise ValueError(
+                f"enroll.node_cert_lifetime must be at least 1h, got {self.node_cert_lifetime:g} s"
+            )
+        if self.join_token_ttl > self.join_token_max_ttl:
+            raise ValueError("enroll.token_ttl must be <= enroll.token_max_ttl")
         needed = self.max_message_bytes + 5 + self.grpc_limits.connection_window
         if self.grpc_limits.buffer_per_connection < needed:
             raise ValueError(
@@ -252,6 +292,16 @@ KEYS: dict[str, tuple[str, str]] = {
     "specs.sweep_interval": ("spec_sweep_interval", "duration"),
     "specs.rollout_interval": ("rollout_interval", "duration"),
     "specs.push_concurrency": ("spec_push_concurrency", "int"),
+    "enroll.listen": ("enroll_listen", "str"),
+    "enroll.advertise": ("enroll_advertise", "str"),
+    "enroll.manager_addresses": ("enroll_manager_addresses", "str"),
+    "enroll.ca_cert": ("enroll_ca_cert", "str"),
+    "enroll.ca_key": ("enroll_ca_key", "str"),
+    "enroll.node_cert_lifetime": ("node_cert_lifetime", "duration"),
+    "enroll.token_ttl": ("join_token_ttl", "duration"),
+    "enroll.token_max_ttl": ("join_token_max_ttl", "duration"),
+    "enroll.join_rate_per_minute": ("join_rate_per_minute", "int"),
+    "grpc.tls.revocation_refresh": ("revocation_refresh", "duration"),
     "log.level": ("log_level", "str"),
 }
 

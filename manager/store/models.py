@@ -227,3 +227,91 @@ class RolloutNode(Model):
     class Meta:
         table = "fleet_rollout_node"
         unique_together = (("rollout_id", "node_id"),)
+
+
+class JoinToken(Model):
+    """A join token (docs/security.md): only the SHA-256 of its secret is kept."""
+
+    # The public part of the token, before the dot.
+    id = fields.CharField(max_length=16, primary_key=True)
+    secret_sha256 = fields.CharField(max_length=64)
+    created_at = fields.FloatField()
+    expires_at = fields.FloatField(db_index=True)
+    # 0: unlimited uses within the TTL.
+    max_uses = fields.IntField(default=0)
+    uses = fields.IntField(default=0)
+    labels: fields.Field[dict[str, str]] = fields.JSONField(default=dict)
+    description = fields.CharField(max_length=255, default="")
+    created_by = fields.CharField(max_length=255, default="")
+    revoked_at = fields.FloatField(default=0)
+    # Node ids that joined with it, oldest first (the last 100).
+    nodes: fields.Field[list[str]] = fields.JSONField(default=list)
+
+    class Meta:
+        table = "fleet_join_token"
+
+
+class Certificate(Model):
+    """A certificate the Manager issued, or one revoked by serial that it did not issue
+    (``issued_at`` 0). Rows go once the certificate has expired (retention)."""
+
+    # Lower-case hex, no leading zeros (common.pki.normalize_serial).
+    serial = fields.CharField(max_length=64, primary_key=True)
+    # "node/web-1" ("" when unknown: a foreign certificate revoked by serial).
+    identity = fields.CharField(max_length=160, default="", db_index=True)
+    not_before = fields.FloatField(default=0)
+    # 0 when unknown (foreign certificate): kept until an operator deletes it.
+    not_after = fields.FloatField(default=0, db_index=True)
+    issued_at = fields.FloatField(default=0)
+    # "join" or "renew" ("" for a foreign certificate).
+    issued_by = fields.CharField(max_length=16, default="")
+    token_id = fields.CharField(max_length=16, default="")
+    revoked_at = fields.FloatField(default=0, db_index=True)
+    revoked_reason = fields.CharField(max_length=255, default="")
+    revoked_by = fields.CharField(max_length=255, default="")
+    # Revocation list version (a global sequence) when revoked, 0 while valid.
+    revocation_seq = fields.BigIntField(default=0, db_index=True)
+
+    class Meta:
+        table = "fleet_certificate"
+
+
+class IdentityRevocation(Model):
+    """Every certificate of ``identity`` with notBefore at or before ``not_before_max``
+    is revoked: how a removed node's certificates go, certgen-made ones included."""
+
+    id = fields.BigIntField(primary_key=True)
+    identity = fields.CharField(max_length=160, db_index=True)
+    not_before_max = fields.FloatField()
+    revoked_at = fields.FloatField()
+    reason = fields.CharField(max_length=255, default="")
+    revoked_by = fields.CharField(max_length=255, default="")
+    # Revocation list version (shared sequence with Certificate.revocation_seq).
+    revocation_seq = fields.BigIntField(default=0, db_index=True)
+
+    class Meta:
+        table = "fleet_identity_revocation"
+
+
+class NodeEnrollment(Model):
+    """What the Manager decided about a node when it joined: the token's labels, which
+    win over the labels the Daemon reports at registration."""
+
+    node_id = fields.CharField(max_length=128, primary_key=True)
+    labels: fields.Field[dict[str, str]] = fields.JSONField(default=dict)
+    token_id = fields.CharField(max_length=16, default="")
+    joined_at = fields.FloatField(default=0)
+
+    class Meta:
+        table = "fleet_node_enrollment"
+
+
+class Counter(Model):
+    """A named sequence shared by every Manager on the database (``revocations``: the
+    revocation list's version), advanced with one atomic UPDATE."""
+
+    name = fields.CharField(max_length=64, primary_key=True)
+    value = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "fleet_counter"
