@@ -6,7 +6,12 @@ and, for every call, before the service sees it:
 * works out the caller's :class:`~common.tls.Identity` from the verified TLS handshake
   (or ``local`` on a Unix socket, ``insecure`` in explicit plaintext mode);
 * refuses methods the caller's role may not call (``PERMISSION_DENIED``) — an allow-list
-  per method, so a method missing from the policy is refused to everyone;
+  per method, so a method missing from the policy is refused to everyone; with
+  ``trust_roots``, the manager and admin roles count only in certificates a fleet root
+  signed directly (a Manager's issuing CA can mint node identities, nothing more);
+* refuses a revoked certificate (``UNAUTHENTICATED``, with ``revocations``: a
+  :class:`~common.revocation.RevocationList`), and closes every open connection of a
+  certificate the moment the list revokes it;
 * reads the request itself with a size bound, so an oversized message is refused from its
   5-byte length prefix before it is buffered (grpclib alone would buffer it whole), and a
   compressed or malformed one gets a clear status; on a server built by
@@ -46,11 +51,13 @@ from typing import Any
 import grpclib.const
 import grpclib.server
 from betterproto.casing import snake_case
+from cryptography import x509
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from .errors import FleetError
 from .h2limits import H2Limits, HardenedServer, ShieldedConnection, make_server
+from .revocation import PeerCertificate, RevocationList
 from .tls import INSECURE, LOCAL, Identity, identity_from_cert
 from .wirelimits import DEFAULT_DECODE_LIMITS, DecodeLimits, DecodeRefused, Plan, plan_for
 
@@ -133,6 +140,8 @@ class GuardedService:
         max_in_flight: Mapping[str, int] | None = None,
         decode_limits: Mapping[str, DecodeLimits] | None = None,
         default_decode_limits: DecodeLimits | None = None,
+        revocations: RevocationList | None = None,
+        trust_roots: Collection[x509.Certificate] | None = None,
     ) -> None:
         self._service = service
         self._policy = {name: frozenset(roles) for name, roles in policy.items()}
@@ -149,6 +158,15 @@ class GuardedService:
         self._identities: weakref.WeakKeyDictionary[Any, Identity | None] = (
             weakref.WeakKeyDictionary()
         )
+        # Certificate facts per connection, when revocations or root-only roles need them.
+        self._peers: weakref.WeakKeyDictionary[Any, PeerCertificate | None] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._revocations = revocations
+        self._root_subjects = [root.subject for root in trust_roots or ()]
+        self._needs_peer = revocations is not None or bool(self._root_subjects)
+        if revocations is not None:
+            revocations.subscribe(self.close_revoked)
         self._decode_limits = dict(decode_limits or {})
         self._default_decode_limits = default_decode_limits or DecodeLimits()
 
@@ -184,8 +202,63 @@ class GuardedService:
         try:
             return self._identities[connection]
         except KeyError:
-            identity = self._identities[connection] = identity_from_cert(stream.peer.cert())
-            return identity
+            pass
+        identity = identity_from_cert(stream.peer.cert())
+        if self._needs_peer:
+            peer = self._peers[connection] = _peer_certificate(stream, self._root_subjects)
+            if (
+                identity is not None
+                and self._root_subjects
+                and identity.role in _ROOT_ONLY_ROLES
+                and (peer is None or not peer.by_root)
+            ):
+                log.warning(
+                    "refused %s certificate not signed by a fleet root (%s)",
+                    identity,
+                    _peer_addr(stream),
+                )
+                identity = None  # an issuing CA may only make node identities
+        self._identities[connection] = identity
+        return identity
+
+    def _check_revoked(self, stream: grpclib.server.Stream[Any, Any], identity: Identity) -> None:
+        if self._revocations is None or self._transport != Transport.TLS:
+            return
+        peer = self._peers.get(stream._stream.connection)
+        if peer is None:
+            return
+        revoked = self._revocations.check(peer)
+        if revoked is not None:
+            log.warning(
+                "refused revoked certificate %s of %s (%s)",
+                peer.serial,
+                identity,
+                _peer_addr(stream),
+            )
+            raise GRPCError(
+                Status.UNAUTHENTICATED,
+                f"certificate {peer.serial} of {identity} is revoked"
+                + (f": {revoked.reason}" if revoked.reason else ""),
+            )
+
+    def close_revoked(self) -> int:
+        """Close every open connection whose certificate the revocation list now covers;
+        return how many. Called by the list on every change."""
+        if self._revocations is None:
+            return 0
+        closed = 0
+        for connection, peer in list(self._peers.items()):
+            if peer is None or self._revocations.check(peer) is None:
+                continue
+            _close_connection(connection, b"certificate revoked")
+            self._peers.pop(connection, None)
+            self._identities.pop(connection, None)
+            closed += 1
+            log.warning(
+                "closed a connection of revoked certificate %s (%s)", peer.serial, peer.identity
+            )
+        self._revocations.closed += closed
+        return closed
 
     def _allowed(self, name: str, identity: Identity) -> bool:
         if identity is INSECURE:
@@ -218,6 +291,7 @@ class GuardedService:
                     who = str(identity) if identity else "a peer without a Fleet identity"
                     log.warning("refused %s from %s (%s)", name, who, _peer_addr(stream))
                     raise GRPCError(Status.PERMISSION_DENIED, f"{who} may not call {name}")
+                self._check_revoked(stream, identity)
                 if limit is not None:
                     if self._in_flight[name] >= limit:
                         self._note_shed(name, limit)
@@ -265,6 +339,33 @@ class GuardedService:
                     self._observer(name, code, time.perf_counter() - started)
 
         return handle
+
+
+# Roles only a fleet root may grant (see GuardedService: trust_roots).
+_ROOT_ONLY_ROLES = frozenset({"manager", "admin"})
+
+
+def _peer_certificate(
+    stream: grpclib.server.Stream[Any, Any], root_subjects: list[x509.Name]
+) -> PeerCertificate | None:
+    ssl_object = stream._stream.connection._transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    try:
+        return PeerCertificate.from_der(der, root_subjects=root_subjects)
+    except ValueError:
+        return None
+
+
+def _close_connection(connection: Any, debug: bytes) -> None:
+    """GOAWAY (when the connection still speaks HTTP/2) and close its transport."""
+    try:
+        connection._connection.close_connection(additional_data=debug)
+        connection.flush()
+    except Exception:  # the connection may be half gone already: closing is what matters
+        log.debug("no GOAWAY on a closing connection", exc_info=True)
+    connection._transport.close()
 
 
 def _peer_pid(stream: grpclib.server.Stream[Any, Any]) -> int:
