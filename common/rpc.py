@@ -114,6 +114,12 @@ class Transport:
     TLS = "tls"
     LOCAL = "local"
     INSECURE = "insecure"
+    # TLS without client certificates (the Manager's enrollment listener): every caller
+    # is ANONYMOUS, and only methods whose policy names "anonymous" may be called.
+    ANONYMOUS = "anonymous"
+
+
+ANONYMOUS = Identity("anonymous", "")
 
 
 class GuardedService:
@@ -198,6 +204,8 @@ class GuardedService:
             return INSECURE
         if self._transport == Transport.LOCAL:
             return LOCAL
+        if self._transport == Transport.ANONYMOUS:
+            return ANONYMOUS
         connection = stream._stream.connection
         try:
             return self._identities[connection]
