@@ -17,7 +17,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.pki import IssuingCA, ca_hash, load_csr, make_csr
 
 CERTGEN = Path(__file__).resolve().parent.parent / "tools" / "certgen.py"
 TIMEOUT = 10.0
@@ -334,3 +338,106 @@ def test_wrong_eku_client_is_rejected(certgen: ModuleType, dev_pki: Path) -> Non
     seen = handshake(server_context(dev_pki, "manager"), client_context(dev_pki, "srv-only"))
     assert isinstance(seen.server_error, ssl.SSLError), seen
     assert seen.server_peer is None
+
+
+# --- issuing CAs, CSRs and the CA hash (joins) ------------------------------------------------
+
+
+def test_init_prints_the_ca_hash_and_hash_reads_it_back(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    printed = ok("init", pki).stdout
+    want = ca_hash(load(pki / "ca.crt"))
+    assert f"CA hash (for fleet-daemon join --ca-hash): {want}" in printed
+    assert ok("hash", pki).stdout.strip() == want
+    assert ok("hash", pki / "ca.crt").stdout.strip() == want
+
+
+def test_node_cert_from_an_issuing_ca_and_a_csr_is_trusted_via_the_root(
+    dev_pki: Path, tmp_path: Path
+) -> None:
+    """A Manager's issuing CA signs a CSR whose key never left the 'host'; a server
+    trusting only the root accepts the chain, and sees the identity the signer chose."""
+    ok("intermediate", "mgr-1", "--dir", dev_pki)
+    issuing = load(dev_pki / "mgr-1.crt")
+    constraints = issuing.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+    assert (dev_pki / "mgr-1.key").stat().st_mode & 0o777 == 0o600
+
+    ca = IssuingCA.load(
+        dev_pki / "mgr-1.crt", dev_pki / "mgr-1.key", roots=[load(dev_pki / "ca.crt")]
+    )
+    key_pem, csr_pem = make_csr("whatever-the-host-says")
+    cert, chain_pem = ca.sign_node("web-9", load_csr(csr_pem), lifetime=dt.timedelta(days=2))
+    assert uris(cert) == ["spiffe://fleet/node/web-9"]
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(days=2) < lifetime <= dt.timedelta(days=2, minutes=6)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "web-9.crt").write_bytes(chain_pem)
+    (host / "web-9.key").write_bytes(key_pem)
+
+    seen = handshake(
+        server_context(dev_pki, "manager"), client_context(host, "web-9", ca_pki=dev_pki)
+    )
+
+    assert seen.client_got == b"ok", seen
+    assert seen.server_peer is not None
+    assert ("URI", "spiffe://fleet/node/web-9") in seen.server_peer["subjectAltName"]
+
+
+def test_sign_node_starts_after_an_identity_revocation(dev_pki: Path) -> None:
+    ca = IssuingCA.load(dev_pki / "ca.crt", dev_pki / "ca.key", roots=[load(dev_pki / "ca.crt")])
+    assert ca.chain_pem == b""  # the root signs: nothing to send besides the leaf
+    removed_at = dt.datetime.now(dt.UTC)
+    cert, _ = ca.sign_node(
+        "web-1",
+        load_csr(make_csr("web-1")[1]),
+        lifetime=dt.timedelta(hours=1),
+        not_before_after=removed_at,
+    )
+    assert cert.not_valid_before_utc > removed_at
+
+
+def test_an_old_path_length_zero_root_cannot_make_an_issuing_ca(
+    certgen: ModuleType, tmp_path: Path
+) -> None:
+    pki = tmp_path / "old"
+    ok("init", pki)
+    ca = certgen.CertificateAuthority.load(pki)
+    # Rebuild the root as Fleet made it before issuing CAs existed (path length 0).
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(ca.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(ca.cert.not_valid_before_utc)
+        .not_valid_after(ca.cert.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca.key, hashes.SHA256())
+    )
+    (pki / "ca.crt").write_bytes(old.public_bytes(Encoding.PEM))
+    result = run("intermediate", "mgr-1", "--dir", pki)
+    assert_one_line_error(result, 1)
+    assert "path length 0" in result.stderr
+    assert not (pki / "mgr-1.crt").exists()
+
+
+def test_csr_checks_say_what_is_wrong() -> None:
+    for bad, words in (
+        (b"", "empty"),
+        (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "PEM"),
+        (b"x" * 20000, "more than"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            load_csr(bad)
+
+
+def test_certgen_is_installed_as_a_console_script(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("fleet-certgen")
+    assert script.exists(), "pip install should provide fleet-certgen"
+    result = subprocess.run(
+        [str(script), "init", str(tmp_path / "pki")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "pki" / "ca.crt").exists()
