@@ -124,6 +124,19 @@ class ManagerMetrics:
             ["kind"],
             registry=r,
         )
+        self.agent_restarts = Counter(
+            "fleet_manager_agent_restarts",
+            "Agent restarts after a crash, by node and agent (as its Daemon counts them; "
+            'beyond the series cap, node and agent are "_other").',
+            ["node", "agent"],
+            registry=r,
+        )
+        self.agent_fatal = Counter(
+            "fleet_manager_agent_fatal",
+            "Times an agent entered FATAL (its Daemon gave up restarting it), by node and agent.",
+            ["node", "agent"],
+            registry=r,
+        )
         self.tls_handshake_failures = Counter(
             "fleet_manager_tls_handshake_failures",
             "TLS handshakes refused on the gRPC port, by reason.",

@@ -35,6 +35,7 @@ from common.errors import (
 from common.rpc import current_call
 from schema import manager_pb, manager_pb2
 
+from ..agent_restarts import AgentRestartCounter
 from ..config import ManagerConfig, split_host_port
 from ..daemon_pool import DaemonClientPool
 from ..heartbeats import HeartbeatBuffer
@@ -103,6 +104,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         self._config = config
         self._quota = metrics_quota
         self._sync_log = LogLimiter(interval=60.0)
+        self._restarts = AgentRestartCounter(metrics=metrics)
         self._specs = specs
         self._store = store
         self._heartbeats = heartbeats
@@ -345,6 +347,7 @@ class ManagerService(manager_pb.ManagerServiceBase):
         upserted, removed = await self._store.sync_agents(
             node_id=node_id, states=records, full=request.full, now=self._clock()
         )
+        self._restarts.observe(node_id, records, full=request.full)
         await self._specs.node_synced(node_id, spec_states)
         message = f"synced {upserted} agents, removed {removed}"
         if problems:
