@@ -22,10 +22,12 @@ and, for every call, before the service sees it:
 * bounds what the request may make the decoder build (repeated elements per field path,
   field records) on the wire, before decoding: ``INVALID_ARGUMENT`` for a decode bomb,
   in well under a millisecond (:mod:`common.wirelimits`);
-* sheds load: a method with a concurrency limit (``max_in_flight``) answers
-  ``UNAVAILABLE`` at once, before reading the request, while that many of its calls are
-  already running — the caller backs off and retries instead of queueing behind work
-  the server cannot finish before the caller's deadline;
+* sheds load (:mod:`common.overload`): a method with a budget (``max_in_flight``) is
+  refused at once, before its request is read, while that many of its calls are in
+  progress or when the call's deadline is shorter than the method's recent service time
+  — with ``RESOURCE_EXHAUSTED`` (or ``UNAVAILABLE``) and a ``retry in N s`` hint, so the
+  caller waits and keeps its data instead of queueing behind work the server cannot
+  finish before the caller's deadline;
 * translates :class:`~common.errors.FleetError` into its status and message, and any other
   exception into ``INTERNAL`` with a request id that is logged with the traceback;
 * reports (method, status, seconds) to an optional observer for metrics.
@@ -57,6 +59,7 @@ from grpclib.exceptions import GRPCError
 
 from .errors import FleetError
 from .h2limits import H2Limits, HardenedServer, ShieldedConnection, make_server
+from .overload import Admission, MethodLimit
 from .revocation import PeerCertificate, RevocationList
 from .tls import INSECURE, LOCAL, Identity, identity_from_cert
 from .wirelimits import DEFAULT_DECODE_LIMITS, DecodeLimits, DecodeRefused, Plan, plan_for
@@ -143,7 +146,9 @@ class GuardedService:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         observer: Observer | None = None,
-        max_in_flight: Mapping[str, int] | None = None,
+        max_in_flight: Mapping[str, int | MethodLimit] | None = None,
+        retry_after: float = 1.0,
+        shed_observer: Callable[[str, str], None] | None = None,
         decode_limits: Mapping[str, DecodeLimits] | None = None,
         default_decode_limits: DecodeLimits | None = None,
         revocations: RevocationList | None = None,
@@ -155,10 +160,17 @@ class GuardedService:
         self._max = max_message_bytes
         self._request_timeout = request_timeout
         self._observer = observer
-        self._limits = dict(max_in_flight or {})
-        self._in_flight = dict.fromkeys(self._limits, 0)
-        self._shed = dict.fromkeys(self._limits, 0)  # refused since the last log line
-        self._shed_logged = 0.0
+        # A bare number is a budget answered UNAVAILABLE (try another server).
+        self._admission = Admission(
+            {
+                name: limit
+                if isinstance(limit, MethodLimit)
+                else MethodLimit(limit, Status.UNAVAILABLE)
+                for name, limit in (max_in_flight or {}).items()
+            },
+            retry_after=retry_after,
+            observer=shed_observer,
+        )
         # The peer's identity per HTTP/2 connection: the certificate cannot change within
         # one, so it is read once rather than on every request.
         self._identities: weakref.WeakKeyDictionary[Any, Identity | None] = (
@@ -273,20 +285,9 @@ class GuardedService:
             return True
         return identity.role in self._policy.get(name, frozenset())
 
-    def _note_shed(self, name: str, limit: int) -> None:
-        """Count a refused call; log the counts at most every 10 s (not once per call)."""
-        self._shed[name] += 1
-        now = time.monotonic()
-        if now - self._shed_logged >= 10.0:
-            self._shed_logged = now
-            counts = ", ".join(f"{n} {m}" for m, n in self._shed.items() if n)
-            log.warning(
-                "overloaded: refused %s with UNAVAILABLE (at most %d in progress)", counts, limit
-            )
-            self._shed = dict.fromkeys(self._shed, 0)
-
     def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: Any, plan: Plan) -> Any:
-        limit = self._limits.get(name)
+        admission = self._admission
+        limited = admission.limited(name)
 
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
             started = time.perf_counter()
@@ -300,15 +301,9 @@ class GuardedService:
                     log.warning("refused %s from %s (%s)", name, who, _peer_addr(stream))
                     raise GRPCError(Status.PERMISSION_DENIED, f"{who} may not call {name}")
                 self._check_revoked(stream, identity)
-                if limit is not None:
-                    if self._in_flight[name] >= limit:
-                        self._note_shed(name, limit)
-                        raise GRPCError(
-                            Status.UNAVAILABLE,
-                            f"server busy: {limit} {name} calls already in progress; "
-                            "retry with backoff",
-                        )
-                    self._in_flight[name] += 1
+                if limited:
+                    deadline = stream.deadline
+                    admission.admit(name, deadline.time_remaining() if deadline else None)
                     counted = True
                 clock = _ReadClock(stream, self._request_timeout)
                 try:
@@ -342,7 +337,7 @@ class GuardedService:
                 ) from None
             finally:
                 if counted:
-                    self._in_flight[name] -= 1
+                    admission.release(name, time.perf_counter() - started)
                 if self._observer is not None:
                     self._observer(name, code, time.perf_counter() - started)
 

@@ -234,7 +234,7 @@ def test_a_method_over_its_concurrency_limit_is_shed_with_unavailable(certs: Pat
             replies = await asyncio.gather(*(stub.register_node(request) for _ in range(2)))
             assert all(r.success for r in replies)
             assert observed.count(("RegisterNode", "UNAVAILABLE")) == 1
-            assert guarded._in_flight["RegisterNode"] == 0
+            assert guarded._admission.in_flight("RegisterNode") == 0
         finally:
             channel.close()
             server.close()
