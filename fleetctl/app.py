@@ -16,7 +16,18 @@ import typer
 from typer.core import TyperGroup
 
 from ._click import click_exceptions
-from .commands import agents, apply, config, daemon, metrics, nodes, rollout, specs
+from .commands import (
+    agents,
+    apply,
+    certs,
+    config,
+    daemon,
+    metrics,
+    nodes,
+    rollout,
+    specs,
+    tokens,
+)
 from .commands._shared import Format, OutputOpt, State
 from .errors import CliError, ExitCode
 
@@ -240,8 +251,8 @@ class FleetGroup(TyperGroup):
 app = typer.Typer(
     cls=FleetGroup,
     name="fleetctl",
-    help="Operate a Fleet: nodes, agents, metrics, configuration and central specs, through "
-    "the Manager (or one Daemon with --daemon).",
+    help="Operate a Fleet: nodes, agents, metrics, configuration, central specs, join tokens "
+    "and certificates, through the Manager (or one Daemon with --daemon).",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -331,6 +342,8 @@ app.command("diff")(apply.diff_cmd)
 app.add_typer(specs.app, name="specs")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(daemon.app, name="daemon")
+app.add_typer(tokens.app, name="tokens")
+app.add_typer(certs.app, name="certs")
 
 
 @app.command("version")

@@ -353,6 +353,12 @@ def translate(
                 "certificate (check --cert)",
                 code,
             )
+        if exc.status is Status.UNAUTHENTICATED and "revoked" in detail:
+            return CliError(
+                f"{prefix}{target} refused our certificate {settings.cert}: {detail} — "
+                "fleetctl needs an admin certificate that is not revoked; check --cert/--key",
+                code,
+            )
         if exc.status is Status.UNIMPLEMENTED:
             return CliError(
                 f"{prefix}{target} does not support this yet ({detail}) — upgrade {target.program}",

@@ -39,6 +39,7 @@ def test_remove_refuses_online_node_then_forces_and_forgets(certs: Path, tmp_pat
             "node_id": "node-c",
             "removed": True,
             "message": "node node-c removed",
+            "certificates_revoked": True,
         }
         listed = run_cli([fleetctl, "nodes", "list", "-o", "json"], env=env)
         assert json.loads(listed.stdout) == []

@@ -112,3 +112,57 @@ def complete_spec(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     return sorted(
         (s.name, f"spec, revision {s.revision}") for s in specs if s.name.startswith(incomplete)
     )
+
+
+def complete_token(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Ids of the join tokens that still work, with their labels as the help text."""
+    from schema import admin_pb2
+
+    from ._shared import run
+
+    st = _state(ctx)
+
+    async def go() -> list[Any]:
+        async with st.connect() as conn:
+            reply = await conn.call(
+                conn.admin().ListJoinTokens(admin_pb2.ListJoinTokensRequest(), timeout=conn.timeout)
+            )
+            return list(reply.tokens)
+
+    try:
+        tokens = run(go())
+    except Exception:
+        return []
+    return sorted(
+        (t.id, ",".join(f"{k}={v}" for k, v in sorted(t.labels.items())) or "token")
+        for t in tokens
+        if t.id.startswith(incomplete)
+    )
+
+
+def complete_serial(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Serials of the certificates not yet revoked, with their identity as the help text."""
+    from schema import admin_pb2
+
+    from ._shared import run
+
+    st = _state(ctx)
+
+    async def go() -> list[Any]:
+        async with st.connect() as conn:
+            reply = await conn.call(
+                conn.admin().ListCertificates(
+                    admin_pb2.ListCertificatesRequest(), timeout=conn.timeout
+                )
+            )
+            return list(reply.certificates)
+
+    try:
+        certs = run(go())
+    except Exception:
+        return []
+    return sorted(
+        (c.serial, c.identity)
+        for c in certs
+        if c.serial and not c.revoked_at and c.serial.startswith(incomplete.lower())
+    )

@@ -206,7 +206,8 @@ def remove_node(
     ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Forget a decommissioned node: its record, agents, events and Daemon connection."""
+    """Forget a decommissioned node: its record, agents, events and Daemon connection, and
+    revoke its certificates (it joins again with a new token)."""
     from schema import admin_pb2
 
     st = state(ctx)
@@ -222,6 +223,18 @@ def remove_node(
     resp = run(go())
     out = st.output()
     if output is Format.json:
-        out.json({"node_id": node, "removed": resp.removed, "message": resp.message})
+        out.json(
+            {
+                "node_id": node,
+                "removed": resp.removed,
+                "message": resp.message,
+                "certificates_revoked": resp.certificates_revoked,
+            }
+        )
         return
     out.line(resp.message or f"node {node} removed")
+    if resp.certificates_revoked:
+        out.line(
+            f"its certificates are revoked: {node} cannot reconnect; "
+            "join it again with a new token ('fleetctl tokens create')"
+        )
