@@ -3,7 +3,8 @@
 The only place that reads the environment, the config file and flags, and the only
 place that installs signal handlers: the first SIGINT/SIGTERM starts a graceful
 shutdown (pending heartbeats are written, waiting calls answered), a second one forces
-the process out.
+the process out. SIGHUP reloads the Manager's certificate, key and CA file
+(``ManagerApp.reload_tls``): new connections get the new certificate, open ones go on.
 """
 
 from __future__ import annotations
@@ -97,12 +98,23 @@ async def serve(config: ManagerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     app = ManagerApp(config=config)
+    started = False
+
+    def on_hup() -> None:
+        if not started:  # the files are being read for the first time right now
+            log.info("received SIGHUP while starting: nothing to reload yet")
+            return
+        log.info("received SIGHUP: reloading the TLS certificate")
+        app.reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await app.start()
     except BaseException:
         app.close()
         await app.wait_closed()
         raise
+    started = True
     await stop.wait()
     app.close()
     await app.wait_closed()

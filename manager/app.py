@@ -1,11 +1,13 @@
 """ManagerApp: owns and wires every part of a running Manager.
 
-Start order: database (migrations) → stall clock → heartbeat flusher → retention loop →
-gRPC server (ManagerService, AdminService, grpc.health.v1, reflection; with TLS, behind
-the handshake gate) → liveness loop (its restart guard counts from here) → spec
-controller and rollout driver → HTTP side, then one ``manager ready`` log line.
+Start order: database (migrations) → revocation list (loaded before any call is taken)
+→ stall clock → heartbeat flusher → retention loop → gRPC server (ManagerService,
+AdminService, grpc.health.v1, reflection; with TLS, behind the handshake gate) →
+liveness loop (its restart guard counts from here) → spec controller and rollout driver
+→ HTTP side, then one ``manager ready`` log line.
 ``close()`` stops intake; ``wait_closed()`` writes the pending heartbeats, answers the
-calls waiting on them, then stops the rest in reverse order.
+calls waiting on them, then stops the rest in reverse order. ``reload_tls()`` (SIGHUP)
+re-reads the Manager's certificate, key and CA file into the live TLS contexts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .metrics import ManagerMetrics
 from .quotas import EventQuota, MetricsQuota
 from .reflection import with_reflection
 from .retention import MetricRetention
+from .revocations import ManagerRevocations
 from .services import AdminService, ManagerService
 from .services.spec_admin import SpecAdmin
 from .specs.catalog import RevisionCatalog
@@ -42,12 +45,18 @@ from .specs.controller import SpecController
 from .specs.rollouts import RolloutDriver
 from .stalls import StallClock
 from .store import ONLINE, Database, Store, Transition
+from .store.revocations import RevocationStore
 from .store.specs import SpecStore
+from .tls_reload import TLSReloader
 
 log = logging.getLogger(__name__)
 
+# The certificate files are also checked for changes this often (SIGHUP reloads at once).
+TLS_POLL_INTERVAL = 60.0
+
 MANAGER_POLICY = {
-    name: {"node"} for name in ("RegisterNode", "Heartbeat", "ReportMetrics", "SyncAgentStates")
+    name: {"node"}
+    for name in ("RegisterNode", "Heartbeat", "ReportMetrics", "SyncAgentStates", "GetRevocations")
 }
 ADMIN_POLICY = {
     name: {"admin"}
@@ -69,6 +78,7 @@ ADMIN_POLICY = {
         "GetRollout",
         "SetRolloutState",
         "ReloadDaemon",
+        "RevokeCertificate",
     )
 }
 
@@ -80,6 +90,12 @@ class ManagerApp:
         self.config = config
         self.metrics = ManagerMetrics()
         self.database = Database(url=config.db_url)
+        # Every context made from the Manager's certificate files (reload_tls).
+        self.tls_reloader: TLSReloader | None = (
+            TLSReloader(files=config.tls_files, poll_interval=TLS_POLL_INTERVAL)
+            if config.tls_enabled
+            else None
+        )
         self.event_quota = EventQuota(
             events=config.events_node_quota,
             window=config.events_node_quota_window,
@@ -145,6 +161,10 @@ class ManagerApp:
             controller=self.specs,
             interval=config.rollout_interval,
         )
+        self.revocation_store = RevocationStore(database=self.database)
+        self.revocations = ManagerRevocations(
+            store=self.revocation_store, refresh=config.revocation_refresh
+        )
         self.grpc: HardenedServer | None = None
         self.tls_gate: TLSGate | None = None
         self.http: HttpServer | None = None
@@ -157,7 +177,10 @@ class ManagerApp:
         """One client context for every Daemon; the pool checks each node's name."""
         if not self.config.tls_enabled:
             return None
-        return client_context(self.config.tls_files, expect_role="node")
+        context = client_context(self.config.tls_files, expect_role="node")
+        if self.tls_reloader is not None:
+            self.tls_reloader.track(context)
+        return context
 
     def _heartbeat_transitions(self, transitions: list[Transition]) -> None:
         log_transitions(transitions, self.metrics)
@@ -181,6 +204,8 @@ class ManagerApp:
             warn_insecure("fleet-manager")
             transport = Transport.INSECURE
         await self.database.start()
+        # Loaded before the gRPC server takes a call: a revoked certificate never gets one.
+        await self.revocations.start()
         await self.stalls.start()
         await self.heartbeats.start()
         await self.retention.start()
@@ -190,6 +215,10 @@ class ManagerApp:
             "max_message_bytes": cfg.max_message_bytes,
             "observer": self.metrics.observe_rpc,
         }
+        if server_ssl is not None:
+            guard["revocations"] = self.revocations.list
+            # Manager and admin roles only in certificates a fleet root signed directly.
+            guard["trust_roots"] = load_ca_certs(Path(cfg.ca_file))
         manager_service = ManagerService(
             config=cfg,
             store=self.store,
@@ -199,6 +228,7 @@ class ManagerApp:
             metrics=self.metrics,
             specs=self.specs,
             metrics_quota=self.metrics_quota,
+            revocations=self.revocations,
         )
         spec_admin = SpecAdmin(
             store=self.spec_store,
@@ -209,7 +239,11 @@ class ManagerApp:
             ca_certs=load_ca_certs(Path(cfg.ca_file)) if cfg.tls_enabled else None,
         )
         admin_service = AdminService(
-            store=self.store, pool=self.pool, known=self.known_nodes, specs=spec_admin
+            store=self.store,
+            pool=self.pool,
+            known=self.known_nodes,
+            specs=spec_admin,
+            revocations=self.revocations,
         )
         guarded_manager = GuardedService(
             manager_service,
@@ -232,6 +266,9 @@ class ManagerApp:
         services: list[Any] = [guarded_manager, guarded_admin, health]
         grpc: HardenedServer
         if server_ssl is not None:
+            assert self.tls_reloader is not None
+            self.tls_reloader.track(server_ssl)
+            await self.tls_reloader.start()
             # The gate does the TLS handshakes itself, to log the ones it refuses.
             self.tls_gate = TLSGate(
                 ssl_context=server_ssl, metrics=self.metrics, timeout=cfg.tls_handshake_timeout
@@ -276,6 +313,16 @@ class ManagerApp:
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
+    def reload_tls(self) -> bool:
+        """Re-read the certificate, key and CA files into every live TLS context (the
+        gRPC server's, the Daemon pool's, and those given to ``tls_reloader.track``):
+        new connections get the new certificate, open ones go on. False (logged, the
+        old certificate kept) when the files are unusable or TLS is off."""
+        if self.tls_reloader is None:
+            log.warning("TLS reload asked for, but TLS is off")
+            return False
+        return self.tls_reloader.reload()
+
     async def render_metrics(self) -> bytes:
         """Refresh the gauges read from the database, then render every metric."""
         try:
@@ -297,6 +344,9 @@ class ManagerApp:
         self.heartbeats.close()
         self.liveness.close()
         self.retention.close()
+        self.revocations.close()
+        if self.tls_reloader is not None:
+            self.tls_reloader.close()
         self.rollouts.close()
         self.specs.close()
         if self.http is not None:
@@ -320,6 +370,9 @@ class ManagerApp:
             self.stalls.close()
             await self.stalls.wait_closed()
             await self.retention.wait_closed()
+            await self.revocations.wait_closed()
+            if self.tls_reloader is not None:
+                await self.tls_reloader.wait_closed()
             await self.rollouts.wait_closed()
             await self.specs.wait_closed()
             if self.http is not None:

@@ -9,6 +9,10 @@ ListAgents(live=true) are proxied to the owning Daemon through the
 Agent resolution: with ``node_id`` given the agent is looked for on that node; without
 it, an agent id that exists on exactly one node (in the synced view) is enough; on
 several nodes → ``FAILED_PRECONDITION`` listing them; on none → ``NOT_FOUND``.
+
+Revocation (:class:`~manager.revocations.ManagerRevocations`): RevokeCertificate revokes
+any serial, and RemoveNode revokes every certificate of the node issued until then;
+both are enforced by this Manager before they answer (its open connections closed).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ import grpclib.const
 
 from common import validate
 from common.errors import FailedPrecondition, FleetError, InvalidArgument, NotFound
+from common.pki import normalize_serial
+from common.rpc import current_call
 from schema import admin_pb, admin_pb2, daemon_pb, manager_pb
 
 from ..daemon_pool import DaemonClientPool
 from ..known_nodes import KnownNodes
+from ..revocations import ManagerRevocations
 from ..store import NODE_STATUSES, OFFLINE, ONLINE, AgentRecord, AgentRow, NodeRow, Store
 from ..store.models import Agent, Node, NodeEvent
+from ..store.revocations import CertificateRecord
 from .spec_admin import SpecAdmin
 
 log = logging.getLogger(__name__)
@@ -186,6 +194,33 @@ def event_message(event: NodeEvent) -> admin_pb.NodeEvent:
     )
 
 
+def certificate_message(row: CertificateRecord) -> admin_pb.Certificate:
+    return admin_pb.Certificate(
+        serial=row.serial,
+        identity=row.identity,
+        not_before=int(row.not_before),
+        not_after=int(row.not_after),
+        issued_at=int(row.issued_at),
+        issued_by=row.issued_by,
+        token_id=row.token_id,
+        revoked_at=int(row.revoked_at),
+        revoked_reason=row.revoked_reason,
+        revoked_by=row.revoked_by,
+    )
+
+
+def check_serial(text: str) -> str:
+    """A certificate serial from a request, normalised (``INVALID_ARGUMENT`` if not hex)."""
+    if not text.strip():
+        raise InvalidArgument("serial is required")
+    if len(text) > 200:
+        raise InvalidArgument(f"serial is {len(text)} characters long (max 200)")
+    try:
+        return normalize_serial(text)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
 def _check_status(status: str) -> str:
     if status and status not in NODE_STATUSES:
         raise InvalidArgument(f"status {status[:32]!r} is not one of {', '.join(NODE_STATUSES)}")
@@ -208,8 +243,10 @@ class AdminService(admin_pb.AdminServiceBase):
         pool: DaemonClientPool,
         known: KnownNodes,
         specs: SpecAdmin,
+        revocations: ManagerRevocations | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._revocations = revocations
         self._store = store
         self._pool = pool
         self._known = known
@@ -334,13 +371,57 @@ class AdminService(admin_pb.AdminServiceBase):
                 f"node {node.node_id} is online: stop its Daemon first, or force "
                 "(a live Daemon registers again at its next heartbeat)"
             )
+        # Revoked before the row goes: a live Daemon (force) is cut off first, so it
+        # cannot register again between the removal and the revocation.
+        revoked, closed = False, 0
+        if self._revocations is not None:
+            _, closed = await self._revocations.revoke_identity(
+                f"node/{node.node_id}",
+                reason="node removed",
+                revoked_by=str(current_call().identity),
+            )
+            revoked = True
         removed = await self._store.remove_node(node.node_id)
         self._known.discard(node.node_id)
         self._pool.forget(node.node_id)
         self._specs.node_removed(node.node_id)
-        log.info("node %s removed (was %s)", node.node_id, node.status)
+        log.info(
+            "node %s removed (was %s)%s",
+            node.node_id,
+            node.status,
+            f"; its certificates revoked, {closed} open connection(s) closed" if revoked else "",
+        )
         return admin_pb.RemoveNodeResponse(
-            removed=removed, message=f"node {node.node_id} removed" if removed else "gone"
+            removed=removed,
+            message=f"node {node.node_id} removed" if removed else "gone",
+            certificates_revoked=revoked,
+        )
+
+    async def revoke_certificate(
+        self, request: admin_pb.RevokeCertificateRequest
+    ) -> admin_pb.RevokeCertificateResponse:
+        serial = check_serial(request.serial)
+        reason = validate.check_text("reason", request.reason, max_len=255)
+        if self._revocations is None:
+            raise FailedPrecondition("this Manager keeps no revocation list")
+        caller = str(current_call().identity)
+        result, closed = await self._revocations.revoke_serial(
+            serial, reason=reason, revoked_by=caller
+        )
+        row = result.certificate
+        if result.changed:
+            log.warning(
+                "certificate %s (%s) revoked by %s%s; %d open connection(s) closed",
+                serial,
+                row.identity or "not issued here",
+                caller,
+                f": {reason}" if reason else "",
+                closed,
+            )
+        else:
+            log.info("certificate %s was already revoked (asked again by %s)", serial, caller)
+        return admin_pb.RevokeCertificateResponse(
+            certificate=certificate_message(row), connections_closed=closed
         )
 
     # ---- proxied to Daemons ----

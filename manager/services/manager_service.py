@@ -44,6 +44,7 @@ from ..liveness import log_transitions
 from ..metrics import ManagerMetrics
 from ..quotas import MetricsQuota
 from ..ratelimit import LogLimiter
+from ..revocations import ManagerRevocations
 from ..specs.controller import SpecController
 from ..store import ONLINE, Store, Transition
 from .agent_sync import (
@@ -99,9 +100,11 @@ class ManagerService(manager_pb.ManagerServiceBase):
         metrics: ManagerMetrics,
         specs: SpecController,
         metrics_quota: MetricsQuota | None = None,
+        revocations: ManagerRevocations | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._revocations = revocations
         self._quota = metrics_quota
         self._sync_log = LogLimiter(interval=60.0)
         self._restarts = AgentRestartCounter(metrics=metrics)
@@ -195,7 +198,37 @@ class ManagerService(manager_pb.ManagerServiceBase):
         validate.check_text("instance_id", request.instance_id, max_len=128)
         await self._check_instance(node_id, request.instance_id, now)
         await self._heartbeats.submit(node_id, reported)
-        return manager_pb.HeartbeatResponse(success=True, message="ok")
+        return manager_pb.HeartbeatResponse(
+            success=True,
+            message="ok",
+            revocations_version=self._revocations.version if self._revocations else 0,
+        )
+
+    async def get_revocations(
+        self, request: manager_pb.GetRevocationsRequest
+    ) -> manager_pb.GetRevocationsResponse:
+        """The revocation list this Manager enforces (from memory: no database read)."""
+        if request.known_version < 0:
+            raise InvalidArgument(f"known_version {request.known_version} is negative")
+        if self._revocations is None:
+            unchanged = request.known_version == 0
+            return manager_pb.GetRevocationsResponse(version=0, unchanged=unchanged)
+        held = self._revocations.list
+        if request.known_version == held.version:
+            return manager_pb.GetRevocationsResponse(version=held.version, unchanged=True)
+        return manager_pb.GetRevocationsResponse(
+            version=held.version,
+            revocations=[
+                manager_pb.Revocation(
+                    serial=entry.serial,
+                    identity=entry.identity,
+                    not_before_max=int(entry.not_before_max),
+                    revoked_at=int(entry.revoked_at),
+                    reason=entry.reason,
+                )
+                for entry in held.entries()
+            ],
+        )
 
     async def _refuse_superseded_register(self, node_id: str, instance_id: str, now: float) -> None:
         """ALREADY_EXISTS while the instance that replaced ``instance_id`` is alive."""
