@@ -21,6 +21,7 @@ from typing import Any
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
 
+from common.overload import MethodLimit
 from common.rpc import GuardedService, HardenedServer, Transport, make_server, wait_server_closed
 from common.specdoc import load_ca_certs
 from common.tls import client_context, server_context, warn_insecure
@@ -81,6 +82,18 @@ ADMIN_POLICY = {
         "RevokeCertificate",
     )
 }
+
+
+def manager_budgets(cfg: ManagerConfig) -> dict[str, int | MethodLimit]:
+    """ManagerService's admission budgets (common/overload.py). RegisterNode's refusal is
+    UNAVAILABLE (a Daemon tries its next Manager); the others are RESOURCE_EXHAUSTED with a
+    hint the Daemon waits for, keeping its reports."""
+    return {
+        "RegisterNode": cfg.max_concurrent_registrations,
+        "Heartbeat": MethodLimit(cfg.heartbeat_in_flight),
+        "ReportMetrics": MethodLimit(cfg.report_metrics_in_flight),
+        "SyncAgentStates": MethodLimit(cfg.sync_in_flight),
+    }
 
 
 class ManagerApp:
@@ -248,7 +261,9 @@ class ManagerApp:
         guarded_manager = GuardedService(
             manager_service,
             policy=MANAGER_POLICY,
-            max_in_flight={"RegisterNode": cfg.max_concurrent_registrations},
+            max_in_flight=manager_budgets(cfg),
+            retry_after=cfg.retry_after,
+            shed_observer=self.metrics.observe_shed,
             # The wire-level bound follows the ingest limits an operator may raise.
             decode_limits={
                 "ReportMetrics": manager_report_metrics_limits(
@@ -258,7 +273,14 @@ class ManagerApp:
             },
             **guard,
         )
-        guarded_admin = GuardedService(admin_service, policy=ADMIN_POLICY, **guard)
+        guarded_admin = GuardedService(
+            admin_service,
+            policy=ADMIN_POLICY,
+            max_in_flight={name: MethodLimit(cfg.admin_in_flight) for name in ADMIN_POLICY},
+            retry_after=cfg.retry_after,
+            shed_observer=self.metrics.observe_shed,
+            **guard,
+        )
         # grpc.health.v1: both services (and the overall "") are SERVING while the
         # database takes writes, NOT_SERVING when it does not (as /readyz).
         db_check = ServiceCheck(self.database.writable, check_ttl=5, check_timeout=5)

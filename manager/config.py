@@ -48,6 +48,16 @@ class ManagerConfig:
     tls_handshake_timeout: float = 10.0
     # Load shedding: RegisterNode calls in progress at once; more get UNAVAILABLE at once.
     max_concurrent_registrations: int = 256
+    # Overload ([overload], common/overload.py): calls in progress per method; more are
+    # refused at once, before their request is read, with "retry in N s" (N = retry_after
+    # x [1, 2)). Heartbeats get a large budget of their own so that bulk metrics queued
+    # behind the store never make a node look dead.
+    heartbeat_in_flight: int = 2048
+    report_metrics_in_flight: int = 32
+    sync_in_flight: int = 64
+    # Per admin method that reads or writes the store.
+    admin_in_flight: int = 64
+    retry_after: float = 1.0
     # HTTP/2 bounds against hostile peers ([grpc.limits], common/h2limits.py).
     grpc_limits: H2Limits = field(default_factory=H2Limits)
     # HTTP side ("" disables it).
@@ -153,6 +163,7 @@ class ManagerConfig:
             "join_token_ttl",
             "join_token_max_ttl",
             "revocation_refresh",
+            "retry_after",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -169,6 +180,10 @@ class ManagerConfig:
             "daemon_connect_attempts",
             "spec_push_concurrency",
             "join_rate_per_minute",
+            "heartbeat_in_flight",
+            "report_metrics_in_flight",
+            "sync_in_flight",
+            "admin_in_flight",
         )
         for name in ints:
             if getattr(self, name) < 1:
@@ -252,6 +267,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "grpc.listen": ("grpc_listen", "str"),
     "grpc.max_message_bytes": ("max_message_bytes", "int"),
     "grpc.max_concurrent_registrations": ("max_concurrent_registrations", "int"),
+    "overload.heartbeat_in_flight": ("heartbeat_in_flight", "int"),
+    "overload.report_metrics_in_flight": ("report_metrics_in_flight", "int"),
+    "overload.sync_in_flight": ("sync_in_flight", "int"),
+    "overload.admin_in_flight": ("admin_in_flight", "int"),
+    "overload.retry_after": ("retry_after", "duration"),
     "grpc.tls.enabled": ("tls_enabled", "bool"),
     "grpc.tls.cert_file": ("cert_file", "str"),
     "grpc.tls.key_file": ("key_file", "str"),

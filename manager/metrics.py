@@ -124,6 +124,13 @@ class ManagerMetrics:
             ["kind"],
             registry=r,
         )
+        self.rpc_shed = Counter(
+            "fleet_manager_rpc_shed",
+            "Calls refused by admission control before their request was read, by method "
+            "and reason (busy: the method's budget was full; deadline: too late to serve).",
+            ["method", "reason"],
+            registry=r,
+        )
         self.agent_restarts = Counter(
             "fleet_manager_agent_restarts",
             "Agent restarts after a crash, by node and agent (as its Daemon counts them; "
@@ -178,6 +185,9 @@ class ManagerMetrics:
             histogram = self._rpc_seconds_children[method] = self.rpc_seconds.labels(method)
         counter.inc()
         histogram.observe(seconds)
+
+    def observe_shed(self, method: str, reason: str) -> None:
+        self.rpc_shed.labels(method, reason).inc()
 
     def set_status_counts(self, nodes: dict[str, int], agents: dict[str, int]) -> None:
         for status in set(NODE_STATUSES) | set(nodes):
