@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import clean_fleetctl_env, console_script, free_port, run_cli, wait_until
+from harness import clean_fleetctl_env, console_script, run_cli, wait_until
 from harness.manager import (
     ManagerProc,
     fleet_certs,
@@ -492,11 +492,10 @@ def test_help_of_the_new_commands_loads_nothing_heavy() -> None:
 
 @dataclass
 class Enrolling:
-    """A real Manager with an issuing CA, and where joining hosts reach it."""
+    """A real Manager with an issuing CA made by certgen, and its certificates."""
 
     manager: ManagerProc
     certs: Path
-    enroll_address: str
 
     def env(self, admin: str = "admin") -> dict[str, str]:
         return admin_env(self.certs, self.manager.address, admin)
@@ -522,13 +521,10 @@ def enrolling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enrolling]:
     certgen.intermediate(certs, "issuing")
     certgen.issue(certs, "admin", "bob")
     certgen.issue(certs, "admin", "carol")
-    enroll_address = f"127.0.0.1:{free_port()}"
     config = write_manager_config(
         tmp / "manager.toml",
         {
             "enroll": {
-                "listen": enroll_address,
-                "advertise": enroll_address,
                 "ca_cert": str(certs / "issuing.crt"),
                 "ca_key": str(certs / "issuing.key"),
             },
@@ -537,14 +533,15 @@ def enrolling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enrolling]:
     )
     manager = start_manager(tmp, certs, extra_args=["--config", str(config)])
     try:
-        yield Enrolling(manager, certs, enroll_address)
+        yield Enrolling(manager, certs)
     finally:
         manager.stop()
 
 
-def join(enrolling: Enrolling, token_text: str, node_id: str) -> Any:
-    """What ``fleet-daemon join`` does on the wire: EnrollService.Join with a fresh CSR,
-    over TLS that verifies the Manager against the fleet CA (no client certificate)."""
+def join(enrolling: Enrolling, address: str, token_text: str, node_id: str) -> Any:
+    """What ``fleet-daemon join --manager ADDRESS`` does on the wire: EnrollService.Join
+    with a fresh CSR, over TLS that verifies the Manager against the fleet CA (no client
+    certificate)."""
     from grpclib.client import Channel
 
     from common.pki import make_csr
@@ -552,7 +549,7 @@ def join(enrolling: Enrolling, token_text: str, node_id: str) -> Any:
 
     _key, csr = make_csr(node_id)
     ctx = ssl.create_default_context(cafile=str(enrolling.certs / "ca.crt"))
-    host, port = enrolling.enroll_address.rsplit(":", 1)
+    host, port = address.rsplit(":", 1)
 
     async def call() -> Any:
         channel = Channel(host, int(port), ssl=ctx)
@@ -573,18 +570,20 @@ def serial_of(cert_file: Path) -> str:
 
 
 def test_create_list_revoke_against_the_manager(enrolling: Enrolling) -> None:
+    from common import certgen
+
     created = fleetctl(
         enrolling, "tokens", "create", "--ttl", "30m", "--uses", "2", "-l", "role=web"
     )
     assert created.returncode == 0, created.stderr
     command = created.stdout.splitlines()[-1].strip()
     match = re.fullmatch(
-        rf"fleet-daemon join --manager {enrolling.enroll_address} --token (\S+) "
-        r"--ca-hash (sha256:[0-9a-f]{64})",
+        r"fleet-daemon join --manager (\S+:\d+) --token (\S+) --ca-hash (sha256:[0-9a-f]{64})",
         command,
     )
     assert match, created.stdout
-    whole = match.group(1)
+    assert match.group(3) == certgen.root_hash(enrolling.certs)
+    whole = match.group(2)
     ident, _, secret = whole.partition(".")
     assert ident and secret
 
@@ -596,7 +595,8 @@ def test_create_list_revoke_against_the_manager(enrolling: Enrolling) -> None:
     table_out = fleetctl(enrolling, "tokens", "list")
     assert secret not in table_out.stdout
     (row,) = [r for r in table(table_out.stdout) if r[0] == ident]
-    assert row[1:5] == ["active", "0/2", "in 30m", "role=web"]
+    assert row[1:3] == ["active", "0/2"] and row[3] in ("in 30m", "in 29m")
+    assert row[4] == "role=web"
 
     revoked = fleetctl(enrolling, "tokens", "revoke", whole)
     assert revoked.returncode == 0, revoked.stderr
@@ -615,9 +615,11 @@ def test_create_list_revoke_against_the_manager(enrolling: Enrolling) -> None:
 
 
 def test_certs_list_shows_a_joined_node(enrolling: Enrolling) -> None:
-    whole = ok_json(enrolling, "tokens", "create", "--uses", "1", "-l", "role=db")["token"]
-    ident = whole.partition(".")[0]
-    joined = join(enrolling, whole, "db-1")
+    created = ok_json(enrolling, "tokens", "create", "--uses", "1", "-l", "role=db")
+    whole, ident = created["token"], created["info"]["id"]
+    # Where the printed join command points (the Manager's enrollment listener).
+    joined = join(enrolling, created["enroll_address"], whole, "db-1")
+    assert dict(joined.labels) == {"role": "db"}
     assert joined.node_id == "db-1" and joined.serial
 
     certs = ok_json(enrolling, "certs", "list", "--node", "db-1")
