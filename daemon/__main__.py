@@ -4,6 +4,8 @@ Configuration comes from the TOML file, then ``FLEET_*`` environment variables, 
 flags (see ``docs/daemon.md``). The first SIGINT/SIGTERM shuts down gracefully (agents
 are stopped unless ``stop_agents_on_exit = false``); a second one exits at once.
 
+``fleet-daemon join ...`` joins a fleet with a token first (:mod:`daemon.join`).
+
 SIGHUP reloads: the same file is read again with the environment and flags of the
 start (so flags still win) and the difference is applied (:mod:`daemon.desired`). A HUP
 never stops the Daemon: one that arrives while it is starting is applied once it is up,
@@ -33,7 +35,9 @@ log = logging.getLogger("daemon")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fleet-daemon", description="Fleet Daemon: supervises this host's agents."
+        prog="fleet-daemon",
+        description="Fleet Daemon: supervises this host's agents.",
+        epilog="To join a fleet with a token first: fleet-daemon join --help",
     )
     p.add_argument("--config", type=Path, help="TOML config file")
     p.add_argument("--node-id", help="node id (default: hostname)")
@@ -172,6 +176,12 @@ async def _serve(config: DaemonConfig, src: Source, hup_pending: Callable[[], bo
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["join"]:
+        from . import join
+
+        join.main(args[1:])
+        return
     # Until the event loop takes SIGHUP over, its default action would kill the Daemon:
     # note it instead and reload once running. (A Python handler, unlike SIG_IGN, is not
     # inherited by the agents we spawn.)

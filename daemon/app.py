@@ -21,10 +21,20 @@ from prometheus_client.core import Metric
 
 from common.rpc import GuardedService, HardenedServer, Transport, make_server, wait_server_closed
 from common.specdoc import SpecError, load_ca_certs
-from common.tls import TLSFiles, client_context, server_context, warn_insecure
+from common.tls import TLSFiles, warn_insecure
+from schema import manager_pb
 
 from .adoption import Marker
 from .agents import Agents
+from .certs import (
+    CertificateError,
+    CertRenewer,
+    LiveTLS,
+    Renewed,
+    RenewPolicy,
+    describe,
+    recover_swap,
+)
 from .config import DaemonConfig, split_hostport
 from .desired import ConfigLoader, DesiredState, ReloadOutcome, initial
 from .history import History
@@ -32,6 +42,7 @@ from .hostinfo import HostMetrics, host_facts
 from .manager_client import ManagerClient, NodeIdentity
 from .metrics_http import MetricsServer, counter, gauge
 from .outbox import Outbox
+from .revocations import DaemonRevocations
 from .services import agent_service, control_service
 from .sockdir import UnsafeSocketPath, agent_socket_path, prepare_socket_dir
 from .specs import SpecBook
@@ -97,6 +108,9 @@ class DaemonApp:
         self.desired: DesiredState | None = None
         self.manager: ManagerClient | None = None
         self.outbox: Outbox | None = None
+        self.tls: LiveTLS | None = None
+        self.renewer: CertRenewer | None = None
+        self.revocations: DaemonRevocations | None = None
         self._control: HardenedServer | None = None
         self._local: HardenedServer | None = None
         self._http: MetricsServer | None = None
@@ -117,14 +131,25 @@ class DaemonApp:
         ca_certs = []
         if cfg.tls_enabled:
             t = cfg.manager.tls
-            tls = TLSFiles(Path(t.cert_file), Path(t.key_file), Path(t.ca_file))
+            files = TLSFiles(Path(t.cert_file), Path(t.key_file), Path(t.ca_file))
             try:
-                tls.check_readable()
+                recovered = recover_swap(files)
+                if recovered:
+                    log.warning("node certificate: %s", recovered)
+                files.check_readable()
                 ca_certs = load_ca_certs(Path(t.ca_file))  # what central specs chain to
-            except (FileNotFoundError, SpecError) as exc:
+                tls = self.tls = LiveTLS(files)
+            except (OSError, SpecError, CertificateError) as exc:
                 raise StartupError(str(exc)) from None
         else:
             warn_insecure("fleet-daemon")
+        # Revocations only mean something with certificates; the list exists either way
+        # so that central specs have one to check.
+        self.revocations = DaemonRevocations(
+            path=cfg.state_dir / "revocations.json", fetch=self._get_revocations
+        )
+        if tls is not None:
+            self.revocations.load()
         # The IP reported is the one towards the first Manager listed (a name is looked
         # up in that thread, not on the event loop).
         manager_addr = split_hostport(cfg.manager.addresses[0])
@@ -141,6 +166,7 @@ class DaemonApp:
             base_env=env,
             euid=os.geteuid(),
             cwd=os.getcwd(),
+            revocations=self.revocations.list,
         )
         self.specs.load()
         desired, first_plan = initial(cfg, self.specs)
@@ -178,6 +204,8 @@ class DaemonApp:
                     policy=control_service.POLICY,
                     transport=Transport.TLS if tls else Transport.INSECURE,
                     observer=self._observe,
+                    revocations=self.revocations.list if tls else None,
+                    trust_roots=ca_certs if tls else None,
                 )
             ],
             limits=cfg.grpc_limits,
@@ -185,7 +213,7 @@ class DaemonApp:
         host, port = split_hostport(cfg.listen)
         # Kept only once started: close() on a grpclib Server that never started raises,
         # which turned "address already in use" into a traceback.
-        await control_server.start(host, port, ssl=server_context(tls) if tls else None)
+        await control_server.start(host, port, ssl=tls.server if tls else None)
         self._control = control_server
         self.grpc_port = _bound_port(self._control)
 
@@ -217,15 +245,31 @@ class DaemonApp:
                 facts=facts,
                 daemon_address=self.advertise,
             ),
-            ssl_context=client_context(tls, expect_role="manager") if tls else None,
+            ssl_context=tls.client if tls else None,
             outbox=self.outbox,
             host_metrics=host_metrics,
             agent_states=lambda: [r.to_state() for r in self._runners()],
             spec_states=self.specs.states,
+            on_revocations_version=self.revocations.seen_version if tls else lambda _v: None,
         )
         await self.agents.start()
         self.specs.commit(first_plan, {})
         await self.manager.start()
+        if tls is not None:
+            await self.revocations.start()
+            if cfg.manager.tls.renew:
+                self.renewer = CertRenewer(
+                    node_id=cfg.node_id,
+                    tls=tls,
+                    policy=RenewPolicy(
+                        renew_at=cfg.manager.tls.renew_at,
+                        check_interval=cfg.manager.tls.renew_check_interval,
+                    ),
+                    renew=self._renew_certificate,
+                    after_renewal=self.manager.reconnect,
+                    roots=ca_certs,
+                )
+                await self.renewer.start()
         if cfg.http_listen:
             self._http = MetricsServer(listen=cfg.http_listen, collect=self._collect)
             await self._http.start()
@@ -243,6 +287,17 @@ class DaemonApp:
             if self._http
             else "",
         )
+
+    async def _renew_certificate(self, csr_pem: str) -> Renewed:
+        if self.manager is None:
+            raise RuntimeError("the Manager client has not started")
+        reply = await self.manager.renew_certificate(csr_pem)
+        return Renewed(cert_pem=reply.cert_pem, ca_pem=reply.ca_pem)
+
+    async def _get_revocations(self, known_version: int) -> manager_pb.GetRevocationsResponse:
+        if self.manager is None:
+            raise RuntimeError("the Manager client has not started")
+        return await self.manager.get_revocations(known_version)
 
     def _runners(self) -> list[AgentRunner]:
         return list(self.agents.runners.values()) if self.agents else []
@@ -263,7 +318,23 @@ class DaemonApp:
         """Re-read the config file and apply the difference (SIGHUP, ReloadConfig)."""
         if self.desired is None:
             return ReloadOutcome("", error="the Daemon has not started yet")
+        if self.tls is not None and not dry_run:
+            self.reload_certificates()
         return await self.desired.reload(dry_run=dry_run)
+
+    def reload_certificates(self) -> None:
+        """Load the certificate, key and CA files again into the live TLS contexts (SIGHUP):
+        new connections use them; a file that does not load keeps the old ones."""
+        if self.tls is None:
+            return
+        try:
+            cert = self.tls.reload()
+        except CertificateError as exc:
+            log.error("keeping the current node certificate: the files do not load: %s", exc)
+            return
+        log.info("re-read the node certificate files: %s", describe(cert))
+        if self.manager is not None:
+            self.manager.reconnect()
 
     def _reloaded(self, old: DaemonConfig, new: DaemonConfig) -> None:
         self.config = new
@@ -281,6 +352,9 @@ class DaemonApp:
         """Stop taking requests; agents are stopped (or left running) in wait_closed."""
         if self.desired is not None:
             self.desired.close()
+        for part in (self.renewer, self.revocations):
+            if part is not None:
+                part.close()
         for server in (self._control, self._local):
             if server is not None:
                 server.close()
@@ -295,6 +369,9 @@ class DaemonApp:
         )
         if self.desired is not None:
             await self.desired.wait_closed()
+        for part in (self.renewer, self.revocations):
+            if part is not None:
+                await part.wait_closed()
         if self.agents is not None:
             self.agents.close()
             await self.agents.wait_closed()

@@ -43,6 +43,11 @@ class TLSSettings:
     cert_file: str = ""
     key_file: str = ""
     ca_file: str = ""
+    # Renewal over the Manager channel (daemon/certs.py): once renew_at of the
+    # certificate's lifetime has passed, looking every renew_check_interval.
+    renew: bool = True
+    renew_at: float = 0.66
+    renew_check_interval: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,12 @@ class DaemonConfig:
                     raise ConfigError(
                         f"key 'manager.tls.{key}' is required (or --insecure for development)"
                     )
+        if not 0 < m.tls.renew_at < 1:
+            raise ConfigError(
+                "key 'manager.tls.renew_at' must be a fraction of the lifetime between 0 and 1"
+            )
+        if not m.tls.renew_check_interval > 0:
+            raise ConfigError("key 'manager.tls.renew_check_interval' must be > 0")
         if not self.history_interval > 0 or self.history_retention < self.history_interval:
             raise ConfigError(
                 "keys 'history.interval'/'history.retention': need 0 < interval <= retention"
@@ -220,7 +231,15 @@ _SCHEMA: dict[str, Any] = {
         "reconnect_interval": "duration",
         "metrics_interval": "duration",
         "sync_interval": "duration",
-        "tls": {"enabled": bool, "cert_file": str, "key_file": str, "ca_file": str},
+        "tls": {
+            "enabled": bool,
+            "cert_file": str,
+            "key_file": str,
+            "ca_file": str,
+            "renew": bool,
+            "renew_at": float,
+            "renew_check_interval": "duration",
+        },
     },
     "grpc": {
         "listen": str,
@@ -358,6 +377,9 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
         cert_file=path_of(t.get("cert_file", "")),
         key_file=path_of(t.get("key_file", "")),
         ca_file=path_of(t.get("ca_file", "")),
+        renew=t.get("renew", True),
+        renew_at=t.get("renew_at", TLSSettings.renew_at),
+        renew_check_interval=t.get("renew_check_interval", TLSSettings.renew_check_interval),
     )
     manager = ManagerSettings(
         address=m.get("address", ManagerSettings.address),
@@ -487,6 +509,9 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
     ("manager.tls.cert_file", lambda c: c.manager.tls.cert_file),
     ("manager.tls.key_file", lambda c: c.manager.tls.key_file),
     ("manager.tls.ca_file", lambda c: c.manager.tls.ca_file),
+    ("manager.tls.renew", lambda c: c.manager.tls.renew),
+    ("manager.tls.renew_at", lambda c: c.manager.tls.renew_at),
+    ("manager.tls.renew_check_interval", lambda c: c.manager.tls.renew_check_interval),
     ("grpc.listen", lambda c: c.listen),
     ("grpc.advertise", lambda c: c.advertise),
     ("grpc.limits", lambda c: c.grpc_limits),

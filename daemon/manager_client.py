@@ -23,6 +23,12 @@ Four tasks share one grpclib channel:
 
 New labels (a reload changed them) are sent by registering again at once.
 
+Every heartbeat answer's ``revocations_version`` goes to ``on_revocations_version``
+(:mod:`daemon.revocations` fetches the list when it changed). :meth:`renew_certificate`
+and :meth:`get_revocations` are calls on the current link for the Daemon's other parts;
+after a certificate renewal :meth:`reconnect` makes the link task open a fresh channel to
+the same Manager, so the next calls present the new certificate.
+
 Every call carries ``manager.timeout`` as its deadline. All four tasks use the current
 :class:`_Link` (one channel to one Manager); only the link task replaces it, and a
 failure seen on a link that was already replaced is not held against the new one.
@@ -78,6 +84,10 @@ class NoAddressError(Exception):
     """No address of ``manager.address`` resolves (yet)."""
 
 
+class NotConnectedError(Exception):
+    """A call for another part of the Daemon while no Manager answers."""
+
+
 @dataclass(eq=False)
 class _Link:
     """One channel to one Manager endpoint; replaced (and closed) on a switch."""
@@ -105,6 +115,7 @@ class ManagerClient:
         agent_states: StatesProvider,
         spec_states: SpecStatesProvider = lambda: (),
         resolve: Resolver | None = None,
+        on_revocations_version: Callable[[int], None] = lambda _version: None,
     ) -> None:
         self._settings = settings
         self._addresses = ManagerAddresses(
@@ -121,6 +132,8 @@ class ManagerClient:
         self._agent_states = agent_states
         self._spec_states = spec_states
         self._reregister = False
+        self._on_revocations_version = on_revocations_version
+        self._fresh_channel = False  # reconnect() asked for a new channel
         self._link: _Link | None = None
         self._lost_at = 0.0  # monotonic time the last working link failed (0: none)
         self._lost_from: Endpoint | None = None
@@ -202,6 +215,34 @@ class ManagerClient:
         self._reregister = True
         self._wake_link.set()
 
+    def reconnect(self) -> None:
+        """Open a new channel to the same Manager soon (after the node certificate changed:
+        new handshakes present the new one). Calls in flight on the old channel are
+        ended and retried on the new one, as after a switch between Managers."""
+        self._fresh_channel = True
+        self._wake_link.set()
+
+    def _connected_link(self) -> _Link:
+        link = self._link
+        if link is None or not self._connected.is_set():
+            raise NotConnectedError("no Manager answers at the moment")
+        return link
+
+    async def renew_certificate(self, csr_pem: str) -> manager_pb.RenewCertificateResponse:
+        """``RenewCertificate`` on the current Manager (:class:`NotConnectedError` if none)."""
+        link = self._connected_link()
+        return await link.stub.renew_certificate(
+            manager_pb.RenewCertificateRequest(csr_pem=csr_pem), timeout=self._settings.timeout
+        )
+
+    async def get_revocations(self, known_version: int) -> manager_pb.GetRevocationsResponse:
+        """``GetRevocations`` on the current Manager (:class:`NotConnectedError` if none)."""
+        link = self._connected_link()
+        return await link.stub.get_revocations(
+            manager_pb.GetRevocationsRequest(known_version=known_version),
+            timeout=self._settings.timeout,
+        )
+
     def _full_sync(self) -> manager_pb.SyncAgentStatesRequest:
         return manager_pb.SyncAgentStatesRequest(
             node_id=self._node.node_id,
@@ -259,10 +300,11 @@ class ManagerClient:
                 )
             self._lost_at, self._lost_from = 0.0, None
 
-    def _use(self, endpoint: Endpoint | None) -> _Link | None:
-        """Dial ``endpoint`` from now on (closing the old channel aborts its calls)."""
+    def _use(self, endpoint: Endpoint | None, *, fresh: bool = False) -> _Link | None:
+        """Dial ``endpoint`` from now on (closing the old channel aborts its calls);
+        ``fresh``: a new channel even to the endpoint in use."""
         old = self._link
-        if old is not None and endpoint == old.endpoint:
+        if old is not None and endpoint == old.endpoint and not fresh:
             return old
         if endpoint is None:
             self._link = None
@@ -309,6 +351,11 @@ class ManagerClient:
             if self._reregister:
                 self._reregister = False
                 must_register = True
+            if self._fresh_channel:
+                self._fresh_channel = False
+                if self._link is not None:
+                    log.info("reconnecting to the Manager at %s", self._link.endpoint)
+                    self._use(self._link.endpoint, fresh=True)
             link = self._link
             try:
                 if link is None:
@@ -332,12 +379,13 @@ class ManagerClient:
                     )
                     if not beat.success:
                         raise RefusedError(f"Heartbeat refused: {beat.message or 'no reason'}")
+                    self._on_revocations_version(beat.revocations_version)
                 self._up(link)
                 self._addresses.succeeded()
                 backoff.reset()
                 self._wake_link.clear()
-                if self._reregister:
-                    continue  # labels changed while we were talking
+                if self._reregister or self._fresh_channel:
+                    continue  # labels or the certificate changed while we were talking
                 await _wait(self._wake_link, self._settings.heartbeat_interval)
             except asyncio.CancelledError:
                 raise

@@ -4,7 +4,8 @@ The Manager sends the node's complete set of operator-signed specs (``ApplySpecs
 each one :class:`SpecBook` decides, before anything runs (docs/specs.md):
 
 1. the signature chains to the fleet CA through an admin certificate
-   (:func:`common.specdoc.verify`); without a CA (insecure mode) every spec is refused;
+   (:func:`common.specdoc.verify`), and that certificate is not revoked (the Daemon's
+   copy of the fleet's revocations); without a CA (insecure mode) every spec is refused;
 2. the revision is not lower than the highest one seen for that name, and a revision
    seen before has the same bytes (the Manager cannot replay or swap a revision);
 3. it has not expired; its target names this node (id or labels);
@@ -36,8 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from common.agentspec import ID_PATTERN
+from common.revocation import PeerCertificate, RevocationList
 from common.specdoc import SpecDoc, SpecError, verify
 from schema import daemon_pb, manager_pb
 
@@ -164,9 +167,11 @@ class SpecBook:
         base_env: Mapping[str, str],
         euid: int,
         cwd: str,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._store = SpecStore(path=path)
         self._ca = list(ca_certs)
+        self._revocations = revocations
         self._path_env = base_env.get("PATH", os.defpath)
         self._euid = euid
         self._cwd = cwd
@@ -275,6 +280,9 @@ class SpecBook:
             return None, str(exc), claimed
         except RecursionError:  # signed, but nested too deeply for the JSON parser
             return None, "spec document is nested too deeply to parse", claimed
+        revoked = self._signer_revoked(envelope)
+        if revoked is not None:
+            return None, revoked, claimed
         name, revision = doc.name, doc.revision
         last = seen.get(name)
         if last is not None and revision < last.revision:
@@ -300,6 +308,18 @@ class SpecBook:
             return None, why, revision
         accepted_at = held.accepted_at if held is not None and again else now
         return Held(envelope, doc, accepted_at, str(signer)), "", revision
+
+    def _signer_revoked(self, envelope: Envelope) -> str | None:
+        """Why the (verified) signer certificate may not sign any more, or None."""
+        if self._revocations is None or not len(self._revocations):
+            return None
+        cert = x509.load_pem_x509_certificate(envelope.signer_cert)
+        peer = PeerCertificate.from_der(cert.public_bytes(serialization.Encoding.DER))
+        revocation = self._revocations.check(peer)
+        if revocation is None:
+            return None
+        why = f": {revocation.reason}" if revocation.reason else ""
+        return f"signer certificate {peer.serial} is revoked{why}"
 
     def _host_refusal(self, doc: SpecDoc, host: HostContext) -> str | None:
         """Why this host does not run ``doc`` (target, policy, clash with daemon.toml)."""

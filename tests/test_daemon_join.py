@@ -1,0 +1,388 @@
+"""``fleet-daemon join`` against a real EnrollService on 127.0.0.1 (a grpclib server with a
+Manager certificate, in the test's event loop), the command run as a real process.
+
+What an operator would notice: a wrong ``--ca-hash`` stops before the token leaves the
+host and writes nothing; every refusal prints the Manager's reason and writes nothing; a
+join writes the key (0600), the chain, the root and a daemon.toml the Daemon starts with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import ssl
+import stat
+import sys
+import tomllib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
+from harness import console_script, free_port
+from harness.daemon import agent, short_socket_dir, to_toml
+
+from common.pki import CertificateAuthority, IssuingCA, ca_hash, load_csr, load_pem_certs
+from common.revocation import identity_of
+from daemon.config import load_config_file
+from daemon.join import default_dirs, default_node_id
+from schema.gen.fleet.enroll import v1 as enroll_pb
+
+TOKEN = "abc123.s3cr3tS3cr3tS3cr3t"
+
+
+@dataclass
+class Fleet:
+    """A root, an issuing intermediate, and the Manager's certificate."""
+
+    root: CertificateAuthority
+    issuing: IssuingCA
+    dir: Path
+
+    @property
+    def hash(self) -> str:
+        return ca_hash(self.root.cert)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    directory = tmp_path_factory.mktemp("join-ca")
+    root = CertificateAuthority.generate()
+    cert_pem, key_pem = root.intermediate("m1")
+    inter = CertificateAuthority(
+        cert=x509.load_pem_x509_certificate(cert_pem),
+        key=serialization.load_pem_private_key(key_pem, password=None),  # type: ignore[arg-type]
+    )
+    for role, name in (("manager", "m1"), ("node", "impostor")):
+        leaf, key = root.issue(role, name, sans=["127.0.0.1"])
+        (directory / f"{name}.crt").write_bytes(leaf)
+        (directory / f"{name}.key").write_bytes(key)
+    return Fleet(root=root, issuing=IssuingCA(inter, roots=[root.cert]), dir=directory)
+
+
+@dataclass
+class FakeEnroll(enroll_pb.EnrollServiceBase):
+    """The Manager's EnrollService as the contract describes it, recording Join calls."""
+
+    fleet: Fleet
+    refuse: GRPCError | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    addresses: list[str] = field(default_factory=list)
+    joins: list[enroll_pb.JoinRequest] = field(default_factory=list)
+
+    async def get_ca(self, get_ca_request: enroll_pb.GetCaRequest) -> enroll_pb.GetCaResponse:
+        return enroll_pb.GetCaResponse(ca_pem=self.fleet.root.cert_pem.decode())
+
+    async def join(self, join_request: enroll_pb.JoinRequest) -> enroll_pb.JoinResponse:
+        self.joins.append(join_request)
+        if self.refuse is not None:
+            raise self.refuse
+        if join_request.token != TOKEN:
+            raise GRPCError(Status.UNAUTHENTICATED, "unknown join token")
+        cert, chain = self.fleet.issuing.sign_node(
+            join_request.node_id, load_csr(join_request.csr_pem), lifetime=dt.timedelta(days=7)
+        )
+        return enroll_pb.JoinResponse(
+            node_id=join_request.node_id,
+            cert_pem=chain.decode(),
+            ca_pem=self.fleet.root.cert_pem.decode(),
+            labels=self.labels,
+            manager_addresses=self.addresses,
+            serial=format(cert.serial_number, "x"),
+            not_after=int(cert.not_valid_after_utc.timestamp()),
+        )
+
+
+@dataclass
+class Running:
+    service: FakeEnroll
+    address: str
+
+
+async def _serve(fleet: Fleet, service: FakeEnroll, cert_name: str) -> tuple[Server, str]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(fleet.dir / f"{cert_name}.crt", fleet.dir / f"{cert_name}.key")
+    ctx.set_alpn_protocols(["h2"])
+    server = Server([service])
+    await server.start("127.0.0.1", 0, ssl=ctx)
+    assert isinstance(server._server, asyncio.Server)
+    port = server._server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest_asyncio.fixture
+async def enroll(fleet: Fleet) -> AsyncIterator[Running]:
+    service = FakeEnroll(fleet)
+    server, address = await _serve(fleet, service, "m1")
+    yield Running(service, address)
+    server.close()
+    await server.wait_closed()
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def join(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        console_script("fleet-daemon"),
+        "join",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*")) if directory.exists() else []
+
+
+def _one_line_error(result: Result) -> str:
+    lines = [line for line in result.err.splitlines() if line.startswith("fleet-daemon join:")]
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    return lines[0]
+
+
+@pytest.mark.asyncio
+async def test_wrong_ca_hash_aborts_before_the_token_is_sent(
+    enroll: Running, fleet: Fleet, tmp_path: Path
+) -> None:
+    wrong = "sha256:" + "ab" * 32
+    result = await join(
+        *("--manager", enroll.address, "--token", TOKEN, "--ca-hash", wrong),
+        *("--node-id", "web-1", "--dir", str(tmp_path / "etc"), "--no-start"),
+    )
+    assert result.code == 1
+    line = _one_line_error(result)
+    assert wrong in line and fleet.hash in line, line
+    assert enroll.service.joins == []  # the token never left the host
+    assert _files(tmp_path / "etc") == []
+
+
+@pytest.mark.asyncio
+async def test_a_server_of_the_fleet_that_is_not_a_manager_gets_no_token(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # A node's certificate of the right CA (say, a compromised host) is not a Manager.
+    service = FakeEnroll(fleet)
+    server, address = await _serve(fleet, service, "impostor")
+    try:
+        result = await join(
+            *("--manager", address, "--token", TOKEN, "--ca-hash", fleet.hash),
+            *("--node-id", "web-1", "--dir", str(tmp_path / "etc"), "--no-start"),
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.code == 1
+    assert "not a Fleet Manager" in _one_line_error(result)
+    assert service.joins == []
+    assert _files(tmp_path / "etc") == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (Status.UNAUTHENTICATED, "unknown join token"),
+        (Status.PERMISSION_DENIED, "join token abc123 expired at 2026-01-01 00:00:00 UTC"),
+        (Status.PERMISSION_DENIED, "join token abc123 is used up (1 of 1 uses)"),
+        (Status.ALREADY_EXISTS, "node web-1 is registered: remove it first"),
+        (Status.FAILED_PRECONDITION, "this Manager holds no issuing CA:\nset enroll.ca_cert"),
+        (Status.RESOURCE_EXHAUSTED, "too many joins from 127.0.0.1: retry in 30 s"),
+    ],
+)
+async def test_a_refused_join_prints_the_reason_and_writes_nothing(
+    enroll: Running, fleet: Fleet, tmp_path: Path, status: Status, message: str
+) -> None:
+    enroll.service.refuse = GRPCError(status, message)
+    result = await join(
+        *("--manager", enroll.address, "--token", TOKEN, "--ca-hash", fleet.hash),
+        *("--node-id", "web-1", "--dir", str(tmp_path / "etc"), "--no-start"),
+    )
+    assert result.code == 1
+    line = _one_line_error(result)
+    assert status.name in line and " ".join(message.split()) in line, line
+    assert len(enroll.service.joins) == 1
+    assert _files(tmp_path / "etc") == []
+
+
+@pytest.mark.asyncio
+async def test_join_writes_key_chain_ca_and_a_config_the_daemon_accepts(
+    enroll: Running, fleet: Fleet, tmp_path: Path
+) -> None:
+    enroll.service.labels = {"env": "prod", "rack": "r7"}
+    enroll.service.addresses = ["10.0.0.1:50051", "10.0.0.2:50051"]
+    directory = tmp_path / "etc" / "fleet"
+    result = await join(
+        *("--manager", enroll.address, "--token", TOKEN, "--ca-hash", fleet.hash.upper()[7:]),
+        *("--node-id", "web-1", "--dir", str(directory), "--no-start"),
+    )
+    # "sha256:" is required: the bare digest is a usage error, and nothing was sent.
+    assert result.code == 2 and enroll.service.joins == []
+    result = await join(
+        *("--manager", enroll.address, "--token", TOKEN, "--ca-hash", fleet.hash),
+        *("--node-id", "web-1", "--dir", str(directory), "--no-start"),
+        env={"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    assert result.code == 0, result.err
+    assert str(directory) in result.out
+    assert f"fleet-daemon --config {directory / 'daemon.toml'}" in result.out
+    assert "systemctl enable --now fleet-daemon" in result.out
+
+    (request,) = enroll.service.joins
+    key = directory / "tls" / "node.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((directory / "tls").stat().st_mode) == 0o700
+    assert b"PRIVATE KEY" not in request.csr_pem.encode()  # only the CSR left the host
+    chain = load_pem_certs((directory / "tls" / "node.crt").read_bytes())
+    assert len(chain) == 2  # the leaf and the issuing intermediate
+    assert identity_of(chain[0]) is not None and str(identity_of(chain[0])) == "node/web-1"
+    assert load_pem_certs((directory / "tls" / "ca.crt").read_bytes()) == [fleet.root.cert]
+    assert not list((directory / "tls").glob(".*"))  # no temporary files left
+
+    data = tomllib.loads((directory / "daemon.toml").read_text())
+    assert data["manager"]["address"] == ["10.0.0.1:50051", "10.0.0.2:50051"]
+    assert data["labels"] == {"env": "prod", "rack": "r7"}
+    config = load_config_file(directory / "daemon.toml", {}, {})
+    assert config.node_id == "web-1"
+    assert config.manager.addresses == ("10.0.0.1:50051", "10.0.0.2:50051")
+    assert config.manager.tls.key_file == str(key)
+    state_home = {"XDG_STATE_HOME": str(tmp_path / "state"), "HOME": os.environ.get("HOME", "/")}
+    assert config.state_dir == default_dirs(state_home, os.geteuid())[1]
+
+    # Joining again does not spend the token unless --force says so.
+    result = await join(
+        *("--manager", enroll.address, "--token", TOKEN, "--ca-hash", fleet.hash),
+        *("--node-id", "web-1", "--dir", str(directory), "--no-start"),
+    )
+    assert result.code == 1
+    assert "--force" in _one_line_error(result)
+    assert len(enroll.service.joins) == 1
+    before = key.read_bytes()
+    result = await join(
+        *("--manager", enroll.address, "--token", TOKEN, "--ca-hash", fleet.hash),
+        *("--node-id", "web-1", "--dir", str(directory), "--no-start", "--force"),
+    )
+    assert result.code == 0, result.err
+    assert key.read_bytes() != before
+    assert "kept the existing" in result.out and "node_id = 'web-1'" in result.out
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--manager", "nohost", "--token", TOKEN), "--manager"),
+        (("--manager", "h:1", "--token", "no-dot"), "--token"),
+        (("--manager", "h:1", "--token", TOKEN, "--node-id", "-bad"), "--node-id"),
+    ],
+)
+async def test_argument_mistakes_are_one_line_and_exit_2(
+    fleet: Fleet, tmp_path: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    result = await join(*args, "--ca-hash", fleet.hash, "--dir", str(tmp_path / "etc"))
+    assert result.code == 2
+    assert fragment in _one_line_error(result)
+    result = await join(*args[:4], "--ca-hash", "md5:1234", "--dir", str(tmp_path / "etc"))
+    assert result.code == 2 and "Traceback" not in result.err
+
+
+@pytest.mark.asyncio
+async def test_nothing_listening_is_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    result = await join(
+        *("--manager", f"127.0.0.1:{free_port()}", "--token", TOKEN, "--ca-hash", fleet.hash),
+        *("--dir", str(tmp_path / "etc"), "--no-start"),
+    )
+    assert result.code == 1
+    assert "cannot reach" in _one_line_error(result)
+
+
+@pytest.mark.asyncio
+async def test_join_then_the_daemon_starts_with_the_new_certificate(
+    enroll: Running, fleet: Fleet, tmp_path: Path
+) -> None:
+    """An existing daemon.toml is kept, and the Daemon started by join uses the files."""
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    grpc_port = free_port()
+    (directory / "daemon.toml").write_text(
+        to_toml(
+            {
+                "node_id": "web-2",
+                "state_dir": str(tmp_path / "state"),
+                "manager": {
+                    "address": f"127.0.0.1:{free_port()}",  # no Manager: the Daemon waits
+                    "tls": {
+                        "cert_file": "tls/node.crt",
+                        "key_file": "tls/node.key",
+                        "ca_file": "tls/ca.crt",
+                    },
+                },
+                "grpc": {"listen": f"127.0.0.1:{grpc_port}"},
+                "agent_api": {"socket": str(short_socket_dir() / "agent.sock")},
+                "agents": [agent("sleeper", "sleeper")],
+            }
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        console_script("fleet-daemon"),
+        *("join", "--manager", enroll.address, "--token", TOKEN, "--ca-hash", fleet.hash),
+        *("--node-id", "web-2", "--dir", str(directory)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=directory,  # relative paths in daemon.toml are relative to the cwd
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    seen = ""
+    try:
+        async with asyncio.timeout(60):
+            while "daemon ready" not in seen:
+                line = await proc.stdout.readline()
+                if not line:
+                    break
+                seen += line.decode()
+        assert "daemon ready" in seen, seen
+        assert "kept the existing" in seen
+        # The DaemonService now presents the joined certificate.
+        ctx = ssl.create_default_context(cafile=str(directory / "tls" / "ca.crt"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(fleet.dir / "m1.crt", fleet.dir / "m1.key")
+        _reader, writer = await asyncio.open_connection("127.0.0.1", grpc_port, ssl=ctx)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        served = x509.load_der_x509_certificate(der)
+        joined = load_pem_certs((directory / "tls" / "node.crt").read_bytes())[0]
+        assert served == joined
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.communicate(), 30)
+
+
+def test_default_node_id_and_directories() -> None:
+    assert default_node_id("web-1.example.com") == "web-1.example.com"
+    assert default_node_id("-my host!") == "my-host-"
+    assert default_node_id("...") == "node"
+    assert default_dirs({}, 0) == (Path("/etc/fleet"), Path("/var/lib/fleet"))
+    env = {"HOME": "/home/u", "XDG_CONFIG_HOME": "/cfg"}
+    assert default_dirs(env, 1000) == (Path("/cfg/fleet"), Path("/home/u/.local/state/fleet"))
+    assert sys.executable  # the Daemon is started with this interpreter
