@@ -223,7 +223,8 @@ def created(request: Any) -> Any:
             max_uses=request.max_uses,
             labels=dict(request.labels),
             description=request.description,
-            expires_at=now() + (request.ttl_seconds or 3600) + 30,
+            created_at=now(),
+            expires_at=now() + (request.ttl_seconds or 3600),
         ),
         ca_hash=CA_HASH,
         enroll_address="mgr.example:50053",
@@ -256,7 +257,7 @@ def test_create_prints_the_token_and_the_join_command(manager: StandIn, certs: P
     lines = result.stdout.splitlines()
     assert f"Token:       ab12cd.{SECRET}" in lines
     assert any(re.fullmatch(r"Expires: +in 2h \(\d{4}-.*Z\)", line) for line in lines), lines
-    assert "Uses:        3 host(s)" in lines
+    assert "Uses:        up to 3 host(s)" in lines
     assert "Labels:      role=web,tier=1,zone=eu" in lines
     # The command alone on the last line, ready to copy.
     assert lines[-1] == (

@@ -138,7 +138,13 @@ def token_row(t: Any, *, unicode: bool, wide: bool = False) -> list[Cell]:
 
 
 def expiry_text(t: Any) -> str:
-    return f"{ago(t.expires_at)} ({iso(t.expires_at)})" if t.expires_at else "never"
+    """``in 2h (2026-11-28T06:18:12Z)``: its TTL from its creation, not from the moment
+    this prints (which would say ``in 1h59m`` a second later)."""
+    from common.durations import format_duration
+
+    if not t.expires_at:
+        return "never"
+    return f"in {format_duration(t.expires_at - t.created_at)} ({iso(t.expires_at)})"
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ def create_token(
             ("Token", resp.token),
             ("ID", info.id),
             ("Expires", expiry_text(info)),
-            ("Uses", f"{info.max_uses} host(s)" if info.max_uses else "any number of hosts"),
+            ("Uses", f"up to {info.max_uses} host(s)" if info.max_uses else "any number of hosts"),
             ("Labels", labels_text(info.labels)),
             *([("Description", info.description)] if info.description else []),
         ]
