@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import ssl
 import stat
 import sys
+import time
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,13 +28,24 @@ from cryptography.hazmat.primitives import serialization
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
-from harness import console_script, free_port
-from harness.daemon import agent, short_socket_dir, to_toml
+from harness import console_script, free_port, run_cli, wait_until
+from harness.daemon import (
+    DaemonProc,
+    agent,
+    call_daemon,
+    list_agents,
+    short_socket_dir,
+    to_toml,
+)
+from harness.manager import manager_rpc, start_manager, write_manager_config
 
+from common import certgen
 from common.pki import CertificateAuthority, IssuingCA, ca_hash, load_csr, load_pem_certs
 from common.revocation import identity_of
+from common.specdoc import KIND, load_signing_key, sign
 from daemon.config import load_config_file
 from daemon.join import default_dirs, default_node_id
+from schema import admin_pb, daemon_pb
 from schema.gen.fleet.enroll import v1 as enroll_pb
 
 TOKEN = "abc123.s3cr3tS3cr3tS3cr3t"
@@ -386,3 +399,169 @@ def test_default_node_id_and_directories() -> None:
     env = {"HOME": "/home/u", "XDG_CONFIG_HOME": "/cfg"}
     assert default_dirs(env, 1000) == (Path("/cfg/fleet"), Path("/home/u/.local/state/fleet"))
     assert sys.executable  # the Daemon is started with this interpreter
+
+
+# ---- end to end, with a real Manager that holds an issuing CA ----
+
+
+@pytest.fixture(scope="module")
+def issuing_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dev certificates, an issuing CA ``issuing`` for the Manager, and a second admin
+    ``bob`` (to revoke without locking the test's own admin out)."""
+    directory = tmp_path_factory.mktemp("e2e-pki")
+    certgen.dev(directory, ["node-a"], echo=lambda _line: None)
+    certgen.intermediate(directory, "issuing")
+    cert, key = CertificateAuthority.load(directory).issue("admin", "bob")
+    (directory / "bob.crt").write_bytes(cert)
+    (directory / "bob.key").write_bytes(key)
+    return directory
+
+
+def test_a_fresh_host_joins_renews_while_agents_run_and_honours_revocations(
+    tmp_path: Path, issuing_pki: Path
+) -> None:
+    pki = issuing_pki
+    manager_config = write_manager_config(
+        tmp_path / "manager.toml", {"enroll": {"node_cert_lifetime": "1h"}}
+    )
+    m = start_manager(
+        tmp_path,
+        pki,
+        extra_args=[
+            *("--config", str(manager_config)),
+            *("--enroll-ca-cert", str(pki / "issuing.crt")),
+            *("--enroll-ca-key", str(pki / "issuing.key")),
+        ],
+    )
+    daemon: DaemonProc | None = None
+    try:
+        assert m.enroll_port
+        token = manager_rpc(
+            pki,
+            m.grpc_port,
+            "admin",
+            "create_join_token",
+            admin_pb.CreateJoinTokenRequest(ttl_seconds=600, max_uses=1, labels={"env": "e2e"}),
+        )
+        directory = tmp_path / "host" / "fleet"
+        joined = run_cli(
+            [
+                console_script("fleet-daemon"),
+                *("join", "--manager", f"127.0.0.1:{m.enroll_port}", "--token", token.token),
+                *("--ca-hash", token.ca_hash, "--node-id", "web-1", "--dir", str(directory)),
+                "--no-start",
+            ]
+        )
+        assert joined.returncode == 0, joined.stderr
+        config_path = directory / "daemon.toml"
+        data = tomllib.loads(config_path.read_text())
+        assert data["labels"] == {"env": "e2e"}
+        # Test-only changes: private port, state and socket; an agent; renewal at once
+        # (1 % of a 1 h certificate has passed at issue: notBefore is 5 min back) and
+        # looked at every second. manager.address stays as the join wrote it.
+        grpc_port = free_port()
+        socket_path = short_socket_dir() / "agent.sock"
+        data.update(
+            state_dir=str(tmp_path / "state"),
+            grpc={"listen": f"127.0.0.1:{grpc_port}"},
+            agent_api={"socket": str(socket_path)},
+            agents=[agent("sleeper", "sleeper")],
+        )
+        data["manager"].update(heartbeat_interval=1.0, reconnect_interval=1.0)
+        data["manager"]["tls"].update(renew_at=0.01, renew_check_interval=1.0)
+        config_path.write_text(to_toml(data))
+        daemon = DaemonProc(
+            [console_script("fleet-daemon"), "--config", str(config_path)],
+            log_path=tmp_path / "daemon.log",
+            node_id="web-1",
+            grpc_port=grpc_port,
+            state_dir=tmp_path / "state",
+            config_path=config_path,
+            agent_socket=socket_path,
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+        daemon.wait_ready()
+
+        def node() -> admin_pb.Node:
+            reply = manager_rpc(
+                pki, m.grpc_port, "admin", "get_node", admin_pb.GetNodeRequest(node_id="web-1")
+            )
+            return reply.node
+
+        wait_until(lambda: node().status == "online", timeout=60, what="web-1 online")
+        assert node().labels.get("env") == "e2e"
+        pid = wait_until(
+            lambda: list_agents(pki, daemon)["sleeper"].pid, timeout=60, what="agent running"
+        )
+
+        # Renewed twice: the second RenewCertificate went over a channel that presented
+        # the first renewed certificate.
+        wait_until(
+            lambda: daemon.output().count("renewed node certificate") >= 2,
+            timeout=90,
+            what="two renewals",
+        )
+        assert list_agents(pki, daemon)["sleeper"].pid == pid  # agents untouched
+        wait_until(lambda: node().status == "online", timeout=30, what="still online")
+        assert daemon.alive()
+        assert "Traceback" not in daemon.output()
+
+        # A revoked admin certificate is refused by the Daemon too, once the heartbeat
+        # says the list changed.
+        assert list_agents(pki, daemon)  # as manager
+        call_daemon(pki, daemon, "list_agents", daemon_pb.ListAgentsRequest(), cert_name="bob")
+        bob = x509.load_pem_x509_certificate((pki / "bob.crt").read_bytes())
+        manager_rpc(
+            pki,
+            m.grpc_port,
+            "admin",
+            "revoke_certificate",
+            admin_pb.RevokeCertificateRequest(serial=format(bob.serial_number, "x")),
+        )
+
+        def bob_refused() -> bool:
+            try:
+                call_daemon(
+                    pki, daemon, "list_agents", daemon_pb.ListAgentsRequest(), cert_name="bob"
+                )
+            except GRPCError as exc:
+                return exc.status == Status.UNAUTHENTICATED
+            return False
+
+        wait_until(bob_refused, timeout=60, what="bob refused by the Daemon")
+        stored = json.loads((tmp_path / "state" / "revocations.json").read_text())
+        assert format(bob.serial_number, "x") in {r["serial"] for r in stored["revocations"]}
+
+        # ...and a spec bob signed is refused, naming the certificate.
+        document = {
+            "kind": KIND,
+            "name": "by-bob",
+            "revision": 1,
+            "target": {"labels": {}, "nodes": ["web-1"]},
+            "agents": [agent("bob-agent", "sleeper")],
+            "signed_at": int(time.time()),
+            "expires_at": 0,
+            "rollback_of": 0,
+        }
+        payload, signature = sign(document, load_signing_key(pki / "bob.key"))
+        reply = call_daemon(
+            pki,
+            daemon,
+            "apply_specs",
+            daemon_pb.ApplySpecsRequest(
+                specs=[
+                    daemon_pb.SignedSpec(
+                        payload=payload,
+                        signature=signature,
+                        signer_cert=(pki / "bob.crt").read_bytes(),
+                    )
+                ]
+            ),
+        )
+        (state,) = reply.specs
+        assert state.status == "REFUSED"
+        assert f"signer certificate {bob.serial_number:x} is revoked" in state.reason
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        m.stop()
