@@ -270,9 +270,10 @@ class GuardedService:
         for connection, peer in list(self._peers.items()):
             if peer is None or self._revocations.check(peer) is None:
                 continue
-            _close_connection(connection, b"certificate revoked")
             self._peers.pop(connection, None)
             self._identities.pop(connection, None)
+            if not _close_connection(connection, b"certificate revoked"):
+                continue
             closed += 1
             log.warning(
                 "closed a connection of revoked certificate %s (%s)", peer.serial, peer.identity
@@ -361,14 +362,19 @@ def _peer_certificate(
         return None
 
 
-def _close_connection(connection: Any, debug: bytes) -> None:
-    """GOAWAY (when the connection still speaks HTTP/2) and close its transport."""
+def _close_connection(connection: Any, debug: bytes) -> bool:
+    """GOAWAY (when the connection still speaks HTTP/2) and close its transport; False
+    when grpclib had closed it already (it drops ``_transport`` then)."""
+    transport = getattr(connection, "_transport", None)
+    if transport is None or transport.is_closing():
+        return False
     try:
         connection._connection.close_connection(additional_data=debug)
         connection.flush()
     except Exception:  # the connection may be half gone already: closing is what matters
         log.debug("no GOAWAY on a closing connection", exc_info=True)
-    connection._transport.close()
+    transport.close()
+    return True
 
 
 def _peer_pid(stream: grpclib.server.Stream[Any, Any]) -> int:
