@@ -34,8 +34,10 @@ from harness.manager import (
     spec_document,
     start_manager,
     stored_nodes,
+    write_manager_config,
 )
 
+from common.pki import CertificateAuthority, make_csr
 from common.rpc import GuardedService
 from common.tls import TLSFiles, client_context, server_context
 from schema import admin_pb, daemon_pb, manager_pb
@@ -47,16 +49,24 @@ CALLERS = ("node", "manager", "admin", "none")
 
 
 class Fleet:
-    def __init__(self, certs: Path, mgr: ManagerProc, daemon: Any) -> None:
+    def __init__(self, certs: Path, mgr: ManagerProc, daemon: Any, token_id: str) -> None:
         self.certs = certs
         self.mgr = mgr
         self.daemon = daemon
+        # A join token the matrix's RevokeJoinToken row revokes.
+        self.token_id = token_id
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("security-access")
-    mgr = start_manager(tmp, certs)
+    # The root signs node certificates (CreateJoinToken and RenewCertificate need an
+    # issuing CA to succeed for their allowed role).
+    config = write_manager_config(
+        tmp / "manager.toml",
+        {"enroll": {"ca_cert": str(certs / "ca.crt"), "ca_key": str(certs / "ca.key")}},
+    )
+    mgr = start_manager(tmp, certs, extra_args=["--config", str(config)])
     daemon = start_daemon(
         tmp,
         certs,
@@ -75,7 +85,27 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Fle
             timeout=20,
             what="node-a registered with its agent",
         )
-        yield Fleet(certs, mgr, daemon)
+        # A node for the matrix's RemoveNode row to remove (and revoke).
+        gone = tmp / "gone-certs"
+        gone.mkdir()
+        shutil.copy(certs / "ca.crt", gone / "ca.crt")
+        cert_pem, key_pem = CertificateAuthority.load(certs).issue("node", "node-gone")
+        write_pair(gone, "node-gone", cert_pem, key_pem)
+        manager_rpc(
+            gone,
+            mgr.grpc_port,
+            "node-gone",
+            "register_node",
+            manager_pb.RegisterNodeRequest(node_id="node-gone", daemon_address="127.0.0.1:1"),
+        )
+        token = manager_rpc(
+            certs,
+            mgr.grpc_port,
+            "admin",
+            "create_join_token",
+            admin_pb.CreateJoinTokenRequest(ttl_seconds=3600, description="matrix"),
+        ).token
+        yield Fleet(certs, mgr, daemon, token_id=token.split(".", 1)[0])
     finally:
         daemon.stop()
         mgr.stop()
@@ -92,12 +122,19 @@ def _context(
     return client_context(files, expect_role=server_role, expect_name=server_name)
 
 
-def _manager_calls(certs: Path | None = None) -> list[tuple[str, Any, type, str]]:
+def _manager_calls(
+    certs: Path | None = None, token_id: str = ""
+) -> list[tuple[str, Any, type, str]]:
     """(path, request, reply type, the one role allowed) for every Manager RPC.
 
     With ``certs``, ApplySpec carries a spec signed by the admin (for node-c, which the
     rows before register; its address answers nobody, so the rollout stays running and
-    can be paused); without, an empty request (enough to list the paths)."""
+    can be paused); without, an empty request (enough to list the paths). ``token_id``
+    is a join token RevokeJoinToken may revoke.
+
+    EnrollService (GetCA, Join) is not here: it is served on its own listener, TLS
+    without client certificates, and is anonymous by design — a joining host has no
+    certificate yet; the join token is its credential (tests/test_manager_enroll.py)."""
     now = int(time.time())
     m, a = manager_pb, admin_pb
     spec = (
@@ -139,6 +176,18 @@ def _manager_calls(certs: Path | None = None) -> list[tuple[str, Any, type, str]
                 node_id="node-c", states=[m.AgentState(agent_id="x", status="RUNNING")], full=True
             ),
             m.SyncAgentStatesResponse,
+            "node",
+        ),
+        (
+            MANAGER_SVC + "RenewCertificate",
+            m.RenewCertificateRequest(csr_pem=make_csr("node-c")[1].decode()),
+            m.RenewCertificateResponse,
+            "node",
+        ),
+        (
+            MANAGER_SVC + "GetRevocations",
+            m.GetRevocationsRequest(known_version=0),
+            m.GetRevocationsResponse,
             "node",
         ),
         (ADMIN_SVC + "ListNodes", a.ListNodesRequest(), a.ListNodesResponse, "admin"),
@@ -207,10 +256,42 @@ def _manager_calls(certs: Path | None = None) -> list[tuple[str, Any, type, str]
             a.ReloadDaemonResponse,
             "admin",
         ),
-        # Last: it forgets node-c, which the ManagerService rows above registered.
+        (
+            ADMIN_SVC + "CreateJoinToken",
+            a.CreateJoinTokenRequest(ttl_seconds=600, max_uses=1),
+            a.CreateJoinTokenResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "ListJoinTokens",
+            a.ListJoinTokensRequest(),
+            a.ListJoinTokensResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "RevokeJoinToken",
+            a.RevokeJoinTokenRequest(id=token_id),
+            a.RevokeJoinTokenResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "ListCertificates",
+            a.ListCertificatesRequest(),
+            a.ListCertificatesResponse,
+            "admin",
+        ),
+        # A serial no certificate here has (certgen's are 159 random bits).
+        (
+            ADMIN_SVC + "RevokeCertificate",
+            a.RevokeCertificateRequest(serial="f1ee7c0de", reason="matrix"),
+            a.RevokeCertificateResponse,
+            "admin",
+        ),
+        # node-gone, registered by the fixture: RemoveNode revokes the node's
+        # certificates, and node-c's must keep working for the tests after this one.
         (
             ADMIN_SVC + "RemoveNode",
-            a.RemoveNodeRequest(node_id="node-c", force=True),
+            a.RemoveNodeRequest(node_id="node-gone", force=True),
             a.RemoveNodeResponse,
             "admin",
         ),
@@ -385,7 +466,7 @@ def test_every_manager_rpc_with_every_caller(fleet: Fleet) -> None:
 
     async def matrix() -> dict[tuple[str, str], str]:
         out = {}
-        for path, request, reply_type, allowed in _manager_calls(certs):
+        for path, request, reply_type, allowed in _manager_calls(certs, fleet.token_id):
             for caller in CALLERS:
                 ctx = _context(certs, caller, server_role="manager")
                 code, detail = await raw_call(port, ctx, path, request, reply_type)

@@ -107,15 +107,16 @@ class RevocationStore:
         to the UPDATE, which then serialises them)."""
         mark = _marks(1, self._pg)[0]
         update = f"UPDATE fleet_counter SET value = value + 1 WHERE name = {mark} RETURNING value"
-        _, rows = await tx.execute_query(update, [COUNTER])
+        # execute_query_dict: Tortoise's execute_query drops the rows of an UPDATE on asyncpg.
+        rows = await tx.execute_query_dict(update, [COUNTER])
         if not rows:
             await tx.execute_query(
                 f"INSERT INTO fleet_counter (name, value) VALUES ({mark}, 0) "
                 "ON CONFLICT (name) DO NOTHING",
                 [COUNTER],
             )
-            _, rows = await tx.execute_query(update, [COUNTER])
-        return int(rows[0][0])
+            rows = await tx.execute_query_dict(update, [COUNTER])
+        return int(rows[0]["value"])
 
     # ---- changes ----
 
