@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="server key (grpc.tls.key_file)")
     p.add_argument("--ca", help="CA certificate verifying clients (grpc.tls.ca_file)")
     p.add_argument("--insecure", action="store_true", help="serve without TLS (development only)")
+    p.add_argument(
+        "--enroll-listen",
+        help="enrollment HOST:PORT where hosts join with a token (enroll.listen, default "
+        "0.0.0.0:50053; empty disables)",
+    )
+    p.add_argument(
+        "--enroll-ca-cert", help="issuing CA certificate signing node certificates (enroll.ca_cert)"
+    )
+    p.add_argument("--enroll-ca-key", help="the issuing CA's key (enroll.ca_key)")
     p.add_argument("--grace", help="liveness grace override, e.g. 30s (liveness.grace)")
     p.add_argument(
         "--heartbeat-flush-interval", help="heartbeat flush interval (heartbeats.flush_interval)"
@@ -67,6 +76,9 @@ def config_from_args(args: argparse.Namespace) -> ManagerConfig:
         ("cert", "grpc.tls.cert_file"),
         ("key", "grpc.tls.key_file"),
         ("ca", "grpc.tls.ca_file"),
+        ("enroll_listen", "enroll.listen"),
+        ("enroll_ca_cert", "enroll.ca_cert"),
+        ("enroll_ca_key", "enroll.ca_key"),
         ("grace", "liveness.grace"),
         ("heartbeat_flush_interval", "heartbeats.flush_interval"),
         ("event_loop", "manager.event_loop"),

@@ -29,6 +29,7 @@ from common.wirelimits import manager_report_metrics_limits
 
 from .config import ManagerConfig, split_host_port
 from .daemon_pool import DaemonClientPool
+from .enroll import Enrollment
 from .handshakes import GatedServer, TLSGate
 from .heartbeats import HeartbeatBuffer
 from .http import HttpServer
@@ -57,7 +58,14 @@ TLS_POLL_INTERVAL = 60.0
 
 MANAGER_POLICY = {
     name: {"node"}
-    for name in ("RegisterNode", "Heartbeat", "ReportMetrics", "SyncAgentStates", "GetRevocations")
+    for name in (
+        "RegisterNode",
+        "Heartbeat",
+        "ReportMetrics",
+        "SyncAgentStates",
+        "GetRevocations",
+        "RenewCertificate",
+    )
 }
 ADMIN_POLICY = {
     name: {"admin"}
@@ -78,6 +86,10 @@ ADMIN_POLICY = {
         "DeleteSpec",
         "GetRollout",
         "SetRolloutState",
+        "CreateJoinToken",
+        "ListJoinTokens",
+        "RevokeJoinToken",
+        "ListCertificates",
         "ReloadDaemon",
         "RevokeCertificate",
     )
@@ -178,6 +190,8 @@ class ManagerApp:
         self.revocations = ManagerRevocations(
             store=self.revocation_store, refresh=config.revocation_refresh
         )
+        # Join tokens, the enrollment listener, node certificates (manager/enroll).
+        self.enrollment = Enrollment(config=config, database=self.database, metrics=self.metrics)
         self.grpc: HardenedServer | None = None
         self.tls_gate: TLSGate | None = None
         self.http: HttpServer | None = None
@@ -216,6 +230,8 @@ class ManagerApp:
         else:
             warn_insecure("fleet-manager")
             transport = Transport.INSECURE
+        # The issuing CA first: a bad one stops the start with one line.
+        self.enrollment.load_ca()
         await self.database.start()
         # Loaded before the gRPC server takes a call: a revoked certificate never gets one.
         await self.revocations.start()
@@ -241,6 +257,8 @@ class ManagerApp:
             metrics=self.metrics,
             specs=self.specs,
             metrics_quota=self.metrics_quota,
+            issuer=self.enrollment.issuer,
+            enrolled=self.enrollment.labels,
             revocations=self.revocations,
         )
         spec_admin = SpecAdmin(
@@ -256,6 +274,7 @@ class ManagerApp:
             pool=self.pool,
             known=self.known_nodes,
             specs=spec_admin,
+            enroll=self.enrollment.admin,
             revocations=self.revocations,
         )
         guarded_manager = GuardedService(
@@ -315,6 +334,7 @@ class ManagerApp:
         sockets = getattr(grpc._server, "sockets", None) or ()
         bound_port = sockets[0].getsockname()[1] if sockets else port
         self.grpc_address = f"{host}:{bound_port}"
+        await self.enrollment.start(grpc_address=self.grpc_address)
 
         if cfg.http_listen:
             self.http = HttpServer(
@@ -371,6 +391,7 @@ class ManagerApp:
             self.tls_reloader.close()
         self.rollouts.close()
         self.specs.close()
+        self.enrollment.close()
         if self.http is not None:
             self.http.close()
 
@@ -388,6 +409,7 @@ class ManagerApp:
                 # Bounded: Daemons keep idle channels open, and from Python 3.12
                 # wait_closed() would wait for every one of them to hang up.
                 await wait_server_closed(self.grpc)
+            await self.enrollment.wait_closed()
             await self.liveness.wait_closed()
             self.stalls.close()
             await self.stalls.wait_closed()

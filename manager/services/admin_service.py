@@ -32,6 +32,7 @@ from common.rpc import current_call
 from schema import admin_pb, admin_pb2, daemon_pb, manager_pb
 
 from ..daemon_pool import DaemonClientPool
+from ..enroll import EnrollAdmin
 from ..known_nodes import KnownNodes
 from ..revocations import ManagerRevocations
 from ..store import NODE_STATUSES, OFFLINE, ONLINE, AgentRecord, AgentRow, NodeRow, Store
@@ -243,6 +244,7 @@ class AdminService(admin_pb.AdminServiceBase):
         pool: DaemonClientPool,
         known: KnownNodes,
         specs: SpecAdmin,
+        enroll: EnrollAdmin | None = None,
         revocations: ManagerRevocations | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -251,6 +253,7 @@ class AdminService(admin_pb.AdminServiceBase):
         self._pool = pool
         self._known = known
         self._specs = specs
+        self._enroll = enroll
         self._clock = clock
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -549,6 +552,33 @@ class AdminService(admin_pb.AdminServiceBase):
         self, request: admin_pb.SetRolloutStateRequest
     ) -> admin_pb.SetRolloutStateResponse:
         return await self._specs.set_rollout_state(request)
+
+    # ---- onboarding (manager/enroll/admin.py) ----
+
+    def _enrollment(self) -> EnrollAdmin:
+        if self._enroll is None:
+            raise FailedPrecondition("this Manager does not handle join tokens")
+        return self._enroll
+
+    async def create_join_token(
+        self, request: admin_pb.CreateJoinTokenRequest
+    ) -> admin_pb.CreateJoinTokenResponse:
+        return await self._enrollment().create_join_token(request)
+
+    async def list_join_tokens(
+        self, request: admin_pb.ListJoinTokensRequest
+    ) -> admin_pb.ListJoinTokensResponse:
+        return await self._enrollment().list_join_tokens(request)
+
+    async def revoke_join_token(
+        self, request: admin_pb.RevokeJoinTokenRequest
+    ) -> admin_pb.RevokeJoinTokenResponse:
+        return await self._enrollment().revoke_join_token(request)
+
+    async def list_certificates(
+        self, request: admin_pb.ListCertificatesRequest
+    ) -> admin_pb.ListCertificatesResponse:
+        return await self._enrollment().list_certificates(request)
 
     # ---- helpers ----
 

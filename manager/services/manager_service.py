@@ -27,6 +27,7 @@ import grpclib.const
 from common import validate
 from common.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -38,6 +39,7 @@ from schema import manager_pb, manager_pb2
 from ..agent_restarts import AgentRestartCounter
 from ..config import ManagerConfig, split_host_port
 from ..daemon_pool import DaemonClientPool
+from ..enroll import EnrollmentLabels, NodeIssuer, merge_labels
 from ..heartbeats import HeartbeatBuffer
 from ..known_nodes import KnownNodes
 from ..liveness import log_transitions
@@ -100,12 +102,16 @@ class ManagerService(manager_pb.ManagerServiceBase):
         metrics: ManagerMetrics,
         specs: SpecController,
         metrics_quota: MetricsQuota | None = None,
+        issuer: NodeIssuer | None = None,
+        enrolled: EnrollmentLabels | None = None,
         revocations: ManagerRevocations | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._revocations = revocations
         self._quota = metrics_quota
+        self._issuer = issuer
+        self._enrolled = enrolled
         self._sync_log = LogLimiter(interval=60.0)
         self._restarts = AgentRestartCounter(metrics=metrics)
         self._specs = specs
@@ -163,6 +169,10 @@ class ManagerService(manager_pb.ManagerServiceBase):
         now = self._clock()
         if request.instance_id and (node_id, request.instance_id) in self._superseded:
             await self._refuse_superseded_register(node_id, request.instance_id, now)
+        if self._enrolled is not None:
+            # The labels the node joined with win over those its Daemon reports.
+            enrolled = await self._enrolled.labels_for(node_id, request.instance_id)
+            facts["labels"] = merge_labels(request.labels, enrolled)
         grace = self._config.grace_for(interval)
         result = await self._store.register_node(node_id=node_id, facts=facts, now=now, grace=grace)
         self._known.remember(node_id, request.instance_id)
@@ -228,6 +238,30 @@ class ManagerService(manager_pb.ManagerServiceBase):
                 )
                 for entry in held.entries()
             ],
+        )
+
+    async def renew_certificate(
+        self, request: manager_pb.RenewCertificateRequest
+    ) -> manager_pb.RenewCertificateResponse:
+        """A new certificate for the calling node's own identity (never the CSR's)."""
+        identity = current_call().identity
+        if identity.role != "node":
+            raise PermissionDenied(f"{identity} has no node certificate to renew")
+        if self._issuer is None:
+            raise FailedPrecondition("this Manager does not sign node certificates")
+        issued = await self._issuer.renew(node_id=identity.name, csr_pem=request.csr_pem)
+        log.info(
+            "node %s renewed its certificate (from %s): %s until %s",
+            identity.name,
+            current_call().peer,
+            issued.serial,
+            time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(issued.not_after)),
+        )
+        return manager_pb.RenewCertificateResponse(
+            cert_pem=issued.cert_pem.decode(),
+            ca_pem=issued.ca_pem.decode(),
+            serial=issued.serial,
+            not_after=issued.not_after,
         )
 
     async def _refuse_superseded_register(self, node_id: str, instance_id: str, now: float) -> None:

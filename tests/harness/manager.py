@@ -28,6 +28,8 @@ from common.tls import TLSFiles, client_context
 from . import Proc, console_script, free_port, wait_until
 
 _READY = re.compile(r"manager ready: grpc=(\S+):(\d+) http=(\S+)")
+# Logged just before "manager ready" when the enrollment listener is on.
+_ENROLL = re.compile(r"enrollment ready: listen=(\S+):(\d+) advertise=(\S+) ca-hash=(\S*)")
 
 
 class ManagerProc(Proc):
@@ -35,6 +37,8 @@ class ManagerProc(Proc):
 
     grpc_port: int
     http_port: int | None
+    # The enrollment listener's port (EnrollService), None when it is disabled.
+    enroll_port: int | None = None
     data_dir: Path
     db_url: str
 
@@ -62,6 +66,8 @@ class ManagerProc(Proc):
         except AssertionError:
             raise AssertionError(f"manager not ready; log:\n{self.output()[-4000:]}") from None
         self.grpc_port = int(match.group(2))
+        enroll = _ENROLL.search(self.output()[after:])
+        self.enroll_port = int(enroll.group(2)) if enroll else None
         http = match.group(3)
         self.http_port = None if http == "disabled" else int(http.rsplit(":", 1)[1])
 
@@ -92,6 +98,9 @@ def manager_argv(
         db_url or f"sqlite://{data_dir / 'manager.sqlite3'}",
         "--log-level",
         log_level,
+        # Concurrent test Managers would clash on the default enrollment port.
+        "--enroll-listen",
+        "127.0.0.1:0",
     ]
     if insecure:
         argv.append("--insecure")
