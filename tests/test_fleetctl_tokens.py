@@ -522,6 +522,7 @@ def enrolling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enrolling]:
     certgen.intermediate(certs, "issuing")
     certgen.issue(certs, "admin", "bob")
     certgen.issue(certs, "admin", "carol")
+    certgen.issue(certs, "admin", "dave")
     config = write_manager_config(
         tmp / "manager.toml",
         {
@@ -666,6 +667,24 @@ def test_a_revoked_admin_certificate_can_no_longer_run_fleetctl(enrolling: Enrol
     ]
     assert listed["status"] == "revoked" and listed["issued_by"] is None
     assert listed["revoked_reason"] == "laptop lost" and listed["revoked_by"] == "admin/admin"
+
+
+def test_revoking_the_certificate_fleetctl_presents(enrolling: Enrolling) -> None:
+    """The Manager closes the connection that carries the revocation of its own
+    certificate, reply included: fleetctl says what happened instead of "cannot reach"."""
+    serial = serial_of(enrolling.certs / "dave.crt")
+    proc = fleetctl(enrolling, "certs", "revoke", serial.upper(), admin="dave")
+    assert proc.returncode == 0, proc.stderr
+    # The reply may arrive before the connection closes, or not: said either way.
+    lines = proc.stdout.splitlines()
+    assert lines[0].lower().startswith(f"certificate {serial} revoked"), lines
+    assert lines[-1] == (
+        f"it is the certificate this fleetctl presents ({enrolling.certs / 'dave.crt'}): "
+        "use another admin certificate from now on"
+    )
+    again = fleetctl(enrolling, "certs", "revoke", serial, admin="dave")
+    assert again.returncode == ExitCode.PERMISSION_DENIED
+    assert "is revoked" in one_line(again.stderr)
 
 
 def test_nodes_remove_revokes_the_nodes_certificates(enrolling: Enrolling) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import usage
+from ..errors import CliError, ExitCode, usage
 from ..render import Cell, ago, iso
 from ._complete import complete_node, complete_serial
 from ._shared import Format, OutputOpt, run, state
@@ -40,6 +41,28 @@ def check_serial(text: str) -> str:
             "(colons allowed), as 'certs list' or 'openssl x509 -noout -serial' print it"
         )
     return serial
+
+
+def same_serial(a: str, b: str) -> bool:
+    """Whether two serials (hex, any case, colons, leading zeros) are the same number."""
+
+    def value(text: str) -> str:
+        return text.replace(":", "").lower().removeprefix("0x").lstrip("0") or "0"
+
+    return value(a) == value(b)
+
+
+def own_serial(cert_file: Path | None) -> str | None:
+    """The serial of the certificate this fleetctl presents (None if it cannot be read:
+    the call itself then reports the file)."""
+    if cert_file is None:
+        return None
+    from cryptography import x509
+
+    try:
+        return format(x509.load_pem_x509_certificate(cert_file.read_bytes()).serial_number, "x")
+    except (OSError, ValueError):
+        return None
 
 
 def cert_status(c: Any, now: float | None = None) -> str:
@@ -184,20 +207,55 @@ def revoke_cert(
 
     typed = check_serial(serial)
     st = state(ctx)
+    ours = not st.settings.insecure and same_serial(typed, own_serial(st.settings.cert) or "")
 
     async def go() -> Any:
         async with st.connect() as conn:
-            return await conn.call(
-                conn.admin().RevokeCertificate(
-                    admin_pb2.RevokeCertificateRequest(serial=typed, reason=reason),
-                    timeout=conn.timeout,
-                ),
-                what=f"revoke certificate {typed}",
-            )
+            try:
+                return await conn.call(
+                    conn.admin().RevokeCertificate(
+                        admin_pb2.RevokeCertificateRequest(serial=typed, reason=reason),
+                        timeout=conn.timeout,
+                    ),
+                    what=f"revoke certificate {typed}",
+                )
+            except CliError as exc:
+                # Revoking the certificate this call presents: the Manager closes its
+                # connections at once, the reply with them. Whether it is revoked shows
+                # in the next call's refusal.
+                dropped = exc.code is ExitCode.UNAVAILABLE
+                if not (ours and dropped and await refused_as_revoked()):
+                    raise
+                return None
+
+    async def refused_as_revoked() -> bool:
+        async with st.connect() as conn:
+            try:
+                await conn.call(
+                    conn.admin().ListJoinTokens(
+                        admin_pb2.ListJoinTokensRequest(), timeout=min(conn.timeout, 5.0)
+                    )
+                )
+            except CliError as exc:
+                return exc.code is ExitCode.PERMISSION_DENIED and "revoked" in exc.message
+        return False
 
     resp = run(go())
-    c = resp.certificate
     out = st.output()
+    own_note = (
+        f"it is the certificate this fleetctl presents ({st.settings.cert}): use another "
+        "admin certificate from now on"
+    )
+    if resp is None:
+        if output is Format.json:
+            out.json({"certificate": None, "connections_closed": None})
+            return
+        out.line(
+            f"certificate {typed} revoked (the Manager closed this connection before it answered)"
+        )
+        out.line(own_note, "yellow")
+        return
+    c = resp.certificate
     if output is Format.json:
         out.json({"certificate": cert_json(c), "connections_closed": resp.connections_closed})
         return
@@ -209,3 +267,5 @@ def revoke_cert(
         f"the Manager closed {closed} open connection{'' if closed == 1 else 's'} of it; "
         "Daemons refuse it from their next heartbeat"
     )
+    if ours:
+        out.line(own_note, "yellow")
