@@ -47,7 +47,7 @@ import struct
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpclib.const
@@ -101,6 +101,8 @@ class CallContext:
     peer: str
     # On a Unix socket (Transport.LOCAL): the calling process' pid from SO_PEERCRED, else 0.
     peer_pid: int = 0
+    # The HTTP/2 connection the call came on (grpclib's), for the server's own use.
+    connection: Any = field(default=None, repr=False, compare=False)
 
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("fleet_call")
@@ -272,7 +274,13 @@ class GuardedService:
                 continue
             self._peers.pop(connection, None)
             self._identities.pop(connection, None)
-            if not _close_connection(connection, b"certificate revoked"):
+            call = _current.get(None)
+            if call is not None and call.connection is connection:
+                # The call revoking its own certificate: answer it first, then close.
+                asyncio.get_running_loop().call_later(
+                    _SELF_CLOSE_DELAY, _close_connection, connection, b"certificate revoked"
+                )
+            elif not _close_connection(connection, b"certificate revoked"):
                 continue
             closed += 1
             log.warning(
@@ -314,7 +322,14 @@ class GuardedService:
                     raise clock.expired() from None
                 peer_pid = _peer_pid(stream) if self._transport == Transport.LOCAL else 0
                 token = _current.set(
-                    CallContext(identity, name, request_id, _peer_addr(stream), peer_pid)
+                    CallContext(
+                        identity,
+                        name,
+                        request_id,
+                        _peer_addr(stream),
+                        peer_pid,
+                        connection=stream._stream.connection,
+                    )
                 )
                 try:
                     reply = await impl(request)
@@ -344,6 +359,9 @@ class GuardedService:
 
         return handle
 
+
+# A caller that revoked its own certificate gets its answer before its connection goes.
+_SELF_CLOSE_DELAY = 1.0
 
 # Roles only a fleet root may grant (see GuardedService: trust_roots).
 _ROOT_ONLY_ROLES = frozenset({"manager", "admin"})

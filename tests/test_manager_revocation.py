@@ -245,6 +245,39 @@ def test_revoked_admin_certificate_is_refused_and_stays_refused_after_restart(
         mgr.stop()
 
 
+def test_an_admin_revoking_its_own_certificate_gets_the_answer_then_loses_the_connection(
+    tmp_path: Path,
+) -> None:
+    certs = fleet_certs(tmp_path / "certs", [])
+    _issue(certs, "admin-3", "admin")
+    serial = _serial(certs / "admin-3.crt")
+    mgr = start_manager(tmp_path, certs)
+    try:
+
+        async def scenario() -> admin_pb.RevokeCertificateResponse:
+            channel = _channel(certs, "admin-3", mgr.grpc_port)
+            try:
+                stub = admin_pb.AdminServiceStub(channel, timeout=15)
+                reply = await stub.revoke_certificate(
+                    admin_pb.RevokeCertificateRequest(serial=serial, reason="leaving")
+                )
+                await _wait_lost(channel, "the revoking admin's own connection closed")
+                return reply
+            finally:
+                channel.close()
+
+        reply = asyncio.run(scenario())
+        assert reply.certificate.serial == serial
+        assert reply.certificate.revoked_by == "admin/admin-3"
+        assert reply.connections_closed == 1
+        status, message = manager_rpc_error(
+            certs, mgr.grpc_port, "admin-3", "list_nodes", admin_pb.ListNodesRequest()
+        )
+        assert status is Status.UNAUTHENTICATED and "leaving" in message
+    finally:
+        mgr.stop()
+
+
 @pytest.mark.postgres
 def test_two_managers_on_one_postgres_both_enforce_a_revocation(tmp_path: Path) -> None:
     base = postgres_url()
