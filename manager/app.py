@@ -335,6 +335,9 @@ class ManagerApp:
         bound_port = sockets[0].getsockname()[1] if sockets else port
         self.grpc_address = f"{host}:{bound_port}"
         await self.enrollment.start(grpc_address=self.grpc_address)
+        if self.tls_reloader is not None and self.enrollment.listener is not None:
+            # A reloaded certificate is served on the enrollment port too.
+            self.tls_reloader.track(self.enrollment.listener.ssl_context)
 
         if cfg.http_listen:
             self.http = HttpServer(

@@ -516,3 +516,66 @@ def test_admin_certificate_from_issuing_ca_is_not_an_admin(manager: ManagerProc,
         pass  # refused at the handshake: as good
     else:
         pytest.fail("an admin certificate signed by the issuing CA was accepted as admin")
+
+
+def test_stopped_tokens_are_deleted_after_seven_days(tmp_path: Path) -> None:
+    """Revoked, expired and used-up tokens stay listed 7 days after they stopped, then
+    go; active ones stay (a real database, the sweep's clock moved forward)."""
+    from manager.enroll.admin import EnrollAdmin
+    from manager.enroll.issuer import NodeIssuer
+    from manager.enroll.labels import EnrollmentLabels
+    from manager.store import Database
+    from manager.store.enroll import EnrollStore, IssuedCertificate
+
+    day = 86400.0
+    clock = [1_000_000.0]
+
+    async def run() -> list[str]:
+        db = Database(url=f"sqlite://{tmp_path / 'purge.sqlite3'}")
+        await db.start()
+        try:
+            store = EnrollStore(database=db)
+            labels = EnrollmentLabels(store=store)
+            issuer = NodeIssuer(store=store, ca=None, lifetime=LIFETIME, labels=labels)
+            admin_rpcs = EnrollAdmin(
+                store=store,
+                issuer=issuer,
+                ca_hash=lambda: "",
+                enroll_address=lambda: "",
+                default_ttl=3600,
+                max_ttl=30 * day,
+                clock=lambda: clock[0],
+            )
+
+            async def token(name: str, ttl: float, max_uses: int = 0) -> None:
+                await store.create_token(
+                    make_id=lambda: name,
+                    secret_sha256="0" * 64,
+                    now=clock[0],
+                    expires_at=clock[0] + ttl,
+                    max_uses=max_uses,
+                    labels={},
+                    description="",
+                    created_by="admin/test",
+                )
+
+            await token("expird", 3600)
+            await token("revokd", 20 * day)
+            await store.revoke_token("revokd", clock[0])
+            await token("usedup", 20 * day, max_uses=1)
+            issued = IssuedCertificate(
+                "abc", "node/n1", clock[0], clock[0] + 3600, clock[0], "join"
+            )
+            assert await store.record_join(
+                token_id="usedup", node_id="n1", cert=issued, labels={}, max_nodes=100
+            )
+            await token("active", 29 * day)
+            clock[0] += 6 * day
+            assert await admin_rpcs.purge_stopped_tokens() == 0
+            clock[0] += 1.5 * day
+            assert await admin_rpcs.purge_stopped_tokens() == 3
+            return [t.id for t in await store.list_tokens()]
+        finally:
+            await db.close()
+
+    assert asyncio.run(run()) == ["active"]
