@@ -301,18 +301,16 @@ def test_remove_node(manager: ManagerProc, certs: Path) -> None:
     nodes = admin(certs, port, "list_nodes", admin_pb.ListNodesRequest()).nodes
     assert [n.node_id for n in nodes] == ["node-b"]
     assert agents_of(certs, port) == {}
-    # Its Daemon, still alive, is told it is unknown and registers again.
-    status, _ = manager_rpc_error(
-        certs,
-        port,
-        "node-a",
-        "heartbeat",
-        manager_pb.HeartbeatRequest(node_id="node-a", timestamp=int(time.time())),
-    )
-    assert status == Status.NOT_FOUND
-    register(certs, port, "node-a")
-    got = admin(certs, port, "get_node", admin_pb.GetNodeRequest(node_id="node-a"))
-    assert [e.reason for e in got.events] == ["registered"]
+    assert reply.certificates_revoked
+    # Its Daemon, still alive, cannot come back with the removed node's certificate (it
+    # would join again with a token: tests/test_manager_enroll.py).
+    for method, request in (
+        ("heartbeat", manager_pb.HeartbeatRequest(node_id="node-a", timestamp=int(time.time()))),
+        ("register_node", manager_pb.RegisterNodeRequest(node_id="node-a")),
+    ):
+        status, message = manager_rpc_error(certs, port, "node-a", method, request)
+        assert status == Status.UNAUTHENTICATED and "revoked" in message, (method, message)
+    register(certs, port, "node-b")  # the other node is untouched
     status, _ = manager_rpc_error(
         certs, port, "admin", "remove_node", admin_pb.RemoveNodeRequest(node_id="node-z")
     )
