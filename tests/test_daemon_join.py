@@ -20,6 +20,7 @@ import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -564,4 +565,108 @@ def test_a_fresh_host_joins_renews_while_agents_run_and_honours_revocations(
     finally:
         if daemon is not None:
             daemon.stop()
+        m.stop()
+
+
+def test_against_a_real_manager_bad_tokens_and_a_wrong_hash_write_nothing_and_spend_nothing(
+    tmp_path: Path, issuing_pki: Path
+) -> None:
+    """Issue 12's refusals end to end: the real ``fleet-daemon join`` against a real
+    Manager. Each refused join exits non-zero with the Manager's reason and writes
+    nothing; a wrong ``--ca-hash`` stops before the token is sent, so the token is
+    still unspent and joins right after."""
+    pki = issuing_pki
+    m = start_manager(
+        tmp_path,
+        pki,
+        extra_args=[
+            *("--enroll-ca-cert", str(pki / "issuing.crt")),
+            *("--enroll-ca-key", str(pki / "issuing.key")),
+        ],
+    )
+    try:
+        assert m.enroll_port
+
+        def create(**kw: Any) -> admin_pb.CreateJoinTokenResponse:
+            reply: admin_pb.CreateJoinTokenResponse = manager_rpc(
+                pki,
+                m.grpc_port,
+                "admin",
+                "create_join_token",
+                admin_pb.CreateJoinTokenRequest(**kw),
+            )
+            return reply
+
+        def uses(token_id: str) -> int:
+            reply = manager_rpc(
+                pki,
+                m.grpc_port,
+                "admin",
+                "list_join_tokens",
+                admin_pb.ListJoinTokensRequest(all=True),
+            )
+            return next(t.uses for t in reply.tokens if t.id == token_id)
+
+        def join(token: str, node_id: str, ca_hash: str, host: str = "") -> tuple[Any, Path]:
+            directory = tmp_path / f"host-{host or node_id}" / "fleet"
+            result = run_cli(
+                [
+                    console_script("fleet-daemon"),
+                    *("join", "--manager", f"127.0.0.1:{m.enroll_port}", "--token", token),
+                    *("--ca-hash", ca_hash, "--node-id", node_id, "--dir", str(directory)),
+                    "--no-start",
+                ]
+            )
+            return result, directory
+
+        def refused(token: str, node_id: str, ca_hash: str, words: str, host: str = "") -> None:
+            result, directory = join(token, node_id, ca_hash, host)
+            assert result.returncode != 0, result.stdout
+            assert words in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "Traceback" not in result.stderr
+            assert not directory.exists() or not any(directory.rglob("*")), list(
+                directory.rglob("*")
+            )
+
+        good = create(ttl_seconds=600, max_uses=1, labels={"env": "e2e"})
+        token_id = good.info.id
+        # A wrong --ca-hash: nothing sent, so the one use is still there afterwards.
+        refused(good.token, "host-hash", "sha256:" + "0" * 64, "CA hash mismatch")
+        assert uses(token_id) == 0
+        # A wrong secret for a real id: the same answer as an unknown token.
+        refused(f"{token_id}.{'x' * 16}", "host-secret", good.ca_hash, "invalid join token")
+        refused(f"zzzzzz.{'y' * 16}", "host-unknown", good.ca_hash, "invalid join token")
+        # The good join spends the one use; the next is refused as used up.
+        result, directory = join(good.token, "host-ok", good.ca_hash)
+        assert result.returncode == 0, result.stderr
+        assert (directory / "tls" / "node.key").stat().st_mode & 0o777 == 0o600
+        assert uses(token_id) == 1
+        refused(good.token, "host-used", good.ca_hash, "used")
+        # Revoked and expired tokens.
+        revoked = create(ttl_seconds=600)
+        manager_rpc(
+            pki,
+            m.grpc_port,
+            "admin",
+            "revoke_join_token",
+            admin_pb.RevokeJoinTokenRequest(id=revoked.info.id),
+        )
+        refused(revoked.token, "host-revoked", good.ca_hash, "revoked")
+        expired = create(ttl_seconds=1)
+        wait_until(
+            lambda: time.time() > expired.info.expires_at + 0.5, timeout=10, what="token expiry"
+        )
+        refused(expired.token, "host-expired", good.ca_hash, "expired")
+        # A host that already joined cannot be taken over with another token.
+        other = create(ttl_seconds=600)
+        refused(other.token, "host-ok", good.ca_hash, "already joined", host="intruder")
+        # Removing it (joined, never registered) revokes its certificate and frees the id.
+        removed = manager_rpc(
+            pki, m.grpc_port, "admin", "remove_node", admin_pb.RemoveNodeRequest(node_id="host-ok")
+        )
+        assert removed.removed and removed.certificates_revoked
+        result, _ = join(other.token, "host-ok", good.ca_hash, host="reinstalled")
+        assert result.returncode == 0, result.stderr
+    finally:
         m.stop()

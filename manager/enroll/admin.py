@@ -101,6 +101,12 @@ class EnrollAdmin:
         self._max_ttl = max_ttl
         self._clock = clock
 
+    async def live_certificate(self, node_id: str) -> str | None:
+        """The serial of a working certificate issued to ``node_id`` (joined, maybe not
+        registered yet), or None."""
+        found = await self._store.live_certificate(node_id, self._clock())
+        return found[0] if found else None
+
     async def create_join_token(
         self, request: admin_pb.CreateJoinTokenRequest
     ) -> admin_pb.CreateJoinTokenResponse:

@@ -150,6 +150,13 @@ class NodeIssuer:
                 f"node {node_id} is already registered: remove it with `fleetctl nodes remove "
                 f"{node_id}` first, or join with another --node-id"
             )
+        live = await self._store.live_certificate(node_id, now)
+        if live is not None:
+            raise AlreadyExists(
+                f"node {node_id} has already joined (certificate {live[0]}, its Daemon not "
+                f"registered yet): remove it with `fleetctl nodes remove {node_id}` first, or "
+                "join with another --node-id"
+            )
         labels = dict(row.labels or {})
         cert, chain = await self._sign(ca, node_id, public_key, now)
         issued = _record(cert, node_id, now, "join", token_id)

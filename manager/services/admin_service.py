@@ -368,7 +368,10 @@ class AdminService(admin_pb.AdminServiceBase):
         )
 
     async def remove_node(self, request: admin_pb.RemoveNodeRequest) -> admin_pb.RemoveNodeResponse:
-        node = await self._node(request.node_id)
+        try:
+            node = await self._node(request.node_id)
+        except NotFound:
+            return await self._remove_joined(request.node_id)
         if node.status == ONLINE and not request.force:
             raise FailedPrecondition(
                 f"node {node.node_id} is online: stop its Daemon first, or force "
@@ -398,6 +401,26 @@ class AdminService(admin_pb.AdminServiceBase):
             removed=removed,
             message=f"node {node.node_id} removed" if removed else "gone",
             certificates_revoked=revoked,
+        )
+
+    async def _remove_joined(self, node_id: str) -> admin_pb.RemoveNodeResponse:
+        """A node that joined (it holds a certificate) but never registered: nothing to
+        delete, but its certificates are revoked so the id can be joined again."""
+        serial = None
+        if self._enroll is not None and self._revocations is not None:
+            serial = await self._enroll.live_certificate(node_id)
+        if serial is None or self._revocations is None:
+            raise NotFound(f"node {node_id} is not registered")
+        await self._revocations.revoke_identity(
+            f"node/{node_id}",
+            reason="node removed before it registered",
+            revoked_by=str(current_call().identity),
+        )
+        log.info("node %s (joined, never registered) removed: its certificates revoked", node_id)
+        return admin_pb.RemoveNodeResponse(
+            removed=True,
+            message=f"node {node_id} had joined but never registered: certificates revoked",
+            certificates_revoked=True,
         )
 
     async def revoke_certificate(

@@ -148,6 +148,20 @@ class EnrollStore:
         return await Node.exists(node_id=node_id)
 
     @db_errors_unavailable
+    async def live_certificate(self, node_id: str, now: float) -> tuple[str, float] | None:
+        """(serial, not_after) of a certificate this Manager issued to ``node_id`` that
+        still works — not expired, not revoked by serial, issued after the node's latest
+        identity revocation — or None. A host that joined but whose Daemon has not
+        registered yet holds one: its node id is taken all the same."""
+        identity = f"node/{node_id}"
+        revoked_up_to = await self.revoked_up_to(identity)
+        query = Certificate.filter(identity=identity, revoked_at=0, not_after__gt=now)
+        if revoked_up_to is not None:
+            query = query.filter(not_before__gt=revoked_up_to)
+        row = await query.order_by("-not_after").first().values_list("serial", "not_after")
+        return (str(row[0]), float(row[1])) if row else None
+
+    @db_errors_unavailable
     async def revoked_up_to(self, identity: str) -> float | None:
         """The latest ``not_before_max`` of the identity revocations of ``identity``."""
         row = (
