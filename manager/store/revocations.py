@@ -212,18 +212,6 @@ class RevocationStore:
         return None if row is None else _record([getattr(row, c) for c in _CERT_COLUMNS])
 
     @db_errors_unavailable
-    async def latest_identity_revocation(self, identity: str) -> float | None:
-        """The latest ``not_before_max`` revoking ``identity``, or None: a certificate
-        issued to it now must start after that (``IssuingCA.sign_node(not_before_after=)``)."""
-        rows = (
-            await IdentityRevocation.filter(identity=identity)
-            .order_by("-not_before_max")
-            .limit(1)
-            .values_list("not_before_max", flat=True)
-        )
-        return float(rows[0]) if rows else None  # type: ignore[arg-type]
-
-    @db_errors_unavailable
     async def delete_expired(self, cutoff: float, *, batch: int) -> int:
         """Delete at most ``batch`` revoked rows of certificates that expired before
         ``cutoff`` (a server refuses an expired certificate anyway). Rows of foreign
