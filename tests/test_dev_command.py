@@ -45,7 +45,7 @@ class DevRun:
     """``tools/dev.py run`` with its stdout and stderr into one pipe."""
 
     proc: subprocess.Popen[bytes]
-    ports: tuple[int, int, int]
+    ports: tuple[int, int, int, int]
     work: Path
     fleet: list[psutil.Process] = field(default_factory=list)  # Manager, Daemon, agents
 
@@ -106,21 +106,22 @@ def listening(ports: tuple[int, ...]) -> set[int]:
     }
 
 
-def three_free_ports() -> tuple[int, int, int]:
+def four_free_ports() -> tuple[int, int, int, int]:
     ports: set[int] = set()
-    while len(ports) < 3:
+    while len(ports) < 4:
         ports.add(free_port())
-    manager, daemon, http = sorted(ports)
-    return manager, daemon, http
+    manager, daemon, http, enroll = sorted(ports)
+    return manager, daemon, http, enroll
 
 
 @contextlib.contextmanager
 def dev_run(tmp_path: Path) -> Iterator[DevRun]:
     """Start ``tools/dev.py run``; whatever the test did, nothing it started survives."""
-    ports = three_free_ports()
+    ports = four_free_ports()
     work = tmp_path / "fleet"
     argv = [sys.executable, str(DEV), "run", "--work-dir", str(work)]
-    for flag, port in zip(("--manager-port", "--daemon-port", "--http-port"), ports, strict=True):
+    flags = ("--manager-port", "--daemon-port", "--http-port", "--enroll-port")
+    for flag, port in zip(flags, ports, strict=True):
         argv += [flag, str(port)]
     proc = subprocess.Popen(
         argv,

@@ -145,7 +145,9 @@ def port_free(port: int) -> bool:
     return True
 
 
-def write_configs(node: str, args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+def write_configs(
+    node: str, args: argparse.Namespace, work: Path, issuing: str
+) -> tuple[Path, Path]:
     certs = work / "certs"
     manager_toml = work / "manager.toml"
     manager_toml.write_text(
@@ -167,6 +169,11 @@ listen = "127.0.0.1:{args.http_port}"
 
 [database]
 url = "sqlite://{work / "manager" / "fleet.db"}"
+
+[enroll]                        # hosts join with `fleetctl tokens create` (docs/security.md)
+listen = "127.0.0.1:{args.enroll_port}"
+ca_cert = "{certs / f"{issuing}.crt"}"
+ca_key = "{certs / f"{issuing}.key"}"
 """
     )
     agent = ROOT / "examples" / "sample_agent.py"
@@ -355,7 +362,8 @@ def run_fleet(
     if certgen.returncode != 0:
         say(certgen.stderr.rstrip(), err=True)
         return 1
-    manager_toml, daemon_toml = write_configs(node, args, work)
+    issuing = issuing_ca(certs)
+    manager_toml, daemon_toml = write_configs(node, args, work, issuing)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -412,6 +420,7 @@ In another shell, try:
   {fleetctl} apply -f {spec}              # sign it, roll it out, watch
   {fleetctl} specs status hello
   {fleetctl} daemon reload {node}          # after editing {shown(daemon_toml)} (or kill -HUP)
+  {fleetctl} tokens create --ttl 1h        # prints the `fleet-daemon join` command for a new host
 
 Ctrl-C stops both."""
     )
@@ -423,6 +432,26 @@ Ctrl-C stops both."""
         time.sleep(0.2)
     say("\nstopping ... (Ctrl-C again to kill them now)")
     return 0
+
+
+def issuing_ca(certs: Path) -> str:
+    """The name of the CA the dev Manager signs joining nodes with: an intermediate
+    ``issuing`` (made once), or the root itself when the root predates intermediates."""
+    if (certs / "issuing.crt").exists() and (certs / "issuing.key").exists():
+        return "issuing"
+    made = subprocess.run(
+        [
+            *(str(BIN / "python"), str(ROOT / "tools" / "certgen.py")),
+            *("intermediate", "issuing", "--dir", str(certs)),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode == 0:
+        say(f"wrote {shown(certs / 'issuing.crt')} (the Manager signs joining nodes with it)")
+        return "issuing"
+    say(f"the Manager signs joining nodes with the root CA: {made.stderr.strip()}")
+    return "ca"
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -446,6 +475,7 @@ def main() -> int:
     run.add_argument("--manager-port", type=int, default=50051)
     run.add_argument("--daemon-port", type=int, default=50052)
     run.add_argument("--http-port", type=int, default=8080)
+    run.add_argument("--enroll-port", type=int, default=50053)
     run.add_argument(
         "--work-dir",
         type=Path,
