@@ -48,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--listen", help="DaemonService listener HOST:PORT (grpc.listen)")
     p.add_argument("--advertise", help="address the Manager should dial (grpc.advertise)")
-    p.add_argument("--state-dir", help="state directory (default ./.fleet/daemon-<node_id>)")
+    p.add_argument(
+        "--state-dir",
+        help="state directory (default /var/lib/fleet/daemon as root, else "
+        "$XDG_STATE_HOME/fleet/daemon-<node_id>)",
+    )
     p.add_argument("--agent-socket", help="agent API Unix socket path (agent_api.socket)")
     p.add_argument("--cert", help="node certificate (manager.tls.cert_file)")
     p.add_argument("--key", help="node key (manager.tls.key_file)")

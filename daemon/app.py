@@ -275,7 +275,7 @@ class DaemonApp:
             await self._http.start()
         log.info(
             "daemon ready: node %s, DaemonService on %s:%d (advertised as %s), agent socket %s, "
-            "%d agent(s), Manager %s%s",
+            "%d agent(s), Manager %s, state in %s%s",
             cfg.node_id,
             host,
             self.grpc_port,
@@ -283,6 +283,7 @@ class DaemonApp:
             self.socket_path,
             len(self.agents.runners),
             cfg.manager.address,
+            cfg.state_dir,
             f", metrics on http://{cfg.http_listen.rsplit(':', 1)[0]}:{self._http.port}/metrics"
             if self._http
             else "",

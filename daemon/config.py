@@ -9,14 +9,17 @@ Every key and default is documented in ``docs/daemon.md``.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from common import paths
 from common.agentspec import (
     ID_PATTERN,
     AgentSpec,
@@ -351,7 +354,7 @@ def build_config(
     for path, value in flags.items():
         if value is not None:
             merged = _deep_merge(merged, _nest(path, value))
-    return from_mapping(merged, base_dir=base_dir)
+    return from_mapping(merged, base_dir=base_dir, env=env)
 
 
 def _limits(table: Mapping[str, Any]) -> H2Limits:
@@ -361,8 +364,18 @@ def _limits(table: Mapping[str, Any]) -> H2Limits:
         raise ConfigError(f"key 'grpc.limits': {exc}") from None
 
 
-def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> DaemonConfig:
-    """Validate a nested mapping shaped like the TOML file into a :class:`DaemonConfig`."""
+def from_mapping(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    env: Mapping[str, str] = MappingProxyType({}),
+    euid: int | None = None,
+) -> DaemonConfig:
+    """Validate a nested mapping shaped like the TOML file into a :class:`DaemonConfig`.
+
+    Without ``state_dir`` the state goes where a service keeps it (:mod:`common.paths`,
+    from ``env`` and ``euid``): /var/lib/fleet/daemon as root, else
+    $XDG_STATE_HOME/fleet/daemon-<node_id>."""
     d = _check_tree(data, _SCHEMA, "")
     base = base_dir or Path.cwd()
 
@@ -418,7 +431,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Da
     state_dir = (
         Path(path_of(d.get("state_dir", "")))
         if d.get("state_dir")
-        else (Path.cwd() / ".fleet" / f"daemon-{node_id}")
+        else paths.daemon_state_dir(node_id, env, os.geteuid() if euid is None else euid)
     )
     return DaemonConfig(
         node_id=node_id,

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
+from common import paths
 from common.agentspec import ConfigError
 from common.pki import (
     CertgenError,
@@ -127,15 +128,10 @@ def default_node_id(hostname: str) -> str:
     return name if name and name != "ca" else "node"
 
 
-def default_dirs(env: Mapping[str, str], euid: int) -> tuple[Path, Path]:
-    """``(config dir, state dir)``: /etc/fleet and /var/lib/fleet as root, else the XDG
-    directories of the user."""
-    if euid == 0:
-        return Path("/etc/fleet"), Path("/var/lib/fleet")
-    home = Path(env.get("HOME") or Path.home())
-    config = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
-    state = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else home / ".local/state"
-    return config / "fleet", state / "fleet"
+def default_dirs(env: Mapping[str, str], euid: int, node_id: str) -> tuple[Path, Path]:
+    """``(config dir, state dir)`` of a joined host (:mod:`common.paths`): /etc/fleet and
+    /var/lib/fleet/daemon as root, else the user's XDG directories."""
+    return paths.config_dir(env, euid), paths.daemon_state_dir(node_id, env, euid)
 
 
 def parse_args(
@@ -162,7 +158,7 @@ def parse_args(
         validate_name(node_id)
     except CertgenError as exc:
         raise UsageError(f"--node-id: {exc}") from None
-    config_dir, state_dir = default_dirs(env, euid)
+    config_dir, state_dir = default_dirs(env, euid, node_id)
     directory = (args.dir or config_dir).expanduser().absolute()
     return JoinArgs(
         manager=args.manager,

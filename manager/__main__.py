@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1:8080; empty disables)",
     )
     p.add_argument("--db", help="database URL: sqlite:///path or postgres://… (database.url)")
-    p.add_argument("--data-dir", help="data directory (manager.data_dir, default .fleet/manager)")
+    p.add_argument(
+        "--data-dir",
+        help="data directory (manager.data_dir; default /var/lib/fleet/manager as root, "
+        "else $XDG_STATE_HOME/fleet/manager)",
+    )
     p.add_argument("--cert", help="server certificate (grpc.tls.cert_file)")
     p.add_argument("--key", help="server key (grpc.tls.key_file)")
     p.add_argument("--ca", help="CA certificate verifying clients (grpc.tls.ca_file)")

@@ -350,12 +350,13 @@ class ManagerApp:
             await self.http.start()
             self.http_address = self.http.address
         log.info(
-            "manager ready: grpc=%s http=%s db=%s tls=%s loop=%s",
+            "manager ready: grpc=%s http=%s db=%s tls=%s loop=%s data=%s",
             self.grpc_address,
             self.http_address or "disabled",
             self.database.backend,
             "on" if cfg.tls_enabled else "OFF",
             type(asyncio.get_running_loop()).__module__.split(".")[0],
+            self.database.location,
         )
 
     def reload_tls(self) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from common import paths
 from common.durations import parse_duration
 from common.h2limits import H2Limits
 from common.tls import TLSFiles
@@ -65,7 +66,10 @@ class ManagerConfig:
     http_read_timeout: float = 30.0
     http_write_timeout: float = 30.0
     # Storage.
-    data_dir: str = ".fleet/manager"
+    # Default: /var/lib/fleet/manager as root, else $XDG_STATE_HOME/fleet/manager.
+    data_dir: str = field(
+        default_factory=lambda: str(paths.manager_data_dir(os.environ, os.geteuid()))
+    )
     database_url: str = ""
     # Liveness.
     grace: float | None = None

@@ -396,9 +396,12 @@ def test_default_node_id_and_directories() -> None:
     assert default_node_id("web-1.example.com") == "web-1.example.com"
     assert default_node_id("-my host!") == "my-host-"
     assert default_node_id("...") == "node"
-    assert default_dirs({}, 0) == (Path("/etc/fleet"), Path("/var/lib/fleet"))
+    assert default_dirs({}, 0, "web-1") == (Path("/etc/fleet"), Path("/var/lib/fleet/daemon"))
     env = {"HOME": "/home/u", "XDG_CONFIG_HOME": "/cfg"}
-    assert default_dirs(env, 1000) == (Path("/cfg/fleet"), Path("/home/u/.local/state/fleet"))
+    assert default_dirs(env, 1000, "web-1") == (
+        Path("/cfg/fleet"),
+        Path("/home/u/.local/state/fleet/daemon-web-1"),
+    )
     assert sys.executable  # the Daemon is started with this interpreter
 
 

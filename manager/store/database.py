@@ -264,6 +264,15 @@ class Database:
     def backend(self) -> str:
         return connection_name(self.url)
 
+    @property
+    def location(self) -> str:
+        """Where the data is, for the start-up line: the SQLite file, or the PostgreSQL
+        server and database (never the password)."""
+        if self.url.startswith("sqlite://"):
+            return self.url.removeprefix("sqlite://")
+        rest = self.url.split("://", 1)[-1]
+        return rest.rsplit("@", 1)[-1]
+
     async def start(self) -> None:
         if self._started:
             raise RuntimeError("database already started")
