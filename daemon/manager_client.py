@@ -23,6 +23,15 @@ Four tasks share one grpclib channel:
 
 New labels (a reload changed them) are sent by registering again at once.
 
+A Manager that sheds load answers with a hint, ``retry in N s`` (``common/overload.py``),
+and every call honours it: the hint plus up to 20 % jitter is waited and the same thing
+is sent again, on the same link. A refused heartbeat neither registers again nor leaves
+the Manager (a busy Manager is not a dead one, and a re-register storm is the last thing
+it needs); a refused sync stays wanted; a refused report stays in the outbox; a
+``RegisterNode`` refused ``UNAVAILABLE`` with a hint waits at least the hint before the
+next address. These refusals are counted per method (``shed``) and logged at most every
+30 s.
+
 Every heartbeat answer's ``revocations_version`` goes to ``on_revocations_version``
 (:mod:`daemon.revocations` fetches the list when it changed). :meth:`renew_certificate`
 and :meth:`get_revocations` are calls on the current link for the Daemon's other parts;
@@ -149,6 +158,9 @@ class ManagerClient:
         self.last_contact = 0.0
         self.last_error = ""
         self.switches = 0  # moves from one Manager endpoint to another
+        self.shed: dict[str, int] = {}  # calls the Manager refused with a retry hint
+        self._shed_unlogged: dict[str, int] = {}
+        self._shed_logged: float | None = None  # monotonic time of the last such line
         self.last_switch_seconds = 0.0  # from losing a Manager to reaching the next
 
     # ---- lifecycle ----
@@ -390,6 +402,14 @@ class ManagerClient:
             except asyncio.CancelledError:
                 raise
             except GRPCError as exc:
+                hinted = throttle_delay(exc)
+                if hinted is not None and link is not None:
+                    # Busy, not gone: the same call on the same link once the hint passed
+                    # (a heartbeat refused stays a heartbeat: no RegisterNode, no switch).
+                    call = "RegisterNode" if must_register else "Heartbeat"
+                    self._note_shed(call, link, _describe(exc), hinted, "keeping the link")
+                    await asyncio.sleep(hinted)
+                    continue
                 if exc.status is Status.NOT_FOUND and not must_register:
                     log.info(
                         "the Manager at %s does not know node %s: registering again",
@@ -399,7 +419,9 @@ class ManagerClient:
                     must_register = True
                     continue
                 if exc.status in _UNREACHABLE:
-                    await self._next_manager(backoff, link, _describe(exc))
+                    await self._next_manager(
+                        backoff, link, _describe(exc), at_least=busy_delay(exc)
+                    )
                 else:
                     await self._fail(backoff, link, _describe(exc), refused=exc.status in _REFUSALS)
                     must_register = True
@@ -411,13 +433,19 @@ class ManagerClient:
                 # a Manager of our CA included), name lookups: try the next address.
                 await self._next_manager(backoff, link, _describe(exc))
 
-    async def _next_manager(self, backoff: Backoff, link: _Link | None, reason: str) -> None:
+    async def _next_manager(
+        self, backoff: Backoff, link: _Link | None, reason: str, *, at_least: float | None = None
+    ) -> None:
         """``link``'s Manager cannot be reached: move to the next address, after backoff.
 
         One line per attempt: ``Manager A unavailable (why); switching to B in 1.1s``, or
         with one address ``Manager at A unreachable (why); retrying in 1.1s``. A node
-        registered stays registered: the next heartbeat goes to the next Manager."""
+        registered stays registered: the next heartbeat goes to the next Manager.
+        ``at_least``: the Manager said it is busy and when to come back (``busy_delay``);
+        the wait is never shorter, so a busy Manager is not asked again before then."""
         delay = backoff.next_delay()
+        if at_least is not None:
+            delay = max(delay, at_least)
         failed = link.endpoint if link is not None else None
         following = await self._addresses.advance()
         self._log_lookup_errors()
@@ -478,6 +506,28 @@ class ManagerClient:
             log.warning("the Manager at %s failed (%s); retrying in %.1fs", where, reason, delay)
         await asyncio.sleep(delay)
 
+    def _note_shed(self, method: str, link: _Link, reason: str, delay: float, keeping: str) -> None:
+        """The Manager refused ``method`` for now, saying when to come back: counted, and
+        logged at most every ``_SHED_LOG_EVERY`` seconds (with what was refused since), so
+        an operator sees a busy Manager without a line per refusal."""
+        self.shed[method] = self.shed.get(method, 0) + 1
+        now = time.monotonic()
+        if self._shed_logged is not None and now - self._shed_logged < _SHED_LOG_EVERY:
+            self._shed_unlogged[method] = self._shed_unlogged.get(method, 0) + 1
+            return
+        since = ", ".join(f"{n} {m}" for m, n in sorted(self._shed_unlogged.items()))
+        self._shed_unlogged.clear()
+        self._shed_logged = now
+        log.warning(
+            "the Manager at %s refused %s for now (%s): %s, next try in %.1fs%s",
+            link.endpoint,
+            method,
+            reason,
+            keeping,
+            delay,
+            f" (also refused since the last such line: {since})" if since else "",
+        )
+
     async def _metrics_loop(self) -> None:
         lost, lost_logged = 0, 0.0  # reports that could not be queued (full disk)
         while True:
@@ -536,12 +586,10 @@ class ManagerClient:
                     continue
                 throttled = throttle_delay(exc)
                 if throttled is not None:
-                    # Over this node's quota: the report is kept and sent once it fits.
-                    log.warning(
-                        "the Manager throttles this node's metrics: report %d kept, next try "
-                        "in %.0fs",
-                        seq,
-                        throttled,
+                    # The Manager is busy, or this node over its metrics quota: the report
+                    # is kept and sent once the hint has passed.
+                    self._note_shed(
+                        "ReportMetrics", link, _describe(exc), throttled, f"report {seq} kept"
                     )
                     await asyncio.sleep(throttled)
                 elif isinstance(exc, GRPCError) and exc.status in _POISON:
@@ -585,6 +633,11 @@ class ManagerClient:
             except Exception as exc:
                 if link is not self._link:
                     self._sync_wanted.set()  # to the Manager we moved to
+                elif (throttled := throttle_delay(exc)) is not None:
+                    # Busy: the latest states go once the hint has passed.
+                    self._sync_wanted.set()
+                    self._note_shed("SyncAgentStates", link, _describe(exc), throttled, "sync kept")
+                    await asyncio.sleep(throttled)
                 elif _transient(exc):
                     self._sync_wanted.set()
                     self._lost(f"SyncAgentStates: {_describe(exc)}", link)
@@ -595,14 +648,28 @@ class ManagerClient:
 
 
 _POISON = frozenset({Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED})
-# A RESOURCE_EXHAUSTED that says when to come back is a quota, not a report too large.
+# A RESOURCE_EXHAUSTED that says when to come back is a quota or a busy Manager, not a
+# report too large.
 _RETRY_HINT = re.compile(r"retry in (\d+(?:\.\d+)?) ?s\b")
+# Refusals with a hint are logged at most this often (with the count in between).
+_SHED_LOG_EVERY = 30.0
 
 
 def throttle_delay(exc: BaseException) -> float | None:
-    """Seconds to wait when ``exc`` is the Manager throttling us ("retry in N s"), with up
-    to 20 % added so that throttled Daemons do not all come back at once; else None."""
-    if not isinstance(exc, GRPCError) or exc.status != Status.RESOURCE_EXHAUSTED:
+    """Seconds to wait when ``exc`` is the Manager throttling us (``RESOURCE_EXHAUSTED``
+    "… retry in N s": over a quota, or shedding load), with up to 20 % added so that
+    throttled Daemons do not all come back at once; else None."""
+    return _hinted_delay(exc, Status.RESOURCE_EXHAUSTED)
+
+
+def busy_delay(exc: BaseException) -> float | None:
+    """The same for ``UNAVAILABLE`` "server busy … retry in N s" (a busy RegisterNode:
+    the Daemon waits at least this long before its next address); else None."""
+    return _hinted_delay(exc, Status.UNAVAILABLE)
+
+
+def _hinted_delay(exc: BaseException, status: Status) -> float | None:
+    if not isinstance(exc, GRPCError) or exc.status != status:
         return None
     match = _RETRY_HINT.search(exc.message or "")
     if match is None:
