@@ -279,7 +279,7 @@ async def test_join_writes_key_chain_ca_and_a_config_the_daemon_accepts(
     assert config.manager.addresses == ("10.0.0.1:50051", "10.0.0.2:50051")
     assert config.manager.tls.key_file == str(key)
     state_home = {"XDG_STATE_HOME": str(tmp_path / "state"), "HOME": os.environ.get("HOME", "/")}
-    assert config.state_dir == default_dirs(state_home, os.geteuid())[1]
+    assert config.state_dir == default_dirs(state_home, os.geteuid(), "web-1")[1]
 
     # Joining again does not spend the token unless --force says so.
     result = await join(
