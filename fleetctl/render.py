@@ -29,6 +29,7 @@ SPARK_ASCII = "_.-~=+*#"
 STATUS_STYLES = {
     "online": "green",
     "offline": "red",
+    "stopped": "dim",
     "registering": "yellow",
     "RUNNING": "green",
     "STARTING": "yellow",

@@ -107,10 +107,11 @@ AGENT_RIGHT = ("PID", "RESTARTS")
 def agent_row(a: Any, *, node_id: str = "", wide: bool = False) -> list[Cell]:
     running = a.status in ("RUNNING", "STARTING", "STOPPING")
     status = status_cell(a.status)
-    if getattr(a, "node_status", "") == "offline":
-        # The Manager has not heard from this node within its grace: the agent's state
-        # is the last one reported, not a live one.
-        status = (f"{a.status} (node offline)", "dim")
+    node_status = getattr(a, "node_status", "")
+    if node_status in ("offline", "stopped"):
+        # The Manager has not heard from this node within its grace (or its Daemon
+        # stopped): the agent's state is the last one reported, not a live one.
+        status = (f"{a.status} (node {node_status})", "dim")
     row: list[Cell] = [
         getattr(a, "node_id", "") or node_id or "-",
         a.id,

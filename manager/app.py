@@ -65,6 +65,7 @@ MANAGER_POLICY = {
         "SyncAgentStates",
         "GetRevocations",
         "RenewCertificate",
+        "Leave",
     )
 }
 ADMIN_POLICY = {

@@ -83,6 +83,14 @@ class HeartbeatBuffer:
         """Nodes with a heartbeat received but not yet committed (they are alive)."""
         return set(self._pending) | self._writing
 
+    async def forget(self, node_id: str) -> None:
+        """Drop ``node_id``'s pending heartbeat and wait out a flush writing one, so
+        nothing this buffer holds brings the node back online after it left."""
+        self._pending.pop(node_id, None)
+        if node_id in self._writing and self._flushed is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flushed)
+
     async def submit(self, node_id: str, reported: int) -> None:
         """Record a heartbeat; return once it is safe to acknowledge (see module doc).
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-NODE_STATUSES = ("registering", "online", "offline")
+NODE_STATUSES = ("registering", "online", "offline", "stopped")
 POOL_STATES = ("idle", "connecting", "ready", "reconnecting")
 
 

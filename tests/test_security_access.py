@@ -190,6 +190,13 @@ def _manager_calls(
             m.GetRevocationsResponse,
             "node",
         ),
+        (
+            MANAGER_SVC + "Leave",
+            # Another Daemon instance's goodbye: allowed for the node, changes nothing.
+            m.LeaveRequest(node_id="node-c", instance_id="an-old-instance", reason="test"),
+            m.LeaveResponse,
+            "node",
+        ),
         (ADMIN_SVC + "ListNodes", a.ListNodesRequest(), a.ListNodesResponse, "admin"),
         (ADMIN_SVC + "GetNode", a.GetNodeRequest(node_id="node-a"), a.GetNodeResponse, "admin"),
         (ADMIN_SVC + "ListAgents", a.ListAgentsRequest(), a.ListAgentsResponse, "admin"),

@@ -9,7 +9,7 @@ from ._shared import Format, NodeArg, OutputOpt, parse_labels, parse_since, run,
 
 app = typer.Typer(help="Nodes: list, inspect, host metrics, remove.", no_args_is_help=True)
 
-STATUSES = ("online", "offline", "registering")
+STATUSES = ("online", "offline", "stopped", "registering")
 
 
 @app.command("list")

@@ -35,7 +35,16 @@ from ..daemon_pool import DaemonClientPool
 from ..enroll import EnrollAdmin
 from ..known_nodes import KnownNodes
 from ..revocations import ManagerRevocations
-from ..store import NODE_STATUSES, OFFLINE, ONLINE, AgentRecord, AgentRow, NodeRow, Store
+from ..store import (
+    NODE_STATUSES,
+    OFFLINE,
+    ONLINE,
+    STOPPED,
+    AgentRecord,
+    AgentRow,
+    NodeRow,
+    Store,
+)
 from ..store.models import Agent, Node, NodeEvent
 from ..store.revocations import CertificateRecord
 from .spec_admin import SpecAdmin
@@ -314,9 +323,9 @@ class AdminService(admin_pb.AdminServiceBase):
 
         async def ask(target: tuple[str, str, str]) -> list[admin_pb2.Agent] | admin_pb2.NodeError:
             node, node_status, address = target
-            if node_status == OFFLINE and not node_id:
+            if node_status in (OFFLINE, STOPPED) and not node_id:
                 return admin_pb2.NodeError(
-                    node_id=node, code="UNAVAILABLE", message="node is offline"
+                    node_id=node, code="UNAVAILABLE", message=f"node is {node_status}"
                 )
             try:
                 async with limit:

@@ -214,6 +214,22 @@ class ManagerService(manager_pb.ManagerServiceBase):
             revocations_version=self._revocations.version if self._revocations else 0,
         )
 
+    async def leave(self, request: manager_pb.LeaveRequest) -> manager_pb.LeaveResponse:
+        """The node's Daemon is stopping cleanly: ``stopped`` now, not offline later."""
+        node_id = check_node_caller(request.node_id)
+        instance_id = validate.check_text("instance_id", request.instance_id, max_len=128)
+        reason = validate.check_text("reason", request.reason, max_len=255) or "daemon left"
+        await self._require_registered(node_id)
+        await self._heartbeats.forget(node_id)
+        transition = await self._store.mark_stopped(
+            node_id, instance_id=instance_id, reason=reason, now=self._clock()
+        )
+        if transition is None:
+            return manager_pb.LeaveResponse(success=True, message="nothing to do")
+        log_transitions([transition], self._metrics)
+        self._known.discard(node_id)
+        return manager_pb.LeaveResponse(success=True, message=f"node {node_id} stopped")
+
     async def get_revocations(
         self, request: manager_pb.GetRevocationsRequest
     ) -> manager_pb.GetRevocationsResponse:

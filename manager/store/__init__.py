@@ -1,7 +1,7 @@
 """Persistence: Tortoise models, migrations and the store API the services call."""
 
 from .database import Database
-from .models import NODE_STATUSES, OFFLINE, ONLINE, REGISTERING
+from .models import NODE_STATUSES, OFFLINE, ONLINE, REGISTERING, STOPPED
 from .store import (
     AgentRecord,
     AgentRow,
@@ -17,6 +17,7 @@ __all__ = [
     "OFFLINE",
     "ONLINE",
     "REGISTERING",
+    "STOPPED",
     "AgentRecord",
     "AgentRow",
     "Database",

@@ -14,7 +14,9 @@ from tortoise.models import Model
 REGISTERING = "registering"
 ONLINE = "online"
 OFFLINE = "offline"
-NODE_STATUSES = (REGISTERING, ONLINE, OFFLINE)
+# Its Daemon said goodbye (a clean stop): not expected to heartbeat, not "missing".
+STOPPED = "stopped"
+NODE_STATUSES = (REGISTERING, ONLINE, OFFLINE, STOPPED)
 
 
 class Node(Model):

@@ -27,6 +27,7 @@ from .models import (
     OFFLINE,
     ONLINE,
     REGISTERING,
+    STOPPED,
     Agent,
     MetricSample,
     Node,
@@ -634,7 +635,11 @@ class Store:
                     hb = batch[node_id]
                     grace = grace_for(interval)
                     if status != ONLINE:
-                        reason = "heartbeat resumed" if status == OFFLINE else "first heartbeat"
+                        reason = (
+                            "heartbeat resumed"
+                            if status in (OFFLINE, STOPPED)
+                            else "first heartbeat"
+                        )
                         transitions.append(Transition(node_id, status, ONLINE, reason))
                         since = now
                     params.append(
@@ -705,6 +710,34 @@ class Store:
             [ONLINE, now],
         )
         return int(counted[0][0]), [(r[0], r[1] or 0.0, r[2]) for r in rows]
+
+    @db_errors_unavailable
+    async def mark_stopped(
+        self, node_id: str, *, instance_id: str, reason: str, now: float
+    ) -> Transition | None:
+        """Its Daemon left cleanly: ``stopped`` now, unless the Manager knows another
+        Daemon instance for the node (a replaced Daemon's late goodbye) or it is stopped
+        already. Returns the transition recorded, if any."""
+        async with in_transaction() as tx:
+            row = await (
+                Node.filter(node_id=node_id)
+                .using_db(tx)
+                .first()
+                .values_list("status", "instance_id")
+            )
+            if row is None:
+                return None
+            status, current = row
+            if status == STOPPED or (instance_id and current != instance_id):
+                return None
+            await (
+                Node.filter(node_id=node_id)
+                .using_db(tx)
+                .update(status=STOPPED, status_since=now, offline_after=0)
+            )
+            t = Transition(node_id, status, STOPPED, reason)
+            await self._event(t, now, using_db=tx)
+        return t
 
     @db_errors_unavailable
     async def mark_offline(self, due: Sequence[tuple[str, str]], *, now: float) -> list[Transition]:

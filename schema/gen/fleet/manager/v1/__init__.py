@@ -232,6 +232,22 @@ class GetRevocationsResponse(betterproto.Message):
     revocations: List["Revocation"] = betterproto.message_field(3)
 
 
+@dataclass(eq=False, repr=False)
+class LeaveRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    instance_id: str = betterproto.string_field(2)
+    """The instance_id given at RegisterNode."""
+
+    reason: str = betterproto.string_field(3)
+    """Why, e.g. "daemon shut down (SIGTERM)"; shown in the node's events."""
+
+
+@dataclass(eq=False, repr=False)
+class LeaveResponse(betterproto.Message):
+    success: bool = betterproto.bool_field(1)
+    message: str = betterproto.string_field(2)
+
+
 class ManagerServiceStub(betterproto.ServiceStub):
     async def register_node(
         self,
@@ -335,6 +351,23 @@ class ManagerServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def leave(
+        self,
+        leave_request: "LeaveRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "LeaveResponse":
+        return await self._unary_unary(
+            "/fleet.manager.v1.ManagerService/Leave",
+            leave_request,
+            LeaveResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ManagerServiceBase(ServiceBase):
 
@@ -366,6 +399,9 @@ class ManagerServiceBase(ServiceBase):
     async def get_revocations(
         self, get_revocations_request: "GetRevocationsRequest"
     ) -> "GetRevocationsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def leave(self, leave_request: "LeaveRequest") -> "LeaveResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_register_node(
@@ -414,6 +450,13 @@ class ManagerServiceBase(ServiceBase):
         response = await self.get_revocations(request)
         await stream.send_message(response)
 
+    async def __rpc_leave(
+        self, stream: "grpclib.server.Stream[LeaveRequest, LeaveResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.leave(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.manager.v1.ManagerService/RegisterNode": grpclib.const.Handler(
@@ -451,5 +494,11 @@ class ManagerServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetRevocationsRequest,
                 GetRevocationsResponse,
+            ),
+            "/fleet.manager.v1.ManagerService/Leave": grpclib.const.Handler(
+                self.__rpc_leave,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LeaveRequest,
+                LeaveResponse,
             ),
         }

@@ -38,6 +38,10 @@ class ManagerServiceBase(abc.ABC):
     async def GetRevocations(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsRequest, schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def Leave(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.manager.v1.manager_pb2.LeaveRequest, schema.gen.pb2.fleet.manager.v1.manager_pb2.LeaveResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/fleet.manager.v1.ManagerService/RegisterNode': grpclib.const.Handler(
@@ -75,6 +79,12 @@ class ManagerServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsRequest,
                 schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsResponse,
+            ),
+            '/fleet.manager.v1.ManagerService/Leave': grpclib.const.Handler(
+                self.Leave,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.manager.v1.manager_pb2.LeaveRequest,
+                schema.gen.pb2.fleet.manager.v1.manager_pb2.LeaveResponse,
             ),
         }
 
@@ -117,4 +127,10 @@ class ManagerServiceStub:
             '/fleet.manager.v1.ManagerService/GetRevocations',
             schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsRequest,
             schema.gen.pb2.fleet.manager.v1.manager_pb2.GetRevocationsResponse,
+        )
+        self.Leave = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.manager.v1.ManagerService/Leave',
+            schema.gen.pb2.fleet.manager.v1.manager_pb2.LeaveRequest,
+            schema.gen.pb2.fleet.manager.v1.manager_pb2.LeaveResponse,
         )
