@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
+    AsyncIterator,
     Dict,
     List,
     Optional,
@@ -640,6 +641,116 @@ class RevokeCertificateResponse(betterproto.Message):
     """Open connections of this certificate this Manager closed."""
 
 
+@dataclass(eq=False, repr=False)
+class Event(betterproto.Message):
+    id: int = betterproto.int64_field(1)
+    """
+    Increasing per Manager database (a watcher resumes after the last id it saw).
+    """
+
+    timestamp: int = betterproto.int64_field(2)
+    node_id: str = betterproto.string_field(3)
+    agent_id: str = betterproto.string_field(4)
+    """ for a node event."""
+
+    kind: str = betterproto.string_field(5)
+    """
+    Node: "status". Agent: "started", "exited", "restarted" (crash restart by its
+     Daemon), "fatal", "status" (other changes), "operation" (start/stop/restart asked
+     through the Manager), "config" (PushUpdate), "reload" (ReloadDaemon), "spec".
+    """
+
+    message: str = betterproto.string_field(6)
+    """
+    What happened, as an operator reads it: "exited with code 3", "killed by signal 9",
+     "restart by admin/alice", "online -> offline: no heartbeat for 190 s".
+    """
+
+    actor: str = betterproto.string_field(7)
+    """The admin identity that asked, for operations ("" otherwise)."""
+
+    old_status: str = betterproto.string_field(8)
+    new_status: str = betterproto.string_field(9)
+    pid: int = betterproto.int32_field(10)
+
+
+@dataclass(eq=False, repr=False)
+class ListEventsRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    """
+    Both empty: the whole fleet. agent_id alone: that agent on whichever node.
+    """
+
+    agent_id: str = betterproto.string_field(2)
+    since: int = betterproto.int64_field(3)
+    """Unix seconds; 0 = everything retained."""
+
+    limit: int = betterproto.int32_field(4)
+    """0 = 100, at most 5000."""
+
+    kinds: List[str] = betterproto.string_field(5)
+    """Only these kinds (empty = all)."""
+
+    node_only: bool = betterproto.bool_field(6)
+    """Only node events (agent_id empty) when true."""
+
+
+@dataclass(eq=False, repr=False)
+class ListEventsResponse(betterproto.Message):
+    events: List["Event"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class GetAgentRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    """May be empty when agent_id is unique across the fleet."""
+
+    agent_id: str = betterproto.string_field(2)
+    events: int = betterproto.int32_field(3)
+    """Recent events to include; 0 = 10, at most 100."""
+
+
+@dataclass(eq=False, repr=False)
+class GetAgentResponse(betterproto.Message):
+    agent: "Agent" = betterproto.message_field(1)
+    events: List["Event"] = betterproto.message_field(2)
+    last_exit: str = betterproto.string_field(3)
+    """
+    The last exit ("exited with code 3", "killed by signal 9") and when; empty / 0 when
+     none is in the history.
+    """
+
+    last_exit_at: int = betterproto.int64_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class WatchEventsRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    agent_id: str = betterproto.string_field(2)
+    kinds: List[str] = betterproto.string_field(3)
+    after_id: int = betterproto.int64_field(4)
+    """Send the events after this id first (0 = only new ones)."""
+
+
+@dataclass(eq=False, repr=False)
+class FollowAgentLogRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    """May be empty when agent_id is unique across the fleet."""
+
+    agent_id: str = betterproto.string_field(2)
+    stream: str = betterproto.string_field(3)
+    """stdout" or "stderr"; empty = "stderr"."""
+
+    lines: int = betterproto.int32_field(4)
+    """Lines of history to send first; 0 = none, at most 5000."""
+
+
+@dataclass(eq=False, repr=False)
+class FollowAgentLogResponse(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    chunk: "__daemon_v1__.AgentLogChunk" = betterproto.message_field(2)
+
+
 class AdminServiceStub(betterproto.ServiceStub):
     async def list_nodes(
         self,
@@ -1015,6 +1126,76 @@ class AdminServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_events(
+        self,
+        list_events_request: "ListEventsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListEventsResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/ListEvents",
+            list_events_request,
+            ListEventsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_agent(
+        self,
+        get_agent_request: "GetAgentRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetAgentResponse":
+        return await self._unary_unary(
+            "/fleet.admin.v1.AdminService/GetAgent",
+            get_agent_request,
+            GetAgentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_events(
+        self,
+        watch_events_request: "WatchEventsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[Event]:
+        async for response in self._unary_stream(
+            "/fleet.admin.v1.AdminService/WatchEvents",
+            watch_events_request,
+            Event,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def follow_agent_log(
+        self,
+        follow_agent_log_request: "FollowAgentLogRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[FollowAgentLogResponse]:
+        async for response in self._unary_stream(
+            "/fleet.admin.v1.AdminService/FollowAgentLog",
+            follow_agent_log_request,
+            FollowAgentLogResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class AdminServiceBase(ServiceBase):
 
@@ -1123,6 +1304,28 @@ class AdminServiceBase(ServiceBase):
         self, revoke_certificate_request: "RevokeCertificateRequest"
     ) -> "RevokeCertificateResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_events(
+        self, list_events_request: "ListEventsRequest"
+    ) -> "ListEventsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_agent(
+        self, get_agent_request: "GetAgentRequest"
+    ) -> "GetAgentResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def watch_events(
+        self, watch_events_request: "WatchEventsRequest"
+    ) -> AsyncIterator[Event]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield Event()
+
+    async def follow_agent_log(
+        self, follow_agent_log_request: "FollowAgentLogRequest"
+    ) -> AsyncIterator[FollowAgentLogResponse]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield FollowAgentLogResponse()
 
     async def __rpc_list_nodes(
         self, stream: "grpclib.server.Stream[ListNodesRequest, ListNodesResponse]"
@@ -1287,6 +1490,41 @@ class AdminServiceBase(ServiceBase):
         response = await self.revoke_certificate(request)
         await stream.send_message(response)
 
+    async def __rpc_list_events(
+        self, stream: "grpclib.server.Stream[ListEventsRequest, ListEventsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_events(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_agent(
+        self, stream: "grpclib.server.Stream[GetAgentRequest, GetAgentResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_agent(request)
+        await stream.send_message(response)
+
+    async def __rpc_watch_events(
+        self, stream: "grpclib.server.Stream[WatchEventsRequest, Event]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.watch_events,
+            stream,
+            request,
+        )
+
+    async def __rpc_follow_agent_log(
+        self,
+        stream: "grpclib.server.Stream[FollowAgentLogRequest, FollowAgentLogResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.follow_agent_log,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/fleet.admin.v1.AdminService/ListNodes": grpclib.const.Handler(
@@ -1420,5 +1658,29 @@ class AdminServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 RevokeCertificateRequest,
                 RevokeCertificateResponse,
+            ),
+            "/fleet.admin.v1.AdminService/ListEvents": grpclib.const.Handler(
+                self.__rpc_list_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListEventsRequest,
+                ListEventsResponse,
+            ),
+            "/fleet.admin.v1.AdminService/GetAgent": grpclib.const.Handler(
+                self.__rpc_get_agent,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetAgentRequest,
+                GetAgentResponse,
+            ),
+            "/fleet.admin.v1.AdminService/WatchEvents": grpclib.const.Handler(
+                self.__rpc_watch_events,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchEventsRequest,
+                Event,
+            ),
+            "/fleet.admin.v1.AdminService/FollowAgentLog": grpclib.const.Handler(
+                self.__rpc_follow_agent_log,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                FollowAgentLogRequest,
+                FollowAgentLogResponse,
             ),
         }

@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
+    AsyncIterator,
     Dict,
     List,
     Optional,
@@ -261,6 +262,26 @@ class AgentLogRequest(betterproto.Message):
 
     lines: int = betterproto.int32_field(3)
     """How many lines, counted back from the newest; 0 = 100, at most 5000."""
+
+
+@dataclass(eq=False, repr=False)
+class AgentLogChunk(betterproto.Message):
+    agent_id: str = betterproto.string_field(1)
+    stream: str = betterproto.string_field(2)
+    text: str = betterproto.string_field(3)
+    """
+    Whole lines, oldest first, each ending in a newline (undecodable bytes replaced).
+    """
+
+    skipped: int = betterproto.int64_field(4)
+    """
+    Lines not sent because the follower was too slow (or too long: over 64 KiB).
+    """
+
+    rotated: bool = betterproto.bool_field(5)
+    """
+    The log file was rotated or truncated: following continues in the new file.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -563,6 +584,24 @@ class DaemonServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def follow_agent_log(
+        self,
+        agent_log_request: "AgentLogRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[AgentLogChunk]:
+        async for response in self._unary_stream(
+            "/fleet.daemon.v1.DaemonService/FollowAgentLog",
+            agent_log_request,
+            AgentLogChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def reload_config(
         self,
         reload_config_request: "ReloadConfigRequest",
@@ -648,6 +687,12 @@ class DaemonServiceBase(ServiceBase):
         self, agent_log_request: "AgentLogRequest"
     ) -> "AgentLogResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def follow_agent_log(
+        self, agent_log_request: "AgentLogRequest"
+    ) -> AsyncIterator[AgentLogChunk]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield AgentLogChunk()
 
     async def reload_config(
         self, reload_config_request: "ReloadConfigRequest"
@@ -738,6 +783,16 @@ class DaemonServiceBase(ServiceBase):
         response = await self.get_agent_log(request)
         await stream.send_message(response)
 
+    async def __rpc_follow_agent_log(
+        self, stream: "grpclib.server.Stream[AgentLogRequest, AgentLogChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.follow_agent_log,
+            stream,
+            request,
+        )
+
     async def __rpc_reload_config(
         self, stream: "grpclib.server.Stream[ReloadConfigRequest, ReloadConfigResponse]"
     ) -> None:
@@ -819,6 +874,12 @@ class DaemonServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 AgentLogRequest,
                 AgentLogResponse,
+            ),
+            "/fleet.daemon.v1.DaemonService/FollowAgentLog": grpclib.const.Handler(
+                self.__rpc_follow_agent_log,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                AgentLogRequest,
+                AgentLogChunk,
             ),
             "/fleet.daemon.v1.DaemonService/ReloadConfig": grpclib.const.Handler(
                 self.__rpc_reload_config,

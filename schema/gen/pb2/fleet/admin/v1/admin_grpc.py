@@ -104,6 +104,22 @@ class AdminServiceBase(abc.ABC):
     async def RevokeCertificate(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def ListEvents(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.ListEventsRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.ListEventsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetAgent(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def WatchEvents(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.WatchEventsRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.Event]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def FollowAgentLog(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.admin.v1.admin_pb2.FollowAgentLogRequest, schema.gen.pb2.fleet.admin.v1.admin_pb2.FollowAgentLogResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/fleet.admin.v1.AdminService/ListNodes': grpclib.const.Handler(
@@ -237,6 +253,30 @@ class AdminServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateRequest,
                 schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateResponse,
+            ),
+            '/fleet.admin.v1.AdminService/ListEvents': grpclib.const.Handler(
+                self.ListEvents,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListEventsRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.ListEventsResponse,
+            ),
+            '/fleet.admin.v1.AdminService/GetAgent': grpclib.const.Handler(
+                self.GetAgent,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentResponse,
+            ),
+            '/fleet.admin.v1.AdminService/WatchEvents': grpclib.const.Handler(
+                self.WatchEvents,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.WatchEventsRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.Event,
+            ),
+            '/fleet.admin.v1.AdminService/FollowAgentLog': grpclib.const.Handler(
+                self.FollowAgentLog,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.FollowAgentLogRequest,
+                schema.gen.pb2.fleet.admin.v1.admin_pb2.FollowAgentLogResponse,
             ),
         }
 
@@ -375,4 +415,28 @@ class AdminServiceStub:
             '/fleet.admin.v1.AdminService/RevokeCertificate',
             schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateRequest,
             schema.gen.pb2.fleet.admin.v1.admin_pb2.RevokeCertificateResponse,
+        )
+        self.ListEvents = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/ListEvents',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListEventsRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.ListEventsResponse,
+        )
+        self.GetAgent = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/GetAgent',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.GetAgentResponse,
+        )
+        self.WatchEvents = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/WatchEvents',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.WatchEventsRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.Event,
+        )
+        self.FollowAgentLog = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/fleet.admin.v1.AdminService/FollowAgentLog',
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.FollowAgentLogRequest,
+            schema.gen.pb2.fleet.admin.v1.admin_pb2.FollowAgentLogResponse,
         )

@@ -684,3 +684,103 @@ class RevokeCertificateResponse(_message.Message):
     certificate: Certificate
     connections_closed: int
     def __init__(self, certificate: _Optional[_Union[Certificate, _Mapping]] = ..., connections_closed: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("id", "timestamp", "node_id", "agent_id", "kind", "message", "actor", "old_status", "new_status", "pid")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OLD_STATUS_FIELD_NUMBER: _ClassVar[int]
+    NEW_STATUS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timestamp: int
+    node_id: str
+    agent_id: str
+    kind: str
+    message: str
+    actor: str
+    old_status: str
+    new_status: str
+    pid: int
+    def __init__(self, id: _Optional[int] = ..., timestamp: _Optional[int] = ..., node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., actor: _Optional[str] = ..., old_status: _Optional[str] = ..., new_status: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class ListEventsRequest(_message.Message):
+    __slots__ = ("node_id", "agent_id", "since", "limit", "kinds", "node_only")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    agent_id: str
+    since: int
+    limit: int
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    node_only: bool
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[int] = ..., limit: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., node_only: _Optional[bool] = ...) -> None: ...
+
+class ListEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class GetAgentRequest(_message.Message):
+    __slots__ = ("node_id", "agent_id", "events")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    agent_id: str
+    events: int
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+
+class GetAgentResponse(_message.Message):
+    __slots__ = ("agent", "events", "last_exit", "last_exit_at")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_AT_FIELD_NUMBER: _ClassVar[int]
+    agent: Agent
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    last_exit: str
+    last_exit_at: int
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., last_exit: _Optional[str] = ..., last_exit_at: _Optional[int] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("node_id", "agent_id", "kinds", "after_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    agent_id: str
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    after_id: int
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., after_id: _Optional[int] = ...) -> None: ...
+
+class FollowAgentLogRequest(_message.Message):
+    __slots__ = ("node_id", "agent_id", "stream", "lines")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    agent_id: str
+    stream: str
+    lines: int
+    def __init__(self, node_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
+
+class FollowAgentLogResponse(_message.Message):
+    __slots__ = ("node_id", "chunk")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    chunk: _daemon_pb2.AgentLogChunk
+    def __init__(self, node_id: _Optional[str] = ..., chunk: _Optional[_Union[_daemon_pb2.AgentLogChunk, _Mapping]] = ...) -> None: ...

@@ -60,6 +60,10 @@ class DaemonServiceBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def FollowAgentLog(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogChunk]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def ReloadConfig(self, stream: 'grpclib.server.Stream[schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigRequest, schema.gen.pb2.fleet.daemon.v1.daemon_pb2.ReloadConfigResponse]') -> None:
         pass
 
@@ -134,6 +138,12 @@ class DaemonServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
                 schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse,
+            ),
+            '/fleet.daemon.v1.DaemonService/FollowAgentLog': grpclib.const.Handler(
+                self.FollowAgentLog,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
+                schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogChunk,
             ),
             '/fleet.daemon.v1.DaemonService/ReloadConfig': grpclib.const.Handler(
                 self.ReloadConfig,
@@ -218,6 +228,12 @@ class DaemonServiceStub:
             '/fleet.daemon.v1.DaemonService/GetAgentLog',
             schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
             schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogResponse,
+        )
+        self.FollowAgentLog = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/fleet.daemon.v1.DaemonService/FollowAgentLog',
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogRequest,
+            schema.gen.pb2.fleet.daemon.v1.daemon_pb2.AgentLogChunk,
         )
         self.ReloadConfig = grpclib.client.UnaryUnaryMethod(
             channel,

@@ -283,6 +283,20 @@ class AgentLogRequest(_message.Message):
     lines: int
     def __init__(self, agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
 
+class AgentLogChunk(_message.Message):
+    __slots__ = ("agent_id", "stream", "text", "skipped", "rotated")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    stream: str
+    text: str
+    skipped: int
+    rotated: bool
+    def __init__(self, agent_id: _Optional[str] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ..., skipped: _Optional[int] = ..., rotated: _Optional[bool] = ...) -> None: ...
+
 class AgentLogResponse(_message.Message):
     __slots__ = ("agent_id", "stream", "text", "line_count", "truncated", "path", "size_bytes")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
