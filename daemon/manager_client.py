@@ -158,10 +158,10 @@ class ManagerClient:
         self.last_contact = 0.0
         self.last_error = ""
         self.switches = 0  # moves from one Manager endpoint to another
-        self.shed: dict[str, int] = {}  # calls the Manager refused with a retry hint
-        self._shed_unlogged: dict[str, int] = {}
-        self._shed_logged: float | None = None  # monotonic time of the last such line
         self.last_switch_seconds = 0.0  # from losing a Manager to reaching the next
+        self.shed: dict[str, int] = {}  # calls the Manager refused with a retry hint
+        self._shed_unlogged: dict[str, int] = {}  # of those, not logged yet
+        self._shed_logged: float | None = None  # monotonic time of the last such line
 
     # ---- lifecycle ----
 
