@@ -28,6 +28,8 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,11 @@ from bench._common import (
     ensure_node_certs,
     latency_summary,
     machine_info,
+    print_profile,
     print_table,
     process_cpu_seconds,
+    profile_summary,
+    py_spy,
     raise_fd_limit,
     spawn_manager,
 )
@@ -70,6 +75,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     first_other: str = ""
     manager_cpu_s: float = 0.0
+    generator_cpu_s: float = 0.0
+    machine_idle: float = 0.0  # share of both cores' time no process used
 
 
 class Node:
@@ -105,6 +112,23 @@ class Node:
             sample.timestamp = base + i // len(TYPES)
         self.next_ts += SAMPLES // len(TYPES)
         return self.template.SerializeToString()
+
+
+@contextmanager
+def _measure(phase: Phase, pid: int) -> Iterator[None]:
+    """CPU of the Manager and of this generator, and the machine's idle share, over the
+    block: a phase whose idle share is near 0 ran on a machine busy with something else
+    too, and its numbers are not comparable."""
+    import psutil
+
+    manager, generator = process_cpu_seconds(pid), process_cpu_seconds()
+    idle = psutil.cpu_times().idle
+    started = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - started
+    phase.manager_cpu_s = process_cpu_seconds(pid) - manager
+    phase.generator_cpu_s = process_cpu_seconds() - generator
+    phase.machine_idle = (psutil.cpu_times().idle - idle) / (elapsed * (os.cpu_count() or 1))
 
 
 def _channel(certs: Path, node: str, address: str) -> Any:
@@ -183,9 +207,8 @@ async def _run(args: argparse.Namespace, address: str, certs: Path, pid: int) ->
             )
         phases: list[Phase] = []
         capacity = Phase("capacity (closed loop)", 0.0, args.capacity_seconds)
-        cpu = process_cpu_seconds(pid)
-        await _closed_loop(nodes, capacity, args.concurrency)
-        capacity.manager_cpu_s = process_cpu_seconds(pid) - cpu
+        with _measure(capacity, pid):
+            await _closed_loop(nodes, capacity, args.concurrency)
         capacity.offered_per_s = capacity.sent / capacity.seconds
         phases.append(capacity)
         rate = capacity.ok / capacity.seconds
@@ -195,9 +218,14 @@ async def _run(args: argparse.Namespace, address: str, certs: Path, pid: int) ->
             ("recovery 0.5x", 0.5, args.recovery_seconds),
         ):
             phase = Phase(name, rate * factor, seconds)
-            cpu = process_cpu_seconds(pid)
-            await _open_loop(nodes, phase)
-            phase.manager_cpu_s = process_cpu_seconds(pid) - cpu
+            profile = args.profile if factor == 3.0 else None
+            # py-spy samples the Manager in the middle of the 3x phase (its start and
+            # end are ramps).
+            with (
+                _measure(phase, pid),
+                py_spy(pid, profile, delay=2.0, duration=max(1.0, seconds - 4.0)),
+            ):
+                await _open_loop(nodes, phase)
             phases.append(phase)
         return phases
     finally:
@@ -225,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         help="extra fleet-manager argument (repeat), e.g. to compare settings",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="record the Manager with py-spy during the 3x phase (raw stacks to this file) "
+        "and print its busiest frames",
+    )
     args = p.parse_args(argv)
     raise_fd_limit()
     certs = dev_certs(DEFAULT_CACHE / "overload-ca")
@@ -247,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 ph.other,
                 lat["p99_ms"],
                 100.0 * ph.manager_cpu_s / ph.seconds,
+                100.0 * ph.generator_cpu_s / ph.seconds,
+                100.0 * ph.machine_idle,
             ]
         )
     if args.json:
@@ -275,12 +311,16 @@ def main(argv: list[str] | None = None) -> int:
                 "other",
                 "p99 ok ms",
                 "mgr CPU %",
+                "gen CPU %",
+                "idle %",
             ],
             rows,
         )
         for ph in phases:
             if ph.first_other:
                 print(f"{ph.name}: first other error: {ph.first_other}")
+        if args.profile is not None and args.profile.exists():
+            print_profile(profile_summary(args.profile, top=25), title="Manager at 3x")
     return 0
 
 

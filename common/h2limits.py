@@ -24,6 +24,15 @@ a grpclib ``Server`` whose connections are bounded by an :class:`H2Limits`:
   the same way for ``abuse_cooldown`` seconds. Bytes are fed to h2 in slices, so a
   burst of tiny frames is cut off within a slice of the limit rather than parsed whole,
   and a stream reset in the same read as its HEADERS never gets a handler task.
+* **early refusals.** A handler may name, per method path, a check to make when a call's
+  HEADERS arrive (:meth:`common.rpc.GuardedService.early_refusals`: the admission
+  budgets of :mod:`common.overload`). When it refuses, the call is answered there with a
+  trailers-only gRPC response — the same status and message the handler would send —
+  and its stream is reset (``NO_ERROR``) if its body is still coming, without a grpclib
+  stream, handler task or deadline timer; what of its body still arrives is
+  acknowledged and dropped, charged to no budget. Under overload most calls are
+  refused, and this makes each refusal several times cheaper (counted as
+  ``refused_early``).
 
 The seam is grpclib's per-server protocol factory: :class:`HardenedServer` subclasses
 ``grpclib.server.Server`` and returns its own ``H2Protocol`` for each connection;
@@ -44,6 +53,8 @@ from typing import Any
 import grpclib.protocol
 import grpclib.server
 from grpclib.config import Configuration
+from grpclib.exceptions import GRPCError
+from grpclib.metadata import decode_timeout, encode_grpc_message
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -79,6 +90,13 @@ _FEED_PER_TURN = 64 * 1024
 # buffers) open.
 _LINGER = 1.0
 _LINGER_TURNED_AWAY = 0.2
+
+# A check made when a call's HEADERS arrive (see the module doc): given the connection and
+# the call's timeout in seconds (None without one), the refusal to answer, or None.
+EarlyRefusal = Callable[["ShieldedConnection", float | None], GRPCError | None]
+# Request content types grpclib's server (with its proto codec) accepts; others get its
+# own answer.
+_GRPC_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
 
 
 @dataclass(frozen=True)
@@ -136,7 +154,10 @@ def make_server(handlers: Collection[Any], *, limits: H2Limits | None = None) ->
 
 
 class HardenedServer(grpclib.server.Server):
-    """``grpclib.server.Server`` whose connections are :class:`ShieldedConnection`."""
+    """``grpclib.server.Server`` whose connections are :class:`ShieldedConnection`.
+
+    A handler with an ``early_refusals()`` method (``GuardedService``) has its checks made
+    when a call's HEADERS arrive (module doc: early refusals)."""
 
     def __init__(self, handlers: Collection[Any], *, limits: H2Limits) -> None:
         # GuardedService handlers say how large a request they accept: one must always
@@ -156,10 +177,21 @@ class HardenedServer(grpclib.server.Server):
             ),
         )
         self.shield = Shield(limits)
+        self.early_refusals: dict[str, EarlyRefusal] = {}
+        for h in handlers:
+            early = getattr(h, "early_refusals", None)
+            if early is not None:
+                self.early_refusals.update(early())
 
     def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
         base = super()._protocol_factory()  # registers its handler with the server
-        return _ShieldedProtocol(base.handler, base.config, base.h2_config, shield=self.shield)
+        return _ShieldedProtocol(
+            base.handler,
+            base.config,
+            base.h2_config,
+            shield=self.shield,
+            early_refusals=self.early_refusals,
+        )
 
 
 class ShieldedConnection(grpclib.protocol.Connection):
@@ -286,8 +318,15 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
 
     connection: ShieldedConnection
 
-    def __init__(self, handler: Any, connection: ShieldedConnection) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        connection: ShieldedConnection,
+        *,
+        early_refusals: dict[str, EarlyRefusal] | None = None,
+    ) -> None:
         super().__init__(handler, connection)
+        self._early = early_refusals or {}
         limits = connection.shield.limits
         self._caps = (
             limits.max_resets, limits.max_pings, limits.max_settings, limits.max_control_frames
@@ -328,7 +367,58 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
     def process_request_received(self, event: RequestReceived) -> None:
         if event.stream_id in self._skip:
             return  # rapid reset: HEADERS and RST_STREAM in one read, nothing to serve
+        if self._early and self._refused_early(event):
+            return
         super().process_request_received(event)
+
+    def _refused_early(self, event: RequestReceived) -> bool:
+        """Answer the call from its HEADERS if its method's check refuses it (module doc:
+        early refusals). Anything unusual — not a gRPC request grpclib would take, a bad
+        ``grpc-timeout``, a peer not reading what it is sent — is left to grpclib, which
+        answers it as before (and waits for a peer that does not read)."""
+        # grpclib's server decodes header names and values (header_encoding="ascii").
+        headers: dict[str, str] = dict(event.headers)  # type: ignore[arg-type]
+        check = self._early.get(headers.get(":path", ""))
+        connection = self.connection
+        if (
+            check is None
+            or headers.get(":method") != "POST"
+            or headers.get("content-type") not in _GRPC_CONTENT_TYPES
+            or headers.get("te") != "trailers"
+            or not connection.write_ready.is_set()
+        ):
+            return False
+        timeout = headers.get("grpc-timeout")
+        try:
+            deadline_left = None if timeout is None else decode_timeout(timeout)
+        except ValueError:
+            return False
+        refusal = check(connection, deadline_left)
+        if refusal is None:
+            return False
+        stream_id = event.stream_id
+        assert stream_id is not None
+        h2 = connection.h2
+        with contextlib.suppress(ProtocolError):
+            # grpclib's trailers-only answer, as its handler path sends it.
+            h2.send_headers(
+                stream_id,
+                [
+                    (":status", "200"),
+                    ("content-type", "application/grpc+proto"),
+                    ("grpc-status", str(refusal.status.value)),
+                    ("grpc-message", encode_grpc_message(refusal.message or "")),
+                ],
+                end_stream=True,
+            )
+            stream = h2.streams.get(stream_id)
+            if stream is not None and not stream.closed:
+                # The body is still coming: ask the peer to stop sending it (what grpclib
+                # does after an error); what was in flight is acknowledged by h2.
+                h2.reset_stream(stream_id, error_code=ErrorCodes.NO_ERROR)
+        connection.headers_send_process()  # _feed flushes once per slice
+        connection.shield.count("refused_early")
+        return True
 
     def process_data_received(self, event: DataReceived) -> None:
         size = len(event.data)
@@ -408,9 +498,18 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
     connection: ShieldedConnection
     processor: _ShieldedProcessor
 
-    def __init__(self, handler: Any, config: Any, h2_config: Any, *, shield: Shield) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        config: Any,
+        h2_config: Any,
+        *,
+        shield: Shield,
+        early_refusals: dict[str, EarlyRefusal] | None = None,
+    ) -> None:
         super().__init__(handler, config, h2_config)
         self.shield = shield
+        self.early_refusals = early_refusals or {}
         self._backlog = b""  # received, not yet fed to h2 (see _feed)
 
     def connection_made(self, transport: Any) -> None:
@@ -439,7 +538,9 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         )
         self.connection.flush()
         self.connection.initialize()
-        self.processor = _ShieldedProcessor(self.handler, self.connection)
+        self.processor = _ShieldedProcessor(
+            self.handler, self.connection, early_refusals=self.early_refusals
+        )
         if self.shield.cooling(peer):
             self.processor.calm("cooling", "turned away: cooling down after abuse", b"cooling_down")
 

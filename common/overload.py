@@ -10,7 +10,9 @@ progress, and refuses a call before its request is read when:
 * the call's deadline is shorter than the method's recent service time (``deadline``):
   it would be answered too late to be of use, so it is not started.
 
-A refusal is cheap (no body read, no store) and says when to come back: the message ends
+A refusal is cheap (no body read, no store; on a server built by
+:func:`common.h2limits.make_server`, not even a grpclib stream or task: see
+:meth:`Admission.check`) and says when to come back: the message ends
 with ``retry in N s`` (the Daemon parses it, adds up to 20 % jitter and keeps what it
 was sending), N being ``retry_after`` × a random factor in [1, 2) so refused callers do
 not return in step. Methods have separate budgets, so bulk calls (ReportMetrics) can be
@@ -86,25 +88,36 @@ class Admission:
     def admit(self, name: str, deadline_left: float | None) -> None:
         """Take a slot of ``name`` or raise the refusal (``GRPCError``). Unlimited
         methods are always admitted (nothing to release)."""
+        refusal = self.check(name, deadline_left)
+        if refusal is not None:
+            raise refusal
+        if name in self._in_flight:
+            self._in_flight[name] += 1
+
+    def check(self, name: str, deadline_left: float | None) -> GRPCError | None:
+        """The refusal :meth:`admit` would raise now — counted, observed and logged as a
+        refusal — or None; takes no slot. :mod:`common.h2limits` asks this when a call's
+        HEADERS arrive, to refuse it before grpclib builds anything for it; a call it
+        lets through is admitted (and may still be refused) by :meth:`admit`."""
         limit = self._limits.get(name)
         if limit is None:
-            return
+            return None
         if self._in_flight[name] >= limit.max_in_flight:
-            raise self._refuse(
+            return self._refuse(
                 name,
                 limit,
                 "busy",
                 f"server busy: {limit.max_in_flight} {name} calls already in progress",
             )
         if deadline_left is not None and deadline_left <= self._service[name]:
-            raise self._refuse(
+            return self._refuse(
                 name,
                 limit,
                 "deadline",
                 f"server busy: {name} takes about {self._service[name]:.2f} s now, more than "
                 f"the {max(deadline_left, 0.0):.2f} s left of this call's deadline",
             )
-        self._in_flight[name] += 1
+        return None
 
     def release(self, name: str, seconds: float) -> None:
         """Give back the slot taken by :meth:`admit`; ``seconds`` the call took."""
