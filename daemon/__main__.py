@@ -130,11 +130,13 @@ async def _serve(config: DaemonConfig, src: Source, hup_pending: Callable[[], bo
     stopping = asyncio.Event()
     reload_wanted = asyncio.Event()
     signals = 0
+    stop_reason = "daemon shut down"
 
     def on_signal(signum: int) -> None:
-        nonlocal signals
+        nonlocal signals, stop_reason
         signals += 1
         if signals == 1:
+            stop_reason = f"daemon shut down ({signal.Signals(signum).name})"
             log.info(
                 "received %s: shutting down (send again to force)", signal.Signals(signum).name
             )
@@ -174,7 +176,7 @@ async def _serve(config: DaemonConfig, src: Source, hup_pending: Callable[[], bo
     reloader.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reloader
-    app.close()
+    app.close(stop_reason)
     await app.wait_closed()
     return 0
 

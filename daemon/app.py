@@ -107,6 +107,7 @@ class DaemonApp:
         self.specs: SpecBook | None = None
         self.desired: DesiredState | None = None
         self.manager: ManagerClient | None = None
+        self._stop_reason = "daemon shut down"
         self.outbox: Outbox | None = None
         self.tls: LiveTLS | None = None
         self.renewer: CertRenewer | None = None
@@ -349,8 +350,10 @@ class DaemonApp:
         if new.update_limits != old.update_limits and self.agents is not None:
             self.agents.set_update_limits(new.update_limits)
 
-    def close(self) -> None:
-        """Stop taking requests; agents are stopped (or left running) in wait_closed."""
+    def close(self, reason: str = "daemon shut down") -> None:
+        """Stop taking requests; agents are stopped (or left running) in wait_closed, and
+        the Manager is told the node stops (``reason``), so it shows "stopped" at once."""
+        self._stop_reason = reason
         if self.desired is not None:
             self.desired.close()
         for part in (self.renewer, self.revocations):
@@ -378,6 +381,7 @@ class DaemonApp:
             await self.agents.wait_closed()
         if self.manager is not None:
             await self.manager.flush_states(timeout=2.0)
+            await self.manager.say_goodbye(self._stop_reason, timeout=2.0)
             self.manager.close()
             await self.manager.wait_closed()
         if self._http is not None:

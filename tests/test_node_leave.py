@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from harness import wait_until
+from harness.daemon import start_daemon
 from harness.manager import manager_rpc, start_manager
 
 from schema import admin_pb, manager_pb
@@ -81,4 +82,42 @@ def test_leave_stops_the_node_at_once_and_a_heartbeat_brings_it_back(
         wait_until(lambda: _node(certs, port, "node-a").node.status == "online", what="back online")
         assert _node(certs, port, "node-a").events[0].reason == "heartbeat resumed"
     finally:
+        mgr.stop()
+
+
+def test_a_clean_daemon_stop_shows_stopped_at_once_and_a_crash_waits_for_the_grace(
+    tmp_path: Path, certs: Path
+) -> None:
+    mgr = start_manager(tmp_path, certs)
+    clean = start_daemon(tmp_path, certs, node_id="node-a", manager_port=mgr.grpc_port)
+    crashed = start_daemon(tmp_path, certs, node_id="node-b", manager_port=mgr.grpc_port)
+    try:
+        port = mgr.grpc_port
+        for node in ("node-a", "node-b"):
+            wait_until(
+                lambda node=node: _node(certs, port, node).node.status == "online",
+                timeout=60,
+                what=f"{node} online",
+            )
+        assert clean.stop() == 0
+        # Said before the process exited: no waiting for a grace period.
+        got = _node(certs, port, "node-a")
+        assert got.node.status == "stopped", got.node.status
+        assert got.events[0].reason == "daemon shut down (SIGTERM)"
+        assert "told the Manager at" in clean.log_path.read_text()
+
+        crashed.kill()
+        killed_at = time.monotonic()
+        assert _node(certs, port, "node-b").node.status == "online"  # no goodbye: grace
+        wait_until(
+            lambda: _node(certs, port, "node-b").node.status == "offline",
+            timeout=60,
+            what="node-b offline after its grace",
+        )
+        # Heartbeats every second, grace three of them: not before ~3 s.
+        assert time.monotonic() - killed_at > 2.0
+        assert _node(certs, port, "node-a").node.status == "stopped"
+    finally:
+        clean.stop()
+        crashed.stop()
         mgr.stop()
