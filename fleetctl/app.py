@@ -22,6 +22,7 @@ from .commands import (
     certs,
     config,
     daemon,
+    events,
     metrics,
     nodes,
     rollout,
@@ -336,6 +337,7 @@ app.add_typer(nodes.app, name="nodes")
 app.add_typer(agents.agents_app, name="agents")
 app.add_typer(agents.agent_app, name="agent")
 app.command("metrics")(metrics.agent_metrics)
+app.command("events")(events.events)
 app.add_typer(config.app, name="config")
 app.command("apply")(apply.apply_cmd)
 app.command("diff")(apply.diff_cmd)

@@ -253,6 +253,7 @@ MAX_NODES_NAMED = 5
 # NOT_FOUND messages that name an id, as the Manager and the Daemon word them.
 _UNKNOWN_NODE = re.compile(r"node (\S+) is not registered")
 _UNKNOWN_AGENT = re.compile(r"agent (\S+) is not known on any node")
+_UNKNOWN_AGENT_ON_NODE = re.compile(r"agent (\S+) is not known on node (\S+)")
 _UNKNOWN_AGENT_ON = re.compile(r"(?:daemon (\S+): )?agent '([^']+)' is not configured on this node")
 
 
@@ -267,6 +268,8 @@ def _unknown_id(message: str, target_kind: str) -> tuple[str, str, str] | None:
             return "node", m.group(1), ""
         if m := _UNKNOWN_AGENT.search(message):
             return "agent", m.group(1), ""
+        if m := _UNKNOWN_AGENT_ON_NODE.search(message):
+            return "agent", m.group(1), m.group(2)
     m = _UNKNOWN_AGENT_ON.search(message)
     if m and (m.group(1) or target_kind == "daemon"):
         return "agent", m.group(2), m.group(1) or ""

@@ -30,6 +30,7 @@ from common.wirelimits import manager_report_metrics_limits
 from .config import ManagerConfig, split_host_port
 from .daemon_pool import DaemonClientPool
 from .enroll import Enrollment
+from .events import AgentEventQuota, EventRecorder
 from .handshakes import GatedServer, TLSGate
 from .heartbeats import HeartbeatBuffer
 from .http import HttpServer
@@ -47,6 +48,7 @@ from .specs.controller import SpecController
 from .specs.rollouts import RolloutDriver
 from .stalls import StallClock
 from .store import ONLINE, Database, Store, Transition
+from .store.events import EventStore
 from .store.revocations import RevocationStore
 from .store.specs import SpecStore
 from .tls_reload import TLSReloader
@@ -93,6 +95,8 @@ ADMIN_POLICY = {
         "ListCertificates",
         "ReloadDaemon",
         "RevokeCertificate",
+        "ListEvents",
+        "GetAgent",
     )
 }
 
@@ -132,7 +136,19 @@ class ManagerApp:
             window=config.metrics_node_quota_window,
             metrics=self.metrics,
         )
-        self.store = Store(database=self.database, event_filter=self.event_quota)
+        self.event_store = EventStore(database=self.database)
+        # Agent event history (manager/events.py); WatchEvents subscribes to it.
+        self.events = EventRecorder(
+            store=self.event_store,
+            quota=AgentEventQuota(
+                events=config.events_agent_quota,
+                window=config.events_agent_quota_window,
+                metrics=self.metrics,
+            ),
+        )
+        self.store = Store(
+            database=self.database, event_filter=self.event_quota, agent_events=self.events
+        )
         self.known_nodes = KnownNodes()
         self.heartbeats = HeartbeatBuffer(
             store=self.store,
@@ -162,6 +178,7 @@ class ManagerApp:
             interval=config.retention_interval,
             batch=config.retention_batch,
             events_retention=config.events_retention,
+            event_store=self.event_store,
         )
         self.pool = DaemonClientPool(
             ssl_context=self._daemon_ssl(),
@@ -277,6 +294,8 @@ class ManagerApp:
             specs=spec_admin,
             enroll=self.enrollment.admin,
             revocations=self.revocations,
+            events=self.events,
+            event_store=self.event_store,
         )
         guarded_manager = GuardedService(
             manager_service,

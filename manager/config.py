@@ -103,6 +103,9 @@ class ManagerConfig:
     events_node_quota: int = 60
     events_node_quota_window: float = 3600.0
     events_retention: float = 30 * 86400.0
+    # Agent events derived from syncs: per-agent quota (events per window, 0: none).
+    events_agent_quota: int = 30
+    events_agent_quota_window: float = 3600.0
     # Manager -> Daemon client pool.
     daemon_call_timeout: float = 30.0
     daemon_connect_timeout: float = 5.0
@@ -162,6 +165,7 @@ class ManagerConfig:
             "stall_threshold",
             "metrics_node_quota_window",
             "events_node_quota_window",
+            "events_agent_quota_window",
             "events_retention",
             "node_cert_lifetime",
             "join_token_ttl",
@@ -192,7 +196,12 @@ class ManagerConfig:
         for name in ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key_of(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("metrics_node_quota", "events_node_quota", "mass_offline_hold"):
+        for name in (
+            "metrics_node_quota",
+            "events_node_quota",
+            "events_agent_quota",
+            "mass_offline_hold",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_key_of(name)} must be >= 0, got {getattr(self, name)}")
         if 0 < self.metrics_node_quota < self.max_samples_per_report:
@@ -308,6 +317,8 @@ KEYS: dict[str, tuple[str, str]] = {
     "events.node_quota": ("events_node_quota", "int"),
     "events.node_quota_window": ("events_node_quota_window", "duration"),
     "events.retention": ("events_retention", "duration"),
+    "events.agent_quota": ("events_agent_quota", "int"),
+    "events.agent_quota_window": ("events_agent_quota_window", "duration"),
     "daemons.call_timeout": ("daemon_call_timeout", "duration"),
     "daemons.connect_timeout": ("daemon_connect_timeout", "duration"),
     "daemons.connect_attempts": ("daemon_connect_attempts", "int"),

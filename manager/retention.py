@@ -1,9 +1,10 @@
-"""Retention: host metric samples and node events older than their retention are deleted.
+"""Retention: host metric samples, node and agent events older than their retention are
+deleted.
 
 Deletion runs in the background in bounded batches (``metrics.retention_batch`` rows per
 short transaction), so it never holds a long lock on a table. Node events are kept
-``events.retention`` (30 days); their growth per node is bounded besides by the event
-quota (manager/quotas.py).
+``events.retention`` (30 days), agent events (manager/events.py) too; their growth is
+bounded besides by the event quotas (manager/quotas.py, manager/events.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from .metrics import ManagerMetrics
 from .periodic import Periodic
 from .store import Store
+from .store.events import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,14 @@ class MetricRetention:
         interval: float,
         batch: int,
         events_retention: float = 30 * 86400.0,
+        event_store: EventStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._retention = retention
         self._events_retention = events_retention
+        self._event_store = event_store
         self._batch = batch
         self._clock = clock
         self._loop = Periodic(name="retention", interval=interval, step=self._step)
@@ -57,7 +61,8 @@ class MetricRetention:
         return total
 
     async def run_events_once(self) -> int:
-        """Delete expired node events batch by batch; returns how many were deleted."""
+        """Delete expired node and agent events batch by batch; returns how many were
+        deleted."""
         cutoff = self._clock() - self._events_retention
         total = await self._drain(
             lambda: self._store.delete_events_before(cutoff, batch=self._batch),
@@ -65,6 +70,14 @@ class MetricRetention:
         )
         if total:
             log.info("retention: deleted %d node events older than %.0f", total, cutoff)
+        if self._event_store is not None:
+            event_store = self._event_store
+            agent_events = await self._drain(
+                lambda: event_store.delete_before(cutoff, batch=self._batch), lambda _n: None
+            )
+            if agent_events:
+                log.info("retention: deleted %d agent events older than %.0f", agent_events, cutoff)
+            total += agent_events
         return total
 
     async def _drain(

@@ -287,6 +287,18 @@ def _manager_calls(
             a.ListCertificatesResponse,
             "admin",
         ),
+        (
+            ADMIN_SVC + "ListEvents",
+            a.ListEventsRequest(limit=5),
+            a.ListEventsResponse,
+            "admin",
+        ),
+        (
+            ADMIN_SVC + "GetAgent",
+            a.GetAgentRequest(node_id="node-a", agent_id="sleepy"),
+            a.GetAgentResponse,
+            "admin",
+        ),
         # A serial no certificate here has (certgen's are 159 random bits).
         (
             ADMIN_SVC + "RevokeCertificate",

@@ -1,7 +1,8 @@
 """``fleetctl agents list`` and ``fleetctl agent start|stop|restart``.
 
 Fleet-wide operations (``--all``) live in :mod:`.fleetwide`; ``agent config`` in
-:mod:`.agent_config`; ``agent logs`` in :mod:`.agent_logs`.
+:mod:`.agent_config`; ``agent logs`` in :mod:`.agent_logs`; ``agent show`` in
+:mod:`.events`.
 """
 
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import CliError, ExitCode, usage
-from . import agent_config, agent_logs
+from . import agent_config, agent_logs, events
 from ._complete import complete_node
 from ._shared import (
     PAST,
@@ -28,7 +29,7 @@ from ._shared import (
 
 agents_app = typer.Typer(help="List agents fleet-wide or on one node.", no_args_is_help=True)
 agent_app = typer.Typer(
-    help="Operate one agent: start, stop, restart (one node or --all), config, logs.",
+    help="Operate one agent: start, stop, restart (one node or --all), show, config, logs.",
     no_args_is_help=True,
 )
 agent_app.add_typer(agent_config.app, name="config")
@@ -227,3 +228,4 @@ def report_operation(
 for _op in ("start", "stop", "restart"):
     agent_app.command(_op)(_operation(_op))
 agent_app.command("logs")(agent_logs.agent_logs)
+agent_app.command("show")(events.agent_show)

@@ -18,9 +18,10 @@ both are enforced by this Manager before they answer (its open connections close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpclib.const
@@ -33,6 +34,7 @@ from schema import admin_pb, admin_pb2, daemon_pb, manager_pb
 
 from ..daemon_pool import DaemonClientPool
 from ..enroll import EnrollAdmin
+from ..events import EventRecorder
 from ..known_nodes import KnownNodes
 from ..revocations import ManagerRevocations
 from ..store import (
@@ -44,6 +46,21 @@ from ..store import (
     AgentRow,
     NodeRow,
     Store,
+)
+from ..store.events import (
+    ADDED,
+    CONFIG,
+    EXITED,
+    FATAL,
+    OPERATION,
+    RELOAD,
+    REMOVED,
+    RESTARTED,
+    STARTED,
+    STATUS,
+    SUPPRESSED,
+    EventRow,
+    EventStore,
 )
 from ..store.models import Agent, Node, NodeEvent
 from ..store.revocations import CertificateRecord
@@ -60,6 +77,25 @@ DEFAULT_WINDOW = 3600
 # At most this many Daemons asked at once by a fleet-wide live ListAgents.
 LIVE_FANOUT = 64
 MAX_WINDOW = 366 * 86400
+# ListEvents and GetAgent (admin.proto: "history and follow").
+EVENT_KINDS = (
+    STARTED,
+    EXITED,
+    RESTARTED,
+    FATAL,
+    STATUS,
+    ADDED,
+    REMOVED,
+    SUPPRESSED,
+    OPERATION,
+    CONFIG,
+    RELOAD,
+    "spec",
+)
+DEFAULT_LIST_EVENTS = 100
+MAX_LIST_EVENTS = 5000
+DEFAULT_AGENT_EVENTS = 10
+MAX_AGENT_EVENTS = 100
 
 
 def node_message(node: Node, agent_count: int = 0) -> admin_pb.Node:
@@ -204,6 +240,55 @@ def event_message(event: NodeEvent) -> admin_pb.NodeEvent:
     )
 
 
+def history_event_message(row: EventRow) -> admin_pb.Event:
+    return admin_pb.Event(
+        id=row.id,
+        timestamp=int(row.timestamp),
+        node_id=row.node_id,
+        agent_id=row.agent_id,
+        kind=row.kind,
+        message=row.message,
+        actor=row.actor,
+        old_status=row.old_status,
+        new_status=row.new_status,
+        pid=row.pid,
+    )
+
+
+def agent_row_message(a: AgentRow) -> admin_pb.Agent:
+    return admin_pb.Agent(
+        node_id=a.node_id,
+        id=a.agent_id,
+        type=a.type,
+        status=a.status,
+        pid=a.pid,
+        version=a.version,
+        start_time=a.start_time,
+        restart_count=a.restart_count,
+        last_heartbeat=a.last_heartbeat,
+        status_reason=a.status_reason,
+        config_hash=a.config_hash,
+        updated_at=int(a.updated_at),
+        node_status=a.node_status,
+        spec=a.spec,
+        spec_revision=a.spec_revision,
+    )
+
+
+def _check_kinds(kinds: Iterable[str]) -> list[str]:
+    wanted = list(dict.fromkeys(kinds))
+    for kind in wanted:
+        if kind not in EVENT_KINDS:
+            shown = validate.clean_text(kind, max_len=32)[0]
+            raise InvalidArgument(f"kind {shown!r} is not one of {', '.join(EVENT_KINDS)}")
+    return wanted
+
+
+def _outcome(what: str, actor: str, error: str) -> str:
+    """ "restart by admin/alice: ok" or "… failed: why"."""
+    return f"{what} by {actor} failed: {error}" if error else f"{what} by {actor}: ok"
+
+
 def certificate_message(row: CertificateRecord) -> admin_pb.Certificate:
     return admin_pb.Certificate(
         serial=row.serial,
@@ -255,9 +340,13 @@ class AdminService(admin_pb.AdminServiceBase):
         specs: SpecAdmin,
         enroll: EnrollAdmin | None = None,
         revocations: ManagerRevocations | None = None,
+        events: EventRecorder | None = None,
+        event_store: EventStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._revocations = revocations
+        self._events = events
+        self._event_store = event_store
         self._store = store
         self._pool = pool
         self._known = known
@@ -469,9 +558,11 @@ class AdminService(admin_pb.AdminServiceBase):
                 f"operation {request.operation[:32]!r} is not start, stop or restart"
             )
         node, agent_id = await self._resolve(request.node_id, request.agent_id)
-        reply = await self._pool.operate_agent(
-            node.node_id, node.daemon_address, agent_id, request.operation
-        )
+        async with self._recorded(OPERATION, node.node_id, agent_id, request.operation) as note:
+            reply = await self._pool.operate_agent(
+                node.node_id, node.daemon_address, agent_id, request.operation
+            )
+            note(reply.error_message or ("" if reply.success else "no reason given"), reply.agent)
         log.info(
             "operate %s on %s/%s: %s",
             request.operation,
@@ -513,7 +604,12 @@ class AdminService(admin_pb.AdminServiceBase):
             version=request.version,
             restart=request.restart,
         )
-        reply = await self._pool.call(node.node_id, node.daemon_address, "push_update", update)
+        what = f"config {request.version or '(no version)'}" + (
+            " with restart" if request.restart else ""
+        )
+        async with self._recorded(CONFIG, node.node_id, agent_id, what) as note:
+            reply = await self._pool.call(node.node_id, node.daemon_address, "push_update", update)
+            note(reply.error_message or ("" if reply.success else reply.status or "failed"))
         log.info("push update to %s/%s: %s", node.node_id, agent_id, reply.status)
         return admin_pb.PushUpdateResponse(node_id=node.node_id, result=reply)
 
@@ -549,12 +645,21 @@ class AdminService(admin_pb.AdminServiceBase):
         self, request: admin_pb.ReloadDaemonRequest
     ) -> admin_pb.ReloadDaemonResponse:
         node = await self._node(request.node_id)
-        reply = await self._pool.call(
+        call = self._pool.call(
             node.node_id,
             node.daemon_address,
             "reload_config",
             daemon_pb.ReloadConfigRequest(dry_run=request.dry_run),
         )
+        if request.dry_run:  # changes nothing: not history
+            reply = await call
+        else:
+            async with self._recorded(RELOAD, node.node_id, "", "reload") as note:
+                reply = await call
+                note(
+                    reply.error_message or ("" if reply.success else "refused"),
+                    summary=f"{len(reply.changes)} change(s)",
+                )
         log.info(
             "reload daemon %s%s: %s",
             node.node_id,
@@ -562,6 +667,92 @@ class AdminService(admin_pb.AdminServiceBase):
             f"{len(reply.changes)} change(s)" if reply.success else reply.error_message,
         )
         return admin_pb.ReloadDaemonResponse(node_id=node.node_id, result=reply)
+
+    # ---- history (manager/events.py) ----
+
+    async def list_events(self, request: admin_pb.ListEventsRequest) -> admin_pb.ListEventsResponse:
+        limit = request.limit or DEFAULT_LIST_EVENTS
+        if limit < 0 or limit > MAX_LIST_EVENTS:
+            raise InvalidArgument(f"limit {limit} is outside 0..{MAX_LIST_EVENTS}")
+        if request.since < 0:
+            raise InvalidArgument(f"since {request.since} is negative")
+        kinds = _check_kinds(request.kinds)
+        node_id = ""
+        if request.node_id:
+            node_id = (await self._node(request.node_id)).node_id
+        if request.agent_id:
+            validate.check_id("agent_id", request.agent_id)
+        rows = await self._history().list_events(
+            node_id=node_id,
+            agent_id=request.agent_id,
+            since=request.since,
+            kinds=kinds,
+            node_only=request.node_only,
+            limit=limit,
+        )
+        return admin_pb.ListEventsResponse(events=[history_event_message(r) for r in rows])
+
+    async def get_agent(self, request: admin_pb.GetAgentRequest) -> admin_pb.GetAgentResponse:
+        count = request.events or DEFAULT_AGENT_EVENTS
+        if count < 0 or count > MAX_AGENT_EVENTS:
+            raise InvalidArgument(f"events {count} is outside 0..{MAX_AGENT_EVENTS}")
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        found = [
+            a for a in await self._store.agent_rows(node_id=node.node_id) if a.agent_id == agent_id
+        ]
+        if not found:
+            raise NotFound(f"agent {agent_id} is not known on node {node.node_id}")
+        history = self._history()
+        events = await history.list_events(node_id=node.node_id, agent_id=agent_id, limit=count)
+        last_exit = await history.last_exit(node.node_id, agent_id)
+        return admin_pb.GetAgentResponse(
+            agent=agent_row_message(found[0]),
+            events=[history_event_message(r) for r in events],
+            last_exit=last_exit.message if last_exit else "",
+            last_exit_at=int(last_exit.timestamp) if last_exit else 0,
+        )
+
+    def _history(self) -> EventStore:
+        if self._event_store is None:
+            raise FailedPrecondition("this Manager keeps no event history")
+        return self._event_store
+
+    @contextlib.asynccontextmanager
+    async def _recorded(
+        self, kind: str, node_id: str, agent_id: str, what: str
+    ) -> AsyncIterator[Callable[..., None]]:
+        """Record an operation relayed to a Daemon as an event, with its outcome: the
+        body calls ``note(error, agent=None, summary="")`` with the Daemon's answer; a
+        failure to reach the Daemon is recorded with its error and raised on."""
+        outcome: dict[str, Any] = {}
+
+        def note(error: str, agent: Any = None, summary: str = "") -> None:
+            outcome.update(error=error, agent=agent, summary=summary)
+
+        actor = str(current_call().identity)
+        try:
+            yield note
+        except FleetError as exc:
+            outcome = {"error": f"{exc.status.name}: {exc}"}
+            raise
+        finally:
+            if self._events is not None and outcome:
+                error, agent = outcome.get("error", ""), outcome.get("agent")
+                message = _outcome(what, actor, error)
+                if not error and outcome.get("summary"):
+                    message += f", {outcome['summary']}"
+                status, pid = "", 0
+                if agent is not None and agent.id:
+                    status, pid = agent.status, agent.pid
+                await self._events.record_operation(
+                    node_id=node_id,
+                    agent_id=agent_id,
+                    kind=kind,
+                    message=message,
+                    actor=actor,
+                    new_status=status,
+                    pid=pid,
+                )
 
     # ---- desired state (spec_admin.py) ----
 

@@ -111,6 +111,26 @@ class NodeEvent(Model):
         indexes = (("node_id", "timestamp"),)
 
 
+class AgentEvent(Model):
+    """What happened to an agent (manager/events.py): derived from synced states, or an
+    operation the Manager relayed (with the admin identity that asked)."""
+
+    id = fields.BigIntField(primary_key=True)
+    timestamp = fields.FloatField()
+    node_id = fields.CharField(max_length=128)
+    agent_id = fields.CharField(max_length=128, default="")
+    kind = fields.CharField(max_length=16)
+    message = fields.CharField(max_length=1024, default="")
+    actor = fields.CharField(max_length=255, default="")
+    old_status = fields.CharField(max_length=16, default="")
+    new_status = fields.CharField(max_length=16, default="")
+    pid = fields.IntField(default=0)
+
+    class Meta:
+        table = "fleet_agent_event"
+        indexes = (("node_id", "agent_id", "id"), ("agent_id", "id"))
+
+
 # ---- desired state (docs/specs.md) ----
 
 # Revision kinds.

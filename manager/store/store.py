@@ -22,6 +22,7 @@ from tortoise.transactions import in_transaction
 from common.errors import Unavailable
 
 from .database import Database, as_db_error, db_errors_unavailable
+from .events import AgentEventSink, EventRow, NewEvent, insert_events
 from .group_commit import GroupCommit
 from .models import (
     OFFLINE,
@@ -29,6 +30,7 @@ from .models import (
     REGISTERING,
     STOPPED,
     Agent,
+    AgentEvent,
     MetricSample,
     Node,
     NodeEvent,
@@ -395,12 +397,20 @@ class Store:
     """Queries and updates over the Manager's models.
 
     ``event_filter`` sees every node event before it is written (the per-node event
-    quota); without one, every event is written.
+    quota); without one, every event is written. ``agent_events`` derives the agent
+    events of each changed SyncAgentStates, written in its transaction (manager/events.py).
     """
 
-    def __init__(self, *, database: Database, event_filter: EventFilter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        event_filter: EventFilter | None = None,
+        agent_events: AgentEventSink | None = None,
+    ) -> None:
         self._db = database
         self._event_filter = event_filter
+        self._agent_events = agent_events
         self._pg = database.backend == "postgres"
         self._registrations: GroupCommit[_Registration, RegisterResult] = GroupCommit(
             lambda items: _batch_or_each(
@@ -762,6 +772,7 @@ class Store:
         async with in_transaction():
             await Agent.filter(node_id=node_id).delete()
             await NodeEvent.filter(node_id=node_id).delete()
+            await AgentEvent.filter(node_id=node_id).delete()
             await SpecNodeState.filter(node_id=node_id).delete()
             return bool(await Node.filter(node_id=node_id).delete())
 
@@ -866,8 +877,18 @@ class Store:
         """One node's changed sync in its own transaction (the batch's fallback)."""
         node_id, now = item.node_id, item.now
         removed = 0
-        async with in_transaction():
+        committed: list[EventRow] = []
+        async with in_transaction() as tx:
             existing = {a.agent_id: a for a in await Agent.filter(node_id=node_id)}
+            events = self._derive_events(
+                item,
+                {
+                    agent_id: AgentRecord(agent_id, *(getattr(a, f) for f in _AGENT_FIELDS))
+                    for agent_id, a in existing.items()
+                },
+            )
+            if events:
+                committed = await insert_events(tx, events, pg=self._pg)
             unchanged: list[int] = []
             for state in item.states:
                 values = {f: getattr(state, f) for f in _AGENT_FIELDS}
@@ -886,7 +907,19 @@ class Store:
                 gone = set(existing) - {s.agent_id for s in item.states}
                 if gone:
                     removed = await Agent.filter(node_id=node_id, agent_id__in=list(gone)).delete()
+        self._published(committed)
         return len(item.states), removed
+
+    def _derive_events(
+        self, item: _AgentSync, previous: Mapping[str, AgentRecord]
+    ) -> list[NewEvent]:
+        if self._agent_events is None:
+            return []
+        return self._agent_events.derive(item.node_id, previous, item.states, item.full, item.now)
+
+    def _published(self, committed: Sequence[EventRow]) -> None:
+        if committed and self._agent_events is not None:
+            self._agent_events.committed(committed)
 
     async def _sync_batch(self, items: Sequence[_AgentSync]) -> list[tuple[int, int]]:
         """Apply several nodes' changed syncs in one transaction, constant statements.
@@ -904,6 +937,8 @@ class Store:
         touches: list[list[Any]] = []
         deletes: list[list[Any]] = []
         results: list[tuple[int, int]] = []
+        events: list[NewEvent] = []
+        committed: list[EventRow] = []
         async with in_transaction() as tx:
             _, rows = await tx.execute_query(
                 f"SELECT id, node_id, agent_id, {', '.join(_AGENT_FIELDS)} FROM fleet_agent "
@@ -916,6 +951,9 @@ class Store:
                 existing.setdefault(values[1], {})[values[2]] = (values[0], values[3:])
             for item in items:
                 have = existing.get(item.node_id, {})
+                if self._agent_events is not None:
+                    previous = {k: AgentRecord(k, *v[1]) for k, v in have.items()}
+                    events.extend(self._derive_events(item, previous))
                 for state in item.states:
                     values = tuple(getattr(state, f) for f in _AGENT_FIELDS)
                     found = have.get(state.agent_id)
@@ -939,6 +977,9 @@ class Store:
             ):
                 if params:
                     await tx.execute_many(sql, params)
+            if events:
+                committed = await insert_events(tx, events, pg=pg)
+        self._published(committed)
         return results
 
     @db_errors_unavailable

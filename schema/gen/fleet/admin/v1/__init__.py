@@ -656,8 +656,10 @@ class Event(betterproto.Message):
     kind: str = betterproto.string_field(5)
     """
     Node: "status". Agent: "started", "exited", "restarted" (crash restart by its
-     Daemon), "fatal", "status" (other changes), "operation" (start/stop/restart asked
-     through the Manager), "config" (PushUpdate), "reload" (ReloadDaemon), "spec".
+     Daemon), "fatal", "status" (other changes), "added" / "removed" (it appeared in, or
+     left, its Daemon's full list), "suppressed" (N events left out by the per-agent
+     quota), "operation" (start/stop/restart asked through the Manager), "config"
+     (PushUpdate), "reload" (ReloadDaemon, agent_id ""), "spec".
     """
 
     message: str = betterproto.string_field(6)
