@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP HOST:PORT for /healthz /readyz /metrics (server.listen, default "
         "127.0.0.1:8080; empty disables)",
     )
+    p.add_argument(
+        "--name", help="this Manager's name in logs and leases (manager.name, default HOST:PORT)"
+    )
     p.add_argument("--db", help="database URL: sqlite:///path or postgres://… (database.url)")
     p.add_argument(
         "--data-dir",
@@ -75,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> ManagerConfig:
     for flag, key in (
         ("listen", "grpc.listen"),
         ("http_listen", "server.listen"),
+        ("name", "manager.name"),
         ("db", "database.url"),
         ("data_dir", "manager.data_dir"),
         ("cert", "grpc.tls.cert_file"),

@@ -1,6 +1,8 @@
 """ManagerApp: owns and wires every part of a running Manager.
 
-Start order: database (migrations) → revocation list (loaded before any call is taken)
+Start order: the SQLite lock (one Manager per SQLite file) → database (migrations) →
+change feed and duties lease (several Managers on PostgreSQL: manager/notify.py,
+manager/leases.py) → revocation list (loaded before any call is taken)
 → stall clock → heartbeat flusher → retention loop → gRPC server (ManagerService,
 AdminService, grpc.health.v1, reflection; with TLS, behind the handshake gate) →
 liveness loop (its restart guard counts from here) → spec controller and rollout driver
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -35,8 +39,10 @@ from .handshakes import GatedServer, TLSGate
 from .heartbeats import HeartbeatBuffer
 from .http import HttpServer
 from .known_nodes import KnownNodes
+from .leases import Lease, SqliteLock
 from .liveness import LivenessMonitor, log_transitions
 from .metrics import ManagerMetrics
+from .notify import ChangeFeed
 from .quotas import EventQuota, MetricsQuota
 from .reflection import with_reflection
 from .retention import MetricRetention
@@ -48,6 +54,7 @@ from .specs.controller import SpecController
 from .specs.rollouts import RolloutDriver
 from .stalls import StallClock
 from .store import ONLINE, Database, Store, Transition
+from .store.database import sqlite_path
 from .store.events import EventStore
 from .store.revocations import RevocationStore
 from .store.specs import SpecStore
@@ -113,6 +120,13 @@ def manager_budgets(cfg: ManagerConfig) -> dict[str, int | MethodLimit]:
     }
 
 
+def default_name(config: ManagerConfig) -> str:
+    """``manager.name`` when unset: this host and the gRPC port (the pid when the port
+    is chosen by the OS), unique among the Managers of one database."""
+    _, port = split_host_port(config.grpc_listen, "grpc.listen")
+    return f"{socket.gethostname()}:{port}" if port else f"{socket.gethostname()}/{os.getpid()}"
+
+
 class ManagerApp:
     """A whole Manager (see module doc). Use ``async with ManagerApp(config=...)``."""
 
@@ -149,7 +163,33 @@ class ManagerApp:
         self.store = Store(
             database=self.database, event_filter=self.event_quota, agent_events=self.events
         )
-        self.known_nodes = KnownNodes()
+        # Several Managers on one PostgreSQL: the duties that must run once run under
+        # this lease; the change feed tells the others what this one changed.
+        self.name = config.manager_name or default_name(config)
+        postgres = None if self.database.backend == "sqlite" else config.db_url
+        self.sqlite_lock = (
+            SqliteLock(database_path=sqlite_path(config.db_url))
+            if postgres is None and sqlite_path(config.db_url)
+            else None
+        )
+        self.lease = Lease(
+            name="duties",
+            holder=self.name,
+            url=postgres,
+            metrics=self.metrics,
+            retry_interval=config.lease_retry_interval,
+            check_timeout=config.lease_check_timeout,
+            on_change=self._lease_changed,
+        )
+        self.feed = ChangeFeed(
+            url=postgres,
+            name=self.name,
+            on_change=self._changed_elsewhere,
+            on_reset=self._all_changed_elsewhere,
+            retry_interval=config.lease_retry_interval,
+            check_timeout=config.lease_check_timeout,
+        )
+        self.known_nodes = KnownNodes(on_forget=lambda node_id: self.feed.publish("node", node_id))
         self.heartbeats = HeartbeatBuffer(
             store=self.store,
             flush_interval=config.heartbeat_flush_interval,
@@ -170,6 +210,7 @@ class ManagerApp:
             mass_offline_share=config.mass_offline_share,
             mass_offline_min_nodes=config.mass_offline_min_nodes,
             mass_offline_hold=config.mass_offline_hold,
+            lease=self.lease,
         )
         self.retention = MetricRetention(
             store=self.store,
@@ -178,6 +219,7 @@ class ManagerApp:
             interval=config.retention_interval,
             batch=config.retention_batch,
             events_retention=config.events_retention,
+            lease=self.lease,
             event_store=self.event_store,
         )
         self.pool = DaemonClientPool(
@@ -197,16 +239,22 @@ class ManagerApp:
             sweep_interval=config.spec_sweep_interval,
             concurrency=config.spec_push_concurrency,
             on_reported=lambda node_id: self.rollouts.node_reported(node_id),
+            lease=self.lease,
+            on_recorded=lambda node_id: self.feed.publish("states", node_id),
         )
         self.rollouts = RolloutDriver(
             store=self.spec_store,
             catalog=self.catalog,
             controller=self.specs,
             interval=config.rollout_interval,
+            lease=self.lease,
+            elsewhere=lambda: self.feed.publish("rollouts"),
         )
         self.revocation_store = RevocationStore(database=self.database)
         self.revocations = ManagerRevocations(
-            store=self.revocation_store, refresh=config.revocation_refresh
+            store=self.revocation_store,
+            refresh=config.revocation_refresh,
+            on_change=lambda: self.feed.publish("revocations"),
         )
         # Join tokens, the enrollment listener, node certificates (manager/enroll).
         self.enrollment = Enrollment(config=config, database=self.database, metrics=self.metrics)
@@ -226,6 +274,34 @@ class ManagerApp:
         if self.tls_reloader is not None:
             self.tls_reloader.track(context)
         return context
+
+    def _lease_changed(self, held: bool) -> None:
+        if held:
+            # Taken over (or first taken): resume the rollouts and look at every node now.
+            self.rollouts.poke()
+            self.specs.reconcile_all()
+
+    async def _changed_elsewhere(self, topic: str, key: str) -> None:
+        """Another Manager on the database changed something this one caches."""
+        if topic == "node":
+            self.known_nodes.invalidate(key)
+            # Join labels are cached per Daemon instance, which a new join changes anyway
+            # (manager/enroll/labels.py); dropped too, as it costs nothing.
+            self.enrollment.labels.forget(key)
+        elif topic == "states":
+            self.specs.recorded_elsewhere(key)
+        elif topic == "revocations":
+            await self.revocations.refresh()
+        elif topic == "rollouts" and self.lease.held:
+            self.rollouts.poke()
+
+    async def _all_changed_elsewhere(self) -> None:
+        """The change feed was deaf for a while: drop what others may have changed."""
+        self.known_nodes.clear()
+        self.specs.recorded_elsewhere(None)
+        if self.lease.held:
+            self.rollouts.poke()
+        await self.revocations.refresh()
 
     def _heartbeat_transitions(self, transitions: list[Transition]) -> None:
         log_transitions(transitions, self.metrics)
@@ -250,7 +326,11 @@ class ManagerApp:
             transport = Transport.INSECURE
         # The issuing CA first: a bad one stops the start with one line.
         self.enrollment.load_ca()
+        if self.sqlite_lock is not None:
+            self.sqlite_lock.acquire()
         await self.database.start()
+        await self.feed.start()
+        await self.lease.start()
         # Loaded before the gRPC server takes a call: a revoked certificate never gets one.
         await self.revocations.start()
         await self.stalls.start()
@@ -370,6 +450,11 @@ class ManagerApp:
             await self.http.start()
             self.http_address = self.http.address
         log.info(
+            "manager %s: duties lease %s",
+            self.name,
+            "held" if self.lease.held else "held by another Manager (taken over if it stops)",
+        )
+        log.info(
             "manager ready: grpc=%s http=%s db=%s tls=%s loop=%s data=%s",
             self.grpc_address,
             self.http_address or "disabled",
@@ -418,6 +503,8 @@ class ManagerApp:
         self.enrollment.close()
         if self.http is not None:
             self.http.close()
+        self.lease.close()
+        self.feed.close()
 
     async def wait_closed(self) -> None:
         """Drain: final heartbeat flush, answer waiting calls, then stop everything."""
@@ -447,8 +534,13 @@ class ManagerApp:
                 await self.http.wait_closed()
             self.pool.close()
             await self.pool.wait_closed()
+            # Duties stopped: hand the lease over now, not when the process exits.
+            await self.lease.wait_closed()
+            await self.feed.wait_closed()
         finally:
             await self.database.close()
+            if self.sqlite_lock is not None:
+                self.sqlite_lock.release()
         log.info("manager stopped")
 
     async def __aenter__(self) -> ManagerApp:

@@ -139,6 +139,13 @@ class ManagerConfig:
     # How often the revocation list is re-read from the database (other Managers'
     # revocations reach this one within it).
     revocation_refresh: float = 5.0
+    # Several Managers on one PostgreSQL (docs/manager.md, Several Managers): this
+    # Manager's name in logs and pg_stat_activity ("" = host:grpc-port), how often one
+    # without the duties lease tries to take it (and its holder checks it still holds
+    # it), and how long a check may take before the holder gives the lease up.
+    manager_name: str = ""
+    lease_retry_interval: float = 1.0
+    lease_check_timeout: float = 2.0
     # Process.
     event_loop: str = "auto"
     log_level: str = "info"
@@ -172,6 +179,8 @@ class ManagerConfig:
             "join_token_max_ttl",
             "revocation_refresh",
             "retry_after",
+            "lease_retry_interval",
+            "lease_check_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -295,6 +304,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "server.write_timeout": ("http_write_timeout", "duration"),
     "manager.data_dir": ("data_dir", "str"),
     "manager.event_loop": ("event_loop", "str"),
+    "manager.name": ("manager_name", "str"),
+    "lease.retry_interval": ("lease_retry_interval", "duration"),
+    "lease.check_timeout": ("lease_check_timeout", "duration"),
     "database.url": ("database_url", "str"),
     "liveness.grace": ("grace", "duration?"),
     "liveness.grace_factor": ("grace_factor", "float"),

@@ -9,7 +9,10 @@ The Manager does not blame nodes for its own faults:
 
 * **Restart guard.** Right after the Manager starts, no node is declared offline until a
   full grace period has passed since start-up: heartbeats sent while the Manager was
-  down could not arrive (the Kubernetes node controller does the same).
+  down could not arrive (the Kubernetes node controller does the same). With several
+  Managers the sweep runs only on the holder of the ``duties`` lease
+  (manager/leases.py), and the guard counts from when this Manager took the lease: the
+  nodes that heartbeated to a holder that just died may not have found this one yet.
 * **Its own stalls.** While the Manager's event loop cannot run (a CPU-bound request,
   the process stopped, a paused VM), heartbeats wait unread in socket buffers. The
   :class:`~manager.stalls.StallClock` measures those stalls, and a node is overdue only
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from common.durations import format_duration
 
 from .heartbeats import HeartbeatBuffer
+from .leases import Lease
 from .metrics import ManagerMetrics
 from .periodic import Periodic
 from .ratelimit import LogLimiter
@@ -68,9 +72,11 @@ class LivenessMonitor:
         mass_offline_share: float = 0.5,
         mass_offline_min_nodes: int = 5,
         mass_offline_hold: float = 300.0,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._lease = lease
         self._heartbeats = heartbeats
         self._metrics = metrics
         self._stalls = stalls
@@ -86,7 +92,11 @@ class LivenessMonitor:
         self._loop = Periodic(name="liveness", interval=sweep_interval, step=self.sweep)
 
     async def sweep(self) -> None:
+        if self._lease is not None and not self._lease.held:
+            self._report_holds(0, 0, 0, 0.0)
+            return  # another Manager sweeps
         now = self._clock()
+        since = max(self._started_at, self._lease.acquired_at if self._lease else 0.0)
         overdue = await self._store.overdue_nodes(now=now, limit=_SWEEP_LIMIT)
         pending = self._heartbeats.pending_ids()
         due: list[tuple[str, str]] = []
@@ -95,7 +105,7 @@ class LivenessMonitor:
         for node_id, last, grace in overdue:
             if node_id in pending:
                 continue  # a heartbeat is on its way to the database
-            if now - self._started_at < grace:
+            if now - since < grace:
                 held_restart += 1
                 continue
             silent = now - last

@@ -66,6 +66,12 @@ class ManagerMetrics:
             "Overdue nodes not yet declared offline because the Manager started recently.",
             registry=r,
         )
+        self.lease_held = Gauge(
+            "fleet_manager_lease_held",
+            "1 while this Manager holds the lease (manager/leases.py), else 0.",
+            ["lease"],
+            registry=r,
+        )
         self.daemon_connections = Gauge(
             "fleet_manager_daemon_connections",
             "Manager->Daemon channels by connection state.",

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from .leases import Lease
 from .metrics import ManagerMetrics
 from .periodic import Periodic
 from .store import Store
@@ -34,9 +35,11 @@ class MetricRetention:
         batch: int,
         events_retention: float = 30 * 86400.0,
         event_store: EventStore | None = None,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._lease = lease
         self._metrics = metrics
         self._retention = retention
         self._events_retention = events_retention
@@ -46,6 +49,8 @@ class MetricRetention:
         self._loop = Periodic(name="retention", interval=interval, step=self._step)
 
     async def _step(self) -> None:
+        if self._lease is not None and not self._lease.held:
+            return  # the holder of the duties lease deletes
         await self.run_once()
         await self.run_events_once()
 

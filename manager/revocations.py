@@ -42,9 +42,12 @@ class ManagerRevocations:
         refresh: float,
         prune_interval: float = 3600.0,
         prune_after: float = 7 * 86400.0,
+        on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        # Called once a change made here is stored (tells the other Managers at once).
+        self._on_change = on_change
         self.list = RevocationList()
         self._clock = clock
         self._prune_interval = prune_interval
@@ -88,11 +91,15 @@ class ManagerRevocations:
             log.info("revocation list now version %d (%d entries)", version, len(entries))
         return changed
 
+    async def refresh(self) -> None:
+        """Reload now if the stored version moved (another Manager said it changed it)."""
+        if await self.store.version() != self.list.version:
+            async with self._lock:
+                await self._load()
+
     async def _step(self) -> None:
         try:
-            if await self.store.version() != self.list.version:
-                async with self._lock:
-                    await self._load()
+            await self.refresh()
             if self._clock() - self._pruned_at >= self._prune_interval:
                 self._pruned_at = self._clock()
                 await self._prune()
@@ -150,6 +157,7 @@ class ManagerRevocations:
             revoked_at = result.certificate.revoked_at
             entry = Revocation(serial=serial, revoked_at=revoked_at, reason=reason)
             closed = await self._apply(entry)
+        self._on_change()
         return result, closed
 
     async def revoke_identity(
@@ -164,4 +172,5 @@ class ManagerRevocations:
             )
             entry = Revocation(identity=identity, not_before_max=now, revoked_at=now, reason=reason)
             closed = await self._apply(entry)
+        self._on_change()
         return now, closed

@@ -41,6 +41,7 @@ from common.errors import DeadlineExceeded, Unavailable
 from schema import daemon_pb
 
 from ..daemon_pool import DaemonClientPool, DaemonError
+from ..leases import Lease
 from ..periodic import Periodic
 from ..store import ONLINE
 from ..store.specs import NodeFacts, SpecStateRecord, SpecStore
@@ -76,9 +77,15 @@ class SpecController:
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         on_reported: Callable[[str], None] = lambda node_id: None,
+        lease: Lease | None = None,
+        on_recorded: Callable[[str], None] = lambda node_id: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._lease = lease
+        # Told when a node's spec states were written: another Manager's _reported entry
+        # for that node (it may have reported there before a failover) is stale now.
+        self._on_recorded = on_recorded
         self._catalog = catalog
         self._pool = pool
         self._limit = asyncio.Semaphore(concurrency)
@@ -133,7 +140,10 @@ class SpecController:
         self._on_reported(node_id)
 
     async def _sweep(self) -> None:
-        self.reconcile_all()
+        # The drift sweep is the duties lease holder's; an apply, a registration or a
+        # node back online is reconciled by the Manager that sees it.
+        if self._lease is None or self._lease.held:
+            self.reconcile_all()
 
     # ---- lifecycle ----
 
@@ -346,7 +356,16 @@ class SpecController:
             return False
         await self._store.replace_spec_states(node_id, list(key), self._clock())
         self._reported[node_id] = key
+        self._on_recorded(node_id)
         return last != key
+
+    def recorded_elsewhere(self, node_id: str | None) -> None:
+        """Another Manager wrote ``node_id``'s spec states (None: maybe any node's): the
+        next report is written."""
+        if node_id is None:
+            self._reported.clear()
+        else:
+            self._reported.pop(node_id, None)
 
     def forget(self, node_id: str) -> None:
         """A node was removed: drop what is remembered about it."""

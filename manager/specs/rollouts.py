@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from common.specdoc import SpecDoc, SpecError, parse_payload
 
+from ..leases import Lease
 from ..store import ONLINE
 from ..store.models import (
     ACTIVE_ROLLOUT_STATES,
@@ -167,9 +168,13 @@ class RolloutDriver:
         catalog: RevisionCatalog,
         controller: SpecController,
         interval: float = 1.0,
+        lease: Lease | None = None,
+        elsewhere: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._lease = lease
+        self._elsewhere = elsewhere
         self._catalog = catalog
         self._controller = controller
         self._interval = interval
@@ -180,7 +185,10 @@ class RolloutDriver:
         self._closing = False
 
     def poke(self) -> None:
-        """Step soon (an apply, a resume, or news from a node)."""
+        """Step soon (an apply, a resume, or news from a node); without the duties
+        lease, ask the Manager that holds it (``elsewhere``)."""
+        if self._lease is not None and not self._lease.held:
+            self._elsewhere()
         self._wake.set()
 
     def node_reported(self, node_id: str) -> None:
@@ -228,6 +236,10 @@ class RolloutDriver:
 
     async def step(self) -> bool:
         """Advance every active rollout once; True if any is still active."""
+        if self._lease is not None and not self._lease.held:
+            # The duties lease holder drives; it is poked when this Manager gets it.
+            self._watching = set()
+            return False
         watching: set[str] = set()
         active = False
         for rollout in await self._store.active_rollouts():
