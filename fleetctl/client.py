@@ -8,6 +8,9 @@ fleetctl speaks the wire contract through protobuf's upb runtime (``schema.admin
 10,000-node ``ListNodes`` reply in milliseconds where betterproto takes about a second,
 and fleetctl then never imports betterproto (~85 ms of start-up).
 
+Every call goes through :class:`fleetctl.failover.Router`: with several Manager
+addresses it decides which one a call goes to and when a failed call may go to the next.
+
 Every failure — gRPC status, refused connection, TLS problem, timeout — becomes a
 :class:`~fleetctl.errors.CliError` with one line saying what failed and what to check
 (:func:`translate`).
@@ -16,12 +19,10 @@ Every failure — gRPC status, refused connection, TLS problem, timeout — beco
 from __future__ import annotations
 
 import asyncio
-import errno
 import re
 import socket
 import ssl
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +33,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from common.tls import PeerIdentityError, client_context, identity_from_cert
 
 from .errors import CliError, ExitCode, usage
+from .failover import AnsweredError, Router, Target, os_reason, ssl_reason
 from .settings import Address, Settings
 
 if TYPE_CHECKING:
@@ -50,28 +52,9 @@ _STATUS_EXIT = {
 }
 
 
-@dataclass(frozen=True)
-class Target:
-    """Who we dial: the Manager, or one Daemon (``--daemon``), optionally a named node."""
-
-    kind: str  # "manager" or "daemon"
-    address: Address
-    expect_name: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--manager" if self.kind == "manager" else "--daemon"
-
-    @property
-    def program(self) -> str:
-        return f"fleet-{self.kind}"
-
-    def __str__(self) -> str:
-        return f"{self.kind} at {self.address}"
-
-
 class Connection:
-    """One HTTP/2 channel to the target, shared by every call of a command.
+    """The channels to the target (one per Manager address), shared by every call of a
+    command; unary calls fail over between Managers (:mod:`fleetctl.failover`).
 
     ``async with Connection(settings, target) as conn:``
     ``    await conn.call(conn.admin().ListNodes(request, timeout=conn.timeout))``
@@ -81,7 +64,7 @@ class Connection:
         self.settings = settings
         self.target = target
         self._ssl: ssl.SSLContext | None = None
-        self._channel: Channel | None = None
+        self._router: Router | None = None
 
     async def __aenter__(self) -> Connection:
         if not self.settings.insecure:
@@ -94,15 +77,20 @@ class Connection:
             except ssl.SSLError as exc:
                 if not _loads_as_ca(files.ca_file):
                     raise usage(
-                        f"cannot load the CA certificate {files.ca_file}: {_ssl_reason(exc)} "
+                        f"cannot load the CA certificate {files.ca_file}: {ssl_reason(exc)} "
                         "— is it the Fleet CA certificate (ca.crt, PEM)? check --ca"
                     ) from None
                 raise usage(
                     f"cannot load the client certificate {files.cert_file} / key "
-                    f"{files.key_file} / CA {files.ca_file}: {_ssl_reason(exc)} "
+                    f"{files.key_file} / CA {files.ca_file}: {ssl_reason(exc)} "
                     "(do the certificate and key belong together?)"
                 ) from None
-        self._channel = Channel(self.target.address.host, self.target.address.port, ssl=self._ssl)
+        self._router = Router(
+            target=self.target,
+            settings=self.settings,
+            ssl_context=self._ssl,
+            explain=self._explain_at,
+        )
         return self
 
     async def __aexit__(
@@ -111,14 +99,24 @@ class Connection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        if self._router is not None:
+            self._router.close()
+            self._router = None
+
+    @property
+    def router(self) -> Router:
+        assert self._router is not None, "use Connection as an async context manager"
+        return self._router
 
     @property
     def channel(self) -> Channel:
-        assert self._channel is not None, "use Connection as an async context manager"
-        return self._channel
+        """The channel to the endpoint that answered last (the first one before any)."""
+        return self.router.channel()
+
+    async def ready(self) -> Target:
+        """Connect to a Manager that can be reached (the first in order), for streaming
+        calls, which do not fail over; a :class:`CliError` when none can be."""
+        return await self.router.ready()
 
     def peer_name(self) -> str | None:
         """The name in the server's verified certificate (a Daemon's node id), if known.
@@ -144,13 +142,13 @@ class Connection:
         """
         from schema import admin_grpc
 
-        return admin_grpc.AdminServiceStub(self.channel)
+        return self.router.stub(admin_grpc.AdminServiceStub)
 
     def daemon(self) -> daemon_grpc.DaemonServiceStub:
         """One Daemon's DaemonService (``schema.daemon_pb2``); ``timeout=conn.timeout`` too."""
         from schema import daemon_grpc
 
-        return daemon_grpc.DaemonServiceStub(self.channel)
+        return self.router.stub(daemon_grpc.DaemonServiceStub)
 
     async def call(
         self, awaitable: Awaitable[T], *, what: str = "", agent_without_node: str = ""
@@ -173,29 +171,43 @@ class Connection:
                 and exc.status is Status.FAILED_PRECONDITION
             ):
                 err = CliError(f"{err.message} ({agent_without_node})", ExitCode.USAGE)
+            if err is exc:
+                raise  # already one line (fleetctl.failover), its cause kept
             raise err from exc
 
     async def explain(self, exc: BaseException, *, what: str = "") -> CliError:
-        """:func:`translate`, plus a TLS probe when the server just dropped us.
+        """:func:`translate` (naming the endpoint that answered), plus a TLS probe when
+        the server just dropped us, and "did you mean" for an unknown id."""
+        if isinstance(exc, AnsweredError):
+            target = exc.target
+        elif self._router is not None:
+            target = self._router.current()
+        else:
+            target = self.target
+        err = await self._explain_at(exc, target, what=what)
+        if isinstance(exc, GRPCError) and exc.status is Status.NOT_FOUND:
+            hint = await self._did_you_mean(exc.message or "")
+            if hint:
+                err = CliError(f"{err.message}{hint}", err.code)
+        return err
+
+    async def _explain_at(self, exc: BaseException, target: Target, *, what: str = "") -> CliError:
+        """:func:`translate` for ``target`` (one endpoint), plus a TLS probe when the
+        server just dropped us.
 
         With TLS 1.3 a server that refuses our certificate does so after the client
         side of the handshake is done, so grpclib only sees the connection drop; a
         direct handshake shows the alert naming the reason.
         """
         dropped = isinstance(exc, StreamTerminatedError | ConnectionResetError | BrokenPipeError)
-        alert = isinstance(exc, ssl.SSLError) and "alert" in _ssl_reason(exc)
-        if (dropped or alert) and self._ssl is not None:
+        alert = isinstance(exc, ssl.SSLError) and "alert" in ssl_reason(exc)
+        if (dropped or alert) and self._ssl is not None and isinstance(target.address, Address):
             reason = await asyncio.to_thread(
-                probe_tls, self.target.address, self._ssl, min(self.settings.timeout, 5.0)
+                probe_tls, target.address, self._ssl, min(self.settings.timeout, 5.0)
             )
             if reason:
-                return refused_certificate(self.target, self.settings, reason)
-        err = translate(exc, self.target, self.settings, what=what)
-        if isinstance(exc, GRPCError) and exc.status is Status.NOT_FOUND:
-            hint = await self._did_you_mean(exc.message or "")
-            if hint:
-                err = CliError(f"{err.message}{hint}", err.code)
-        return err
+                return refused_certificate(target, self.settings, reason)
+        return translate(exc, target, self.settings, what=what)
 
     async def _did_you_mean(self, message: str) -> str:
         """`` — did you mean …?`` for a NOT_FOUND naming an unknown node or agent id.
@@ -294,7 +306,7 @@ def probe_tls(address: Address, ctx: ssl.SSLContext, timeout: float) -> str | No
     except ssl.SSLCertVerificationError:
         return None  # our side refused theirs: translate() reports that
     except ssl.SSLError as exc:
-        reason = _ssl_reason(exc)
+        reason = ssl_reason(exc)
         return reason if "alert" in reason else None
     except (ConnectionResetError, BrokenPipeError):
         return "it reset the connection right after the TLS handshake"
@@ -316,28 +328,12 @@ def _loads_as_ca(path: object) -> bool:
     return True
 
 
-def _ssl_reason(exc: ssl.SSLError) -> str:
-    reason = (getattr(exc, "reason", None) or "").lower().replace("_", " ")
-    return reason or str(exc)
-
-
 def refused_certificate(target: Target, settings: Settings, reason: str) -> CliError:
     return CliError(
         f"{target} refused our certificate {settings.cert} ({reason}) — "
         f"fleetctl needs an admin certificate issued by the Fleet CA; check --cert/--key",
         ExitCode.PERMISSION_DENIED,
     )
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host: {(exc.strerror or str(exc)).lower()}"
-    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "connection timed out"
-    text = exc.strerror or str(exc) or type(exc).__name__
-    return text[0].lower() + text[1:] if text else type(exc).__name__
 
 
 def translate(
@@ -389,7 +385,7 @@ def translate(
             ExitCode.PERMISSION_DENIED,
         )
     if isinstance(exc, ssl.SSLError):
-        reason = _ssl_reason(exc)
+        reason = ssl_reason(exc)
         if "alert" in reason:
             return refused_certificate(target, settings, reason)
         return CliError(
@@ -412,7 +408,7 @@ def translate(
         )
     if isinstance(exc, OSError):
         return CliError(
-            f"cannot reach {target} ({_os_reason(exc)}) — is {target.program} running? "
+            f"cannot reach {target} ({os_reason(exc)}) — is {target.program} running? "
             f"check {target.flag}",
             ExitCode.UNAVAILABLE,
         )

@@ -6,7 +6,7 @@ that records, for each value, where it came from (``fleetctl config show`` print
 
 Config file (TOML, ``~/.config/fleet/fleetctl.toml``, or ``$FLEET_CONFIG``, or ``--config``)::
 
-    manager = "10.0.0.5:50051"
+    manager = "10.0.0.5:50051"       # or several: ["10.0.0.5:50051", "10.0.0.6:50051"]
     ca = "/etc/fleet/ca.crt"          # relative paths are relative to the file
     cert = "/etc/fleet/admin.crt"
     key = "/etc/fleet/admin.key"
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.addresses import AddressError, format_hostport, parse_address_list, split_hostport
 from common.durations import parse_duration
 
 from .errors import CliError, ExitCode, usage
@@ -55,37 +56,60 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class AddressList:
+    """The Managers to try, in order (``FLEET_MANAGER="host1:50051,host2:50051"``); each
+    may be a DNS name with several records (:mod:`fleetctl.failover`)."""
+
+    addresses: tuple[Address, ...]
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            raise ValueError("an AddressList needs at least one address")
+
+    @property
+    def host(self) -> str:
+        """The first address's host (what code written for one Manager dials)."""
+        return self.addresses[0].host
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0].port
+
+    def __str__(self) -> str:
+        return ",".join(str(a) for a in self.addresses)
 
 
 def parse_address(text: str, *, default_port: int, what: str = "address") -> Address:
     """``host``, ``host:port`` or ``[v6]:port``; a usage error naming ``what`` otherwise."""
-    s = text.strip()
-    host, port_text = s, ""
-    if s.startswith("["):
-        end = s.find("]")
-        if end < 0:
-            raise usage(f"invalid {what} {text!r}: unclosed '['")
-        host, rest = s[1:end], s[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise usage(f"invalid {what} {text!r}: expected HOST:PORT")
-        port_text = rest[1:]
-    elif s.count(":") == 1:
-        host, port_text = s.split(":")
-    if not host:
-        raise usage(f"invalid {what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:{default_port}")
-    if not port_text:
-        return Address(host, default_port)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise usage(f"invalid {what} {text!r}: port must be a number from 1 to 65535")
-    return Address(host, int(port_text))
+    try:
+        return Address(*split_hostport(text, default_port=default_port))
+    except AddressError as exc:
+        raise usage(f"invalid {what} {text!r}: {exc.reason}") from None
+
+
+def parse_addresses(
+    text: str, *, default_port: int, what: str = "address", source: str = ""
+) -> AddressList:
+    """One address or several, comma-separated; a usage error naming the bad entry (and
+    ``source``, where the text came from)."""
+    try:
+        entries = parse_address_list(text, default_port=default_port)
+    except AddressError as exc:
+        where = f" in {text!r}" if exc.entry != text else ""
+        origin = f" ({source})" if source else ""
+        raise usage(f"invalid {what} {exc.entry!r}{where}{origin}: {exc.reason}") from None
+    return AddressList(tuple(Address(*split_hostport(e)) for e in entries))
 
 
 @dataclass(frozen=True)
 class Settings:
     """What a command connects with, and where each value came from."""
 
-    manager: Address
+    manager: AddressList
     ca: Path | None
     cert: Path | None
     key: Path | None
@@ -141,7 +165,11 @@ def _load_config(path: Path) -> dict[str, str]:
         )
     out: dict[str, str] = {}
     for name, value in data.items():
-        if isinstance(value, bool):
+        if name == "manager" and isinstance(value, list):
+            if not value or not all(isinstance(v, str) for v in value):
+                raise usage(f"config file {path}: manager must be a HOST:PORT or a list of them")
+            out[name] = ",".join(value)
+        elif isinstance(value, bool):
             out[name] = "true" if value else "false"
         elif isinstance(value, str | int | float):
             out[name] = str(value)
@@ -211,8 +239,11 @@ def resolve(
         return Path(raw[name]).expanduser() if raw.get(name) else None
 
     return Settings(
-        manager=parse_address(
-            raw["manager"], default_port=DEFAULT_MANAGER_PORT, what="manager address"
+        manager=parse_addresses(
+            raw["manager"],
+            default_port=DEFAULT_MANAGER_PORT,
+            what="manager address",
+            source=sources["manager"],
         ),
         ca=path("ca"),
         cert=path("cert"),
