@@ -812,7 +812,8 @@ def test_daemon_refuses_node_certificates(fleet: Fleet) -> None:
 
 def test_daemon_that_went_away(tmp_path: Path, certs: Path) -> None:
     """A Daemon that stopped: --live lists what it can, names the node, exits 1; an
-    operation on it exits 5 (unavailable); once the grace passes the node shows offline."""
+    operation on it exits 5 (unavailable); the node shows stopped (it said goodbye: a
+    crash would show offline once the grace passes, tests/test_node_leave.py)."""
     manager = start_manager(tmp_path, certs, grace=2.0)
     daemon = start_daemon(
         tmp_path,
@@ -833,22 +834,21 @@ def test_daemon_that_went_away(tmp_path: Path, certs: Path) -> None:
         assert op.exit_code == ExitCode.UNAVAILABLE
         one_line(op.stderr)
 
-        wait_until(
-            lambda: ok_json(f, "nodes", "list", "--status", "offline"),
-            timeout=30,
-            what="node-a offline",
-        )
+        assert [n["node_id"] for n in ok_json(f, "nodes", "list", "--status", "stopped")] == [
+            "node-a"
+        ]
         rows = table(cli(f, "nodes", "list").stdout)
-        assert rows[1][0] == "node-a" and rows[1][4] == "offline"
+        assert rows[1][0] == "node-a" and rows[1][4] == "stopped"
         shown = cli(f, "nodes", "show", "node-a").stdout
-        assert re.search(r"^Status:\s+offline for \d+s$", shown, re.M), shown
+        assert re.search(r"^Status:\s+stopped for \d+s$", shown, re.M), shown
         events = ok_json(f, "nodes", "show", "node-a")["events"]
-        assert events[0]["old_status"] == "online" and events[0]["new_status"] == "offline"
+        assert events[0]["old_status"] == "online" and events[0]["new_status"] == "stopped"
+        assert events[0]["reason"] == "daemon shut down (SIGTERM)"
         # Its agents are marked: what is shown is their last reported state.
         (web,) = ok_json(f, "agents", "list")
-        assert web["node_status"] == "offline"
+        assert web["node_status"] == "stopped"
         status_col = table(cli(f, "agents", "list").stdout)[1][3]
-        assert status_col.endswith("(node offline)"), status_col
+        assert status_col.endswith("(node stopped)"), status_col
     finally:
         daemon.stop()
         cleanup_socket_dir(daemon)

@@ -93,12 +93,11 @@ def test_a_clean_daemon_stop_shows_stopped_at_once_and_a_crash_waits_for_the_gra
     crashed = start_daemon(tmp_path, certs, node_id="node-b", manager_port=mgr.grpc_port)
     try:
         port = mgr.grpc_port
-        for node in ("node-a", "node-b"):
-            wait_until(
-                lambda node=node: _node(certs, port, node).node.status == "online",
-                timeout=60,
-                what=f"{node} online",
-            )
+
+        def all_online() -> bool:
+            return all(_node(certs, port, n).node.status == "online" for n in ("node-a", "node-b"))
+
+        wait_until(all_online, timeout=60, what="both nodes online")
         assert clean.stop() == 0
         # Said before the process exited: no waiting for a grace period.
         got = _node(certs, port, "node-a")
