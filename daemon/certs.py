@@ -253,7 +253,9 @@ def _load_leaf(path: Path) -> x509.Certificate:
 
 def _ssl_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
-        return f"{exc.reason or exc} (key and certificate do not match, or a file is not PEM)"
+        # OpenSSL's reason in words ("KEY_VALUES_MISMATCH" -> "key values mismatch").
+        reason = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+        return f"{reason} (key and certificate do not match, or a file is not PEM)"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc)

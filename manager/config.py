@@ -55,7 +55,7 @@ class ManagerConfig:
     # behind the store never make a node look dead.
     heartbeat_in_flight: int = 2048
     report_metrics_in_flight: int = 32
-    sync_in_flight: int = 64
+    sync_in_flight: int = 256
     # Per admin method that reads or writes the store.
     admin_in_flight: int = 64
     retry_after: float = 1.0

@@ -32,6 +32,10 @@ from harness.manager import (
 from common.specdoc import canonical, load_signing_key
 from schema import admin_pb, daemon_pb, manager_pb
 
+# The newest migration: a fresh or upgraded database ends there.
+LATEST_MIGRATION = max(
+    p.stem for p in (Path(__file__).parents[1] / "manager" / "store" / "migrations").glob("0*.py")
+)
 WEB = {"id": "web", "command": ["/usr/bin/nginx", "-g", "daemon off;"], "start_seconds": "2s"}
 WORKER = {"id": "worker", "command": ["/bin/sleep", "3600"]}
 
@@ -593,7 +597,8 @@ def test_spec_schema_fresh_and_upgraded(
     mgr = start_manager(tmp_path, spec_certs, db_url=db_url)
     try:
         migrated = mgr.output().split("database migrated: applied ")[1].splitlines()[0]
-        assert migrated.endswith("0004_specs_rollouts")
+        assert "0004_specs_rollouts" in migrated
+        assert migrated.endswith(LATEST_MIGRATION), migrated
         assert ("0001_initial" in migrated) is not upgraded
         if upgraded:
             agents = admin(spec_certs, mgr, "list_agents", admin_pb.ListAgentsRequest()).agents
