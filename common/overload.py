@@ -119,12 +119,15 @@ class Admission:
             )
         return None
 
-    def release(self, name: str, seconds: float) -> None:
-        """Give back the slot taken by :meth:`admit`; ``seconds`` the call took."""
+    def release(self, name: str, seconds: float | None) -> None:
+        """Give back the slot taken by :meth:`admit`; ``seconds``: how long the handler
+        worked once the request was read (None when it never was: a body that stalled
+        or was refused says nothing about the service time)."""
         if name not in self._limits:
             return
         self._in_flight[name] -= 1
-        self._service[name] += _EWMA * (seconds - self._service[name])
+        if seconds is not None:
+            self._service[name] += _EWMA * (seconds - self._service[name])
 
     def _refuse(self, name: str, limit: MethodLimit, reason: str, text: str) -> GRPCError:
         hint = round(self._retry_after * (1.0 + self._rng()), 1)

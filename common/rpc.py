@@ -357,6 +357,7 @@ class GuardedService:
             code = "OK"
             request_id = f"{_REQUEST_PREFIX}-{next(_request_numbers)}"
             counted = False
+            served = 0.0  # when the request was read: the service time counts from there
             try:
                 identity = self._identify(stream)
                 if identity is None or not self._allowed(name, identity):
@@ -374,6 +375,7 @@ class GuardedService:
                         request = await _recv_bounded(stream, request_type, self._max, plan, clock)
                 except TimeoutError:
                     raise clock.expired() from None
+                served = time.perf_counter()
                 peer_pid = _peer_pid(stream) if self._transport == Transport.LOCAL else 0
                 token = _current.set(
                     CallContext(
@@ -407,7 +409,8 @@ class GuardedService:
                 ) from None
             finally:
                 if counted:
-                    admission.release(name, time.perf_counter() - started)
+                    # A body that never came is the caller's delay, not the service time.
+                    admission.release(name, time.perf_counter() - served if served else None)
                 if self._observer is not None:
                     self._observer(name, code, time.perf_counter() - started)
 

@@ -72,3 +72,14 @@ def test_unavailable_status_for_methods_that_should_try_another_server() -> None
 def test_a_budget_must_admit_something() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
         MethodLimit(0)
+
+
+def test_calls_whose_request_never_came_do_not_count_as_service_time() -> None:
+    """A caller that opens calls and never finishes their bodies must not make the
+    method look slow, or honest calls would be refused for their deadline."""
+    admission = Admission({"Heartbeat": MethodLimit(1000)})
+    for _ in range(200):  # abandoned: the read timed out after 10 s
+        admission.admit("Heartbeat", None)
+        admission.release("Heartbeat", None)
+    admission.admit("Heartbeat", 0.05)  # a short deadline still gets in
+    assert admission.in_flight("Heartbeat") == 1
