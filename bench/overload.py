@@ -233,6 +233,22 @@ async def _run(args: argparse.Namespace, address: str, certs: Path, pid: int) ->
             await node.channel.close()
 
 
+def _cpu_per_call(phases: list[Phase]) -> tuple[float, float]:
+    """Manager CPU milliseconds per served call and per refusal: the least-squares fit of
+    ``cpu = a * served + b * refused`` over the phases. Less sensitive to a busy machine
+    than goodput (a process waiting for a core uses no CPU time)."""
+    rows = [(float(ph.ok), float(ph.refused), ph.manager_cpu_s) for ph in phases]
+    saa = sum(a * a for a, _, _ in rows)
+    sab = sum(a * b for a, b, _ in rows)
+    sbb = sum(b * b for _, b, _ in rows)
+    sac = sum(a * c for a, _, c in rows)
+    sbc = sum(b * c for _, b, c in rows)
+    det = saa * sbb - sab * sab
+    if not det:
+        return (1000.0 * sac / saa if saa else 0.0), 0.0
+    return 1000.0 * (sac * sbb - sbc * sab) / det, 1000.0 * (saa * sbc - sab * sac) / det
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=200)
@@ -319,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         for ph in phases:
             if ph.first_other:
                 print(f"{ph.name}: first other error: {ph.first_other}")
+        served_ms, refused_ms = _cpu_per_call(phases)
+        print(
+            f"Manager CPU per call (least squares over the phases): served {served_ms:.2f} ms, "
+            f"refused {refused_ms:.3f} ms"
+        )
         if args.profile is not None and args.profile.exists():
             print_profile(profile_summary(args.profile, top=25), title="Manager at 3x")
     return 0

@@ -205,6 +205,7 @@ class ShieldedConnection(grpclib.protocol.Connection):
         self, connection: H2Connection, transport: Any, *, config: Configuration,
         shield: Shield, peer: str, label: str,
     ) -> None:  # fmt: skip
+        transport = _CorkedTransport(transport)
         super().__init__(connection, transport, config=config)
         self.h2 = connection
         self.transport = transport
@@ -295,6 +296,53 @@ class ShieldedConnection(grpclib.protocol.Connection):
             self.held += delta
             entry[0] = charge
         return reason
+
+
+class _CorkedTransport:
+    """A connection's transport whose writes within one event loop turn go out as one.
+
+    grpclib writes each frame it sends by itself: a served unary call's HEADERS, DATA
+    and trailers are three writes, each its own TLS record and ``send`` system call
+    (on loopback the sender's call also pays for the receiving side), and the
+    frames h2 queues while a read is parsed (acknowledgements, early refusals) one more
+    per slice. Here writes are gathered and handed to the transport together at the end
+    of the turn (``call_soon``), in the order they were made. ``close()`` writes what is
+    gathered first, so a GOAWAY still goes out; ``abort()`` drops it. Everything else
+    is the transport's own.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._uncork)
+        self._pending.append(data)
+
+    def _uncork(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._uncork()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size()) + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 # Event class -> flood counter: 0 resets, 1 pings, 2 settings, 3 other control frames.
