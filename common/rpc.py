@@ -41,6 +41,7 @@ Handlers read the caller with :func:`current_call` (a context variable set per r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -49,7 +50,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # A caller that opens a call and never finishes its request must not hold the handler
 # forever (grpclib applies a deadline only when the client sends one).
 DEFAULT_REQUEST_TIMEOUT = 30.0
+# Server-streaming calls (follows) open at once per caller identity, and how long one
+# reply may wait for a client that does not read before the stream is dropped.
+DEFAULT_MAX_STREAMS_PER_CALLER = 8
+DEFAULT_STREAM_SEND_TIMEOUT = 10.0
 
 Observer = Callable[[str, str, float], None]
 
@@ -158,8 +163,15 @@ class GuardedService:
         default_decode_limits: DecodeLimits | None = None,
         revocations: RevocationList | None = None,
         trust_roots: Collection[x509.Certificate] | None = None,
+        max_streams_per_caller: int = DEFAULT_MAX_STREAMS_PER_CALLER,
+        stream_send_timeout: float = DEFAULT_STREAM_SEND_TIMEOUT,
     ) -> None:
         self._service = service
+        # Server-streaming calls open per caller identity, and how long one reply may wait
+        # for a client that does not read (see _stream_replies).
+        self._max_streams = max_streams_per_caller
+        self._stream_send_timeout = stream_send_timeout
+        self._streams: dict[Identity, int] = {}
         self._policy = {name: frozenset(roles) for name, roles in policy.items()}
         self._transport = transport
         self._max = max_message_bytes
@@ -208,13 +220,69 @@ class GuardedService:
             name = path.rsplit("/", 1)[-1]
             impl = getattr(self._service, snake_case(name))
             plan = self._plan(path, name, handler.request_type)
+            streaming = handler.cardinality is grpclib.const.Cardinality.UNARY_STREAM
             mapping[path] = grpclib.const.Handler(
-                self._wrap(name, impl, handler.request_type, plan),
+                self._wrap(name, impl, handler.request_type, plan, streaming=streaming),
                 handler.cardinality,
                 handler.request_type,
                 handler.reply_type,
             )
         return mapping
+
+    async def _stream_replies(
+        self,
+        stream: grpclib.server.Stream[Any, Any],
+        name: str,
+        identity: Identity,
+        replies: AsyncIterator[Any],
+    ) -> None:
+        """Send a server-streaming handler's replies until it ends or the client goes
+        away (grpclib cancels the handler: the generator is closed).
+
+        Bounded per caller: at most ``max_streams_per_caller`` open streams per identity
+        (``RESOURCE_EXHAUSTED`` beyond), and a reply the client does not take within
+        ``stream_send_timeout`` (its HTTP/2 window stays full) ends the stream with
+        ``RESOURCE_EXHAUSTED`` — a slow reader is dropped, never buffered for. Handlers
+        bound what they queue themselves, and end with ``RESOURCE_EXHAUSTED`` "too slow"
+        when their queue overflows."""
+        held = self._streams.get(identity, 0)
+        if held >= self._max_streams:
+            await _aclose(replies)
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"{identity} already has {held} {'stream' if held == 1 else 'streams'} open "
+                f"(at most {self._max_streams} per caller): close one first",
+            )
+        self._streams[identity] = held + 1
+        try:
+            async with contextlib.aclosing(replies):  # type: ignore[type-var]
+                async for reply in replies:
+                    try:
+                        async with asyncio.timeout(self._stream_send_timeout):
+                            await stream.send_message(reply)
+                    except TimeoutError:
+                        log.warning(
+                            "dropped a %s stream of %s: the client did not read for %g s",
+                            name,
+                            identity,
+                            self._stream_send_timeout,
+                        )
+                        connection = stream._stream.connection
+                        if not connection.write_ready.is_set():
+                            # It reads nothing at all on this connection (the socket is
+                            # full): not even the trailers would go. Close it.
+                            _close_connection(connection, b"not reading")
+                        raise GRPCError(
+                            Status.RESOURCE_EXHAUSTED,
+                            f"too slow: a reply waited {self._stream_send_timeout:g} s for "
+                            "the client to read",
+                        ) from None
+        finally:
+            left = self._streams[identity] - 1
+            if left:
+                self._streams[identity] = left
+            else:
+                del self._streams[identity]
 
     def early_refusals(self) -> dict[str, EarlyRefusal]:
         """Per method path with a budget, the check :class:`~common.h2limits.HardenedServer`
@@ -348,7 +416,15 @@ class GuardedService:
             return True
         return identity.role in self._policy.get(name, frozenset())
 
-    def _wrap(self, name: str, impl: Callable[[Any], Any], request_type: Any, plan: Plan) -> Any:
+    def _wrap(
+        self,
+        name: str,
+        impl: Callable[[Any], Any],
+        request_type: Any,
+        plan: Plan,
+        *,
+        streaming: bool = False,
+    ) -> Any:
         admission = self._admission
         limited = admission.limited(name)
 
@@ -387,11 +463,18 @@ class GuardedService:
                         connection=stream._stream.connection,
                     )
                 )
-                try:
-                    reply = await impl(request)
-                finally:
-                    _current.reset(token)
-                await stream.send_message(reply)
+                if streaming:
+                    try:
+                        await self._stream_replies(stream, name, identity, impl(request))
+                    finally:
+                        _current.reset(token)
+                        served = 0.0  # a stream's length is not a service time
+                else:
+                    try:
+                        reply = await impl(request)
+                    finally:
+                        _current.reset(token)
+                    await stream.send_message(reply)
             except GRPCError as exc:
                 code = exc.status.name
                 raise
@@ -435,6 +518,12 @@ def _peer_certificate(
         return PeerCertificate.from_der(der, root_subjects=root_subjects)
     except ValueError:
         return None
+
+
+async def _aclose(replies: Any) -> None:
+    close = getattr(replies, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def _close_connection(connection: Any, debug: bytes) -> bool:
