@@ -113,6 +113,7 @@ class DaemonApp:
         self.renewer: CertRenewer | None = None
         self.revocations: DaemonRevocations | None = None
         self._control: HardenedServer | None = None
+        self._control_service: control_service.ControlService | None = None
         self._local: HardenedServer | None = None
         self._http: MetricsServer | None = None
         self.grpc_port = 0
@@ -198,6 +199,7 @@ class DaemonApp:
             desired=self.desired,
             request_sync=self._request_sync,
         )
+        self._control_service = control
         control_server = make_server(
             [
                 GuardedService(
@@ -439,6 +441,10 @@ class DaemonApp:
         for (method, code), n in sorted(self._rpc_counts.items()):
             rpcs.add_metric([method, code], n)
         yield from (states, up, restarts, hb, cpu, rss, custom, rpcs)
+        if self._control_service is not None:
+            followers = gauge("fleet_daemon_log_followers", "FollowAgentLog streams open")
+            followers.add_metric([], self._control_service.followers)
+            yield followers
         if self.outbox is not None:
             pending = gauge("fleet_daemon_outbox_reports", "Metric reports waiting for the Manager")
             pending.add_metric([], len(self.outbox))

@@ -89,6 +89,7 @@ ADMIN_POLICY = {
         "PushUpdate",
         "GetAgentConfig",
         "GetAgentLog",
+        "FollowAgentLog",
         "RemoveNode",
         "ApplySpec",
         "ListSpecs",

@@ -28,8 +28,10 @@ jitter, capped). Every call carries a deadline (``daemons.call_timeout``, 30 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +219,30 @@ class DaemonClientPool:
             ) from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
             self._set_state(conn, IDLE, f"call failed: {_describe(exc)}")
+            raise Unavailable(f"daemon {node_id} at {address}: {_describe(exc)}") from None
+
+    async def stream(
+        self, node_id: str, address: str, method: str, request: Any
+    ) -> AsyncGenerator[Any, None]:
+        """The replies of server-streaming DaemonService ``method`` on a node, as they
+        come; no deadline (it lasts as long as the caller reads). Closing this generator
+        cancels the call on the Daemon. Errors as :meth:`call`."""
+        conn = self._get(node_id, address)
+        await self._ensure_ready(conn)
+        stub = daemon_pb.DaemonServiceStub(conn.channel)
+        replies = getattr(stub, method)(request)
+        try:
+            # aclosing: the stub's generator holds the HTTP/2 stream; closing it (here,
+            # when our caller closes us) resets the stream, so the Daemon stops too.
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    yield reply
+        except GRPCError as exc:
+            raise DaemonError(
+                exc.status, f"daemon {node_id}: {exc.message or exc.status.name}"
+            ) from None
+        except (StreamTerminatedError, ConnectionError, OSError) as exc:
+            self._set_state(conn, IDLE, f"stream failed: {_describe(exc)}")
             raise Unavailable(f"daemon {node_id} at {address}: {_describe(exc)}") from None
 
     async def list_agents(self, node_id: str, address: str) -> daemon_pb.ListAgentsResponse:

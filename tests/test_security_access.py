@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 from harness import free_port, wait_until
 from harness.daemon import agent, list_agents, start_daemon
@@ -236,6 +239,12 @@ def _manager_calls(
             a.GetAgentLogResponse,
             "admin",
         ),
+        (
+            ADMIN_SVC + "FollowAgentLog",
+            a.FollowAgentLogRequest(node_id="node-a", agent_id="sleepy"),
+            a.FollowAgentLogResponse,
+            "admin",
+        ),
         (ADMIN_SVC + "ApplySpec", a.ApplySpecRequest(spec=spec), a.ApplySpecResponse, "admin"),
         (ADMIN_SVC + "ListSpecs", a.ListSpecsRequest(), a.ListSpecsResponse, "admin"),
         (ADMIN_SVC + "GetSpec", a.GetSpecRequest(name="matrix"), a.GetSpecResponse, "admin"),
@@ -299,6 +308,14 @@ def _manager_calls(
             a.GetAgentResponse,
             "admin",
         ),
+        # after_id 1: the history after the first event answers at once (the stream
+        # then stays open for new events).
+        (
+            ADMIN_SVC + "WatchEvents",
+            a.WatchEventsRequest(after_id=1),
+            a.Event,
+            "admin",
+        ),
         # A serial no certificate here has (certgen's are 159 random bits).
         (
             ADMIN_SVC + "RevokeCertificate",
@@ -326,6 +343,46 @@ def test_the_matrices_cover_every_rpc() -> None:
     assert {path for path, *_ in _manager_calls()} == served
     daemon_served = set(daemon_pb.DaemonServiceBase().__mapping__())
     assert {path for path, *_ in _daemon_calls()} == daemon_served
+
+
+# Server-streaming methods: the matrices take their first reply as the answer.
+_STREAMING = {
+    path
+    for service in (
+        manager_pb.ManagerServiceBase(),
+        admin_pb.AdminServiceBase(),
+        daemon_pb.DaemonServiceBase(),
+    )
+    for path, handler in service.__mapping__().items()
+    if handler.cardinality is Cardinality.UNARY_STREAM
+}
+
+
+async def matrix_call(
+    port: int, ctx: ssl.SSLContext | None, path: str, request: Any, reply_type: type
+) -> tuple[str, Any]:
+    """``raw_call``; for a server-streaming method, ``("OK", first reply)`` once its first
+    reply came (the stream is then cancelled), else the status it ended with."""
+    if path not in _STREAMING:
+        return await raw_call(port, ctx, path, request, reply_type)
+    channel = Channel("127.0.0.1", port, ssl=ctx)
+    stream: Any
+    try:
+        async with channel.request(
+            path, Cardinality.UNARY_STREAM, type(request), reply_type, timeout=10
+        ) as stream:
+            await stream.send_message(request, end=True)
+            reply = await stream.recv_message()
+            if reply is None:
+                await stream.recv_trailing_metadata()
+            await stream.cancel()
+            return "OK", reply
+    except GRPCError as exc:
+        return exc.status.name, exc.message or ""
+    except (OSError, ssl.SSLError, StreamTerminatedError, ConnectionError) as exc:
+        return REFUSED, exc
+    finally:
+        channel.close()
 
 
 def _daemon_calls() -> list[tuple[str, Any, type, frozenset[str]]]:
@@ -369,6 +426,12 @@ def _daemon_calls() -> list[tuple[str, Any, type, frozenset[str]]]:
             DAEMON_SVC + "GetAgentLog",
             d.AgentLogRequest(agent_id="sleepy"),
             d.AgentLogResponse,
+            staff,
+        ),
+        (
+            DAEMON_SVC + "FollowAgentLog",
+            d.AgentLogRequest(agent_id="sleepy"),
+            d.AgentLogChunk,
             staff,
         ),
         (
@@ -488,7 +551,7 @@ def test_every_manager_rpc_with_every_caller(fleet: Fleet) -> None:
         for path, request, reply_type, allowed in _manager_calls(certs, fleet.token_id):
             for caller in CALLERS:
                 ctx = _context(certs, caller, server_role="manager")
-                code, detail = await raw_call(port, ctx, path, request, reply_type)
+                code, detail = await matrix_call(port, ctx, path, request, reply_type)
                 out[(path.rsplit("/", 1)[1], caller)] = code
                 if caller == allowed:
                     assert code == "OK", (path, caller, detail)
@@ -513,7 +576,7 @@ def test_every_daemon_rpc_with_every_caller(fleet: Fleet) -> None:
         for path, request, reply_type, allowed in _daemon_calls():
             for caller in CALLERS:
                 ctx = _context(certs, caller, server_role="node", server_name="node-a")
-                code, detail = await raw_call(daemon.grpc_port, ctx, path, request, reply_type)
+                code, detail = await matrix_call(daemon.grpc_port, ctx, path, request, reply_type)
                 out[(path.rsplit("/", 1)[1], caller)] = code
                 if caller in allowed:
                     assert code == "OK", (path, caller, detail)
@@ -524,8 +587,8 @@ def test_every_daemon_rpc_with_every_caller(fleet: Fleet) -> None:
         return out
 
     results = asyncio.run(matrix())
-    assert len(results) == 13 * 4
-    assert sum(code == "OK" for code in results.values()) == 9 * 2
+    assert len(results) == 14 * 4
+    assert sum(code == "OK" for code in results.values()) == 10 * 2
     # The agent-facing methods answer nobody on TCP, whatever the certificate.
     for method in ("Register", "Heartbeat", "ReportMetrics", "GetConfig"):
         assert all(results[(method, c)] != "OK" for c in CALLERS)

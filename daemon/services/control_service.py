@@ -5,6 +5,10 @@ answers at once and then sends its full, authoritative list through
 ``ManagerService.SyncAgentStates``. Any states in the request are ignored — the Daemon
 is the authority on what runs on its host.
 
+``FollowAgentLog`` streams an agent's log as it grows (:mod:`daemon.logfollow`), polling
+the file every :data:`FOLLOW_POLL_SECONDS`; :attr:`ControlService.followers` counts the
+open follows (``fleet_daemon_log_followers`` on /metrics).
+
 ``ReloadConfig`` and ``ApplySpecs`` change what runs (:mod:`daemon.desired`). A refused
 reload is answered in-band (``success = false`` and the reason), so the caller sees which
 file, line and key; a refused spec is a ``REFUSED`` SpecState with its reason. For
@@ -17,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
-from common.errors import InvalidArgument
+from common.errors import InvalidArgument, NotFound
 from common.validate import check_id, check_log_request
 from schema import daemon_pb
 
 from .. import logtail
 from ..agents import Agents, UpdateFailed
 from ..desired import DesiredState
+from ..logfollow import Chunk, LogFollower
 from ..specs import Envelope
 
 log = logging.getLogger(__name__)
@@ -40,16 +45,19 @@ POLICY = {
         "SyncAgentStates",
         "GetAgentConfig",
         "GetAgentLog",
+        "FollowAgentLog",
         "ReloadConfig",
         "ApplySpecs",
     )
 }
 MAX_SPECS = 1000
+# How often a follow looks at the agent's log file (one stat when nothing changed).
+FOLLOW_POLL_SECONDS = 0.25
 
 
 class ControlService(daemon_pb.DaemonServiceBase):
     """ListAgents, OperateAgent, GetAgentMetrics, SyncAgentStates, PushUpdate, GetAgentConfig,
-    GetAgentLog, ReloadConfig, ApplySpecs.
+    GetAgentLog, FollowAgentLog, ReloadConfig, ApplySpecs.
 
     The agent-facing methods are left to the base class (``UNIMPLEMENTED``) and are in
     any case outside this listener's policy.
@@ -62,11 +70,14 @@ class ControlService(daemon_pb.DaemonServiceBase):
         agents: Agents,
         desired: DesiredState,
         request_sync: Callable[[], None],
+        follow_poll: float = FOLLOW_POLL_SECONDS,
     ) -> None:
         self._node_id = node_id
         self._agents = agents
         self._desired = desired
         self._request_sync = request_sync
+        self._follow_poll = follow_poll
+        self.followers = 0  # FollowAgentLog streams open now
 
     async def list_agents(
         self, list_agents_request: daemon_pb.ListAgentsRequest
@@ -159,6 +170,43 @@ class ControlService(daemon_pb.DaemonServiceBase):
             path=str(path),
             size_bytes=found.size,
         )
+
+    async def follow_agent_log(
+        self, agent_log_request: daemon_pb.AgentLogRequest
+    ) -> AsyncIterator[daemon_pb.AgentLogChunk]:
+        """The last ``lines`` lines (0 = none), then new lines as they are written, until
+        the caller goes away (GuardedService closes this generator) or the Daemon stops.
+        The first chunk always comes at once (empty without history): the follow is on."""
+        req = agent_log_request
+        agent_id = req.agent_id
+        check_id("agent_id", agent_id)
+        stream, _ = check_log_request(req.stream, req.lines)
+        stdout, stderr = self._agents.get(agent_id).log_files
+        follower = LogFollower((stdout if stream == "stdout" else stderr).path)
+
+        def message(chunk: Chunk) -> daemon_pb.AgentLogChunk:
+            return daemon_pb.AgentLogChunk(
+                agent_id=agent_id,
+                stream=stream,
+                text=chunk.text,
+                skipped=chunk.skipped,
+                rotated=chunk.rotated,
+            )
+
+        self.followers += 1
+        try:
+            for chunk in await asyncio.to_thread(follower.history, req.lines):
+                yield message(chunk)
+            while True:
+                await asyncio.sleep(self._follow_poll)
+                if agent_id not in self._agents.runners:
+                    raise NotFound(f"agent {agent_id!r} was removed from this node")
+                if not follower.changed():
+                    continue
+                for chunk in await asyncio.to_thread(follower.poll):
+                    yield message(chunk)
+        finally:
+            self.followers -= 1
 
     async def reload_config(
         self, reload_config_request: daemon_pb.ReloadConfigRequest

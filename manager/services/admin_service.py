@@ -36,6 +36,7 @@ from ..daemon_pool import DaemonClientPool
 from ..enroll import EnrollAdmin
 from ..events import EventRecorder
 from ..known_nodes import KnownNodes
+from ..log_follow import relay
 from ..revocations import ManagerRevocations
 from ..store import (
     NODE_STATUSES,
@@ -640,6 +641,18 @@ class AdminService(admin_pb.AdminServiceBase):
             ),
         )
         return admin_pb.GetAgentLogResponse(node_id=node.node_id, log=reply)
+
+    async def follow_agent_log(
+        self, request: admin_pb.FollowAgentLogRequest
+    ) -> AsyncIterator[admin_pb.FollowAgentLogResponse]:
+        """The agent's new log lines from its Daemon until either side goes away
+        (manager/log_follow.py)."""
+        validate.check_log_request(request.stream, request.lines)
+        node, agent_id = await self._resolve(request.node_id, request.agent_id)
+        replies = relay(self._pool, node, agent_id, request)
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
 
     async def reload_daemon(
         self, request: admin_pb.ReloadDaemonRequest
