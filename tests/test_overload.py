@@ -83,3 +83,22 @@ def test_calls_whose_request_never_came_do_not_count_as_service_time() -> None:
         admission.release("Heartbeat", None)
     admission.admit("Heartbeat", 0.05)  # a short deadline still gets in
     assert admission.in_flight("Heartbeat") == 1
+
+
+def test_check_refuses_like_admit_without_taking_a_slot() -> None:
+    """What the HTTP/2 layer asks when a call's HEADERS arrive: the same refusal, counted
+    and observed once, and no slot taken when the call may go on (the handler admits it)."""
+    seen: list[tuple[str, str]] = []
+    admission = Admission(
+        {"ReportMetrics": MethodLimit(1)}, observer=lambda m, r: seen.append((m, r))
+    )
+    assert admission.check("ReportMetrics", 10.0) is None
+    assert admission.check("ListNodes", 0.0) is None  # no budget
+    assert admission.in_flight("ReportMetrics") == 0
+    admission.admit("ReportMetrics", 10.0)
+    refusal = admission.check("ReportMetrics", 10.0)
+    assert refusal is not None and refusal.status is Status.RESOURCE_EXHAUSTED
+    assert "1 ReportMetrics calls already in progress" in (refusal.message or "")
+    assert 1.0 <= hint_of(refusal) < 2.0
+    assert admission.in_flight("ReportMetrics") == 1
+    assert seen == [("ReportMetrics", "busy")]
