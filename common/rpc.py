@@ -164,12 +164,16 @@ class GuardedService:
         revocations: RevocationList | None = None,
         trust_roots: Collection[x509.Certificate] | None = None,
         max_streams_per_caller: int = DEFAULT_MAX_STREAMS_PER_CALLER,
+        max_streams_per_role: Mapping[str, int] | None = None,
         stream_send_timeout: float = DEFAULT_STREAM_SEND_TIMEOUT,
     ) -> None:
         self._service = service
         # Server-streaming calls open per caller identity, and how long one reply may wait
         # for a client that does not read (see _stream_replies).
         self._max_streams = max_streams_per_caller
+        # A caller that relays for others (a Manager following logs for every admin)
+        # gets its own bound; the relaying side bounds each of its own callers.
+        self._max_streams_by_role = dict(max_streams_per_role or {})
         self._stream_send_timeout = stream_send_timeout
         self._streams: dict[Identity, int] = {}
         self._policy = {name: frozenset(roles) for name, roles in policy.items()}
@@ -246,12 +250,13 @@ class GuardedService:
         bound what they queue themselves, and end with ``RESOURCE_EXHAUSTED`` "too slow"
         when their queue overflows."""
         held = self._streams.get(identity, 0)
-        if held >= self._max_streams:
+        limit = self._max_streams_by_role.get(identity.role, self._max_streams)
+        if held >= limit:
             await _aclose(replies)
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
                 f"{identity} already has {held} {'stream' if held == 1 else 'streams'} open "
-                f"(at most {self._max_streams} per caller): close one first",
+                f"(at most {limit} per caller): close one first",
             )
         self._streams[identity] = held + 1
         try:
@@ -300,9 +305,10 @@ class GuardedService:
         have been served, and the order of checks the handler makes is kept.
         """
         refusals: dict[str, EarlyRefusal] = {}
-        for path in self._service.__mapping__():
+        for path, handler in self._service.__mapping__().items():
             name = path.rsplit("/", 1)[-1]
-            if self._admission.limited(name):
+            streaming = handler.cardinality is grpclib.const.Cardinality.UNARY_STREAM
+            if self._admission.limited(name) and not streaming:
                 refusals[path] = self._early_refusal(name)
         return refusals
 
@@ -426,7 +432,9 @@ class GuardedService:
         streaming: bool = False,
     ) -> Any:
         admission = self._admission
-        limited = admission.limited(name)
+        # Streams are bounded per caller (_stream_replies), not by in-flight budgets: a
+        # follow holds its call for minutes and would starve the method's short calls.
+        limited = admission.limited(name) and not streaming
 
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
             started = time.perf_counter()

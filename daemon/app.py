@@ -209,6 +209,9 @@ class DaemonApp:
                     observer=self._observe,
                     revocations=self.revocations.list if tls else None,
                     trust_roots=ca_certs if tls else None,
+                    # The Manager relays every admin's log follows (and bounds each
+                    # admin to 8); an admin dialling this Daemon directly gets 8.
+                    max_streams_per_role={"manager": 256},
                 )
             ],
             limits=cfg.grpc_limits,

@@ -13,6 +13,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from harness import free_port
 
+from common.overload import MethodLimit
 from common.rpc import GuardedService, Transport, make_server
 from schema import admin_pb
 from schema.gen.pb2.fleet.admin.v1 import admin_grpc, admin_pb2
@@ -135,3 +136,39 @@ async def test_a_client_that_does_not_read_is_dropped_not_buffered_for() -> None
     finally:
         channel.close()
         server.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_streams_hold_no_in_flight_budget_and_a_relaying_role_has_its_own_bound() -> None:
+    """A follow lasts minutes: it must not take one of the method's in-flight slots (they
+    are for short calls); the bound that applies is per caller, by role when given."""
+    service = Events(count=1, hold=True)
+    guarded = GuardedService(
+        service,
+        policy={"WatchEvents": {"insecure"}},
+        transport=Transport.INSECURE,
+        max_in_flight={"WatchEvents": MethodLimit(1)},
+        max_streams_per_role={"insecure": 3},
+    )
+    assert guarded.early_refusals() == {}  # no budget answer at HEADERS for streams
+    server = make_server([guarded])
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    channel = Channel("127.0.0.1", port)
+    stub = admin_grpc.AdminServiceStub(channel)
+    try:
+        opened = []
+        for _ in range(3):  # a budget of 1 would refuse the second
+            s = await stub.WatchEvents.open().__aenter__()
+            await s.send_message(admin_pb2.WatchEventsRequest(), end=True)
+            got = await s.recv_message()
+            assert got is not None and got.id == 1
+            opened.append(s)
+        with pytest.raises(GRPCError) as err:
+            await stub.WatchEvents(admin_pb2.WatchEventsRequest())
+        assert "at most 3 per caller" in (err.value.message or "")
+        for s in opened:
+            await s.cancel()
+    finally:
+        channel.close()
+        server.close()
