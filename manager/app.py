@@ -59,6 +59,7 @@ from .store.events import EventStore
 from .store.revocations import RevocationStore
 from .store.specs import SpecStore
 from .tls_reload import TLSReloader
+from .watch import EventWatch
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ ADMIN_POLICY = {
         "RevokeCertificate",
         "ListEvents",
         "GetAgent",
+        "WatchEvents",
     )
 }
 
@@ -377,6 +379,7 @@ class ManagerApp:
             revocations=self.revocations,
             events=self.events,
             event_store=self.event_store,
+            watch=EventWatch(recorder=self.events, store=self.event_store, metrics=self.metrics),
         )
         guarded_manager = GuardedService(
             manager_service,

@@ -31,9 +31,11 @@ callback ``callback(row: EventRow) -> None``; it is called on the event loop, on
 event, after the event's transaction committed, in id order within one write, with the
 committed row (its ``id`` is the table's, increasing). It must not block or await
 anything (e.g. ``queue.put_nowait``); an exception it raises is logged and ignored.
-``subscribe`` returns a function that removes the callback. Node status events are not
-published here: they are written by the Store to ``fleet_node_event`` (ListEvents merges
-them in at read time, with their own ids).
+``subscribe`` returns a function that removes the callback. Node status events, which
+the Store writes to ``fleet_node_event`` (registration, heartbeat flushes, liveness
+sweeps, Leave), are published here too once committed, shaped as ListEvents merges them
+in (kind "status", agent_id ""): their ids are that table's own sequence, increasing
+too, but not comparable with agent events' ids.
 """
 
 from __future__ import annotations
@@ -258,6 +260,11 @@ class EventRecorder:
                 self._subscribers.remove(callback)
 
         return unsubscribe
+
+    @property
+    def subscriber_count(self) -> int:
+        """Callbacks subscribed now (one per open WatchEvents stream)."""
+        return len(self._subscribers)
 
     def committed(self, events: Sequence[EventRow]) -> None:
         for row in events:

@@ -166,6 +166,16 @@ class ManagerMetrics:
             "1 when the last write check succeeded, 0 when it failed (see /readyz).",
             registry=r,
         )
+        self.watch_streams = Gauge(
+            "fleet_manager_watch_streams",
+            "WatchEvents streams open (each one an event subscriber).",
+            registry=r,
+        )
+        self.watch_dropped = Counter(
+            "fleet_manager_watch_dropped",
+            "WatchEvents streams ended because the client did not keep up (too slow).",
+            registry=r,
+        )
         for reason in ("restart_guard", "manager_stall", "mass_silence"):
             self.liveness_held.labels(reason)
         for quota in ("metrics", "events"):

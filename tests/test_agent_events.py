@@ -95,9 +95,12 @@ def test_synced_states_become_events_published_once_committed(db_url: str) -> No
         # The node's own status event is in the same history (kind "status", no agent).
         node_rows = [r for r in rows if not r.agent_id]
         assert [(r.kind, r.new_status) for r in node_rows] == [("status", "online")]
-        # Published after commit, each once, in id order, as stored.
-        assert published == sorted(agent_rows, key=lambda r: r.id)
-        assert [r.id for r in published] == sorted({r.id for r in published})
+        # Published after commit, each once, in id order, as stored — the node's status
+        # event too, as ListEvents shows it (its id from the node event table).
+        assert [r for r in published if not r.agent_id] == node_rows
+        told = [r for r in published if r.agent_id]
+        assert told == sorted(agent_rows, key=lambda r: r.id)
+        assert [r.id for r in told] == sorted({r.id for r in told})
 
         only = await events.list_events(agent_id="web", kinds=["exited", "fatal"], limit=10)
         assert [r.kind for r in only] == ["fatal", "exited"]
@@ -108,7 +111,7 @@ def test_synced_states_become_events_published_once_committed(db_url: str) -> No
 
         unsubscribe()
         await sync(_web("RUNNING", pid=12, restarts=2), full=False)
-        assert len(published) == len(agent_rows)  # unsubscribed: not told
+        assert len(published) == len(agent_rows) + 1  # unsubscribed: not told
         # Removing the node removes its history with it.
         assert await store.remove_node("n1")
         assert await events.list_events(node_id="n1") == []

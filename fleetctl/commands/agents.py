@@ -55,6 +55,12 @@ def list_agents(
     ] = False,
     output: OutputOpt = Format.table,
     daemon: DaemonOpt = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", "-w", help="Redraw the list whenever something changes, until Ctrl-C."
+        ),
+    ] = False,
 ) -> None:
     """Agents on every node (or NODE), from the Manager's synced view or --live."""
     from ..views import AGENT_HEADERS, AGENT_RIGHT, AGENT_WIDE_HEADERS, agent_json, agent_row
@@ -85,18 +91,44 @@ def list_agents(
             )
             return list(resp.agents), list(resp.errors), node or ""
 
-    agents, errors, node = run(go())
-    agents.sort(key=lambda a: (getattr(a, "node_id", "") or node or "", a.id))
     out = st.output()
-    if output is Format.json:
-        out.json([agent_json(a, node_id=node) for a in agents])
-    else:
-        wide = output is Format.wide
-        out.table(
-            AGENT_WIDE_HEADERS if wide else AGENT_HEADERS,
-            [agent_row(a, node_id=node or "", wide=wide) for a in agents],
-            right=AGENT_RIGHT,
+
+    def show(found: tuple[list[Any], list[Any], str]) -> None:
+        agents, _, node = found
+        agents.sort(key=lambda a: (getattr(a, "node_id", "") or node or "", a.id))
+        if output is Format.json:
+            out.json([agent_json(a, node_id=node) for a in agents])
+        else:
+            wide = output is Format.wide
+            out.table(
+                AGENT_WIDE_HEADERS if wide else AGENT_HEADERS,
+                [agent_row(a, node_id=node or "", wide=wide) for a in agents],
+                right=AGENT_RIGHT,
+            )
+
+    if watch:
+        if daemon:
+            raise usage("--watch follows the Manager's events: it does not go with --daemon")
+        from schema import admin_pb2
+
+        from ._watch import run_watch
+
+        async def fetch(conn: Any) -> tuple[list[Any], list[Any], str]:
+            resp = await conn.call(
+                conn.admin().ListAgents(
+                    admin_pb2.ListAgentsRequest(node_id=node or "", status=wanted, live=live),
+                    timeout=conn.timeout,
+                )
+            )
+            return list(resp.agents), [], node or ""
+
+        run_watch(
+            st, request=admin_pb2.WatchEventsRequest(node_id=node or ""), fetch=fetch, show=show
         )
+        return
+    found = run(go())
+    show(found)
+    errors = found[1]
     if errors:
         for err in errors:
             typer.echo(f"fleetctl: {err.node_id}: {err.code}: {err.message}", err=True)

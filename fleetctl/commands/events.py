@@ -125,9 +125,21 @@ def events(
     node_only: Annotated[
         bool, typer.Option("--node-only", help="Only node events (no agent named).")
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Print new events as they happen, until Ctrl-C (one JSON object a line "
+            "with -o json).",
+        ),
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Recent events, newest first: fleet-wide, of NODE, or of AGENT on NODE."""
+    """Recent events, newest first: fleet-wide, of NODE, or of AGENT on NODE.
+
+    With -f, new events as the Manager records them instead, oldest first, until Ctrl-C.
+    """
     from schema import admin_pb2
 
     if not 1 <= limit <= MAX_LIMIT:
@@ -138,8 +150,13 @@ def events(
             raise usage(f"--kind {k!r}: use one of {', '.join(KINDS)}")
     if node_only and agent:
         raise usage("--node-only lists node events: name no AGENT")
-    since_ts = int(time.time()) - parse_since(since) if since else 0
     st = state(ctx)
+    if follow:
+        if since:
+            raise usage("--since lists past events: -f follows new ones (run both)")
+        _follow(st, node or "", agent or "", kinds, node_only=node_only, output=output)
+        return
+    since_ts = int(time.time()) - parse_since(since) if since else 0
 
     async def go() -> admin_pb2.ListEventsResponse:
         async with st.connect() as conn:
@@ -167,6 +184,65 @@ def events(
         EVENT_WIDE_HEADERS if wide else EVENT_HEADERS,
         [event_row(e, wide=wide) for e in found],
     )
+
+
+FOLLOW_WIDTHS = (8, 16, 16, 10)  # TIME, NODE, AGENT, KIND; then MESSAGE and ACTOR
+
+
+def follow_line(e: Any, *, wide: bool = False) -> str:
+    """One followed event as a plain line, in columns (``events -f``)."""
+    clock = time.strftime("%H:%M:%S", time.localtime(e.timestamp))
+    cells = [clock, e.node_id or "-", e.agent_id or "-", e.kind]
+    text = "  ".join(c.ljust(w) for c, w in zip(cells, FOLLOW_WIDTHS, strict=True))
+    text += f"  {e.message or '-'}"
+    if e.actor:
+        text += f"  (by {e.actor})"
+    if wide:
+        change = f"{e.old_status or '?'} -> {e.new_status}" if e.new_status else ""
+        extra = [x for x in (change, f"pid {e.pid}" if e.pid else "", f"#{e.id}") if x]
+        text += "  [" + ", ".join(extra) + "]"
+    return text
+
+
+def _follow(
+    st: Any, node: str, agent: str, kinds: list[str], *, node_only: bool, output: Format
+) -> None:
+    """``events -f``: WatchEvents until Ctrl-C (exit 0); the Manager gone: exit 5."""
+    import json
+    import sys
+
+    from schema import admin_pb2
+
+    from ._watch import follow_events, until_interrupted
+
+    request = admin_pb2.WatchEventsRequest(node_id=node, agent_id=agent, kinds=kinds)
+    out = st.output()
+    stream = out.stream
+
+    def show(e: Any) -> None:
+        if node_only and e.agent_id:
+            return
+        if output is Format.json:
+            stream.write(json.dumps(event_json(e), ensure_ascii=False) + "\n")
+        else:
+            out.line(follow_line(e, wide=output is Format.wide), _kind_style(e.kind))
+        stream.flush()
+
+    def opened() -> None:
+        if output is not Format.json:
+            header = "  ".join(
+                h.ljust(w) for h, w in zip(EVENT_HEADERS, FOLLOW_WIDTHS, strict=False)
+            )
+            out.line(f"{header}  MESSAGE", "bold")
+            stream.flush()
+        if st.stderr_is_terminal():
+            sys.stderr.write("following events — Ctrl-C to stop\n")
+
+    async def go() -> None:
+        async with st.connect() as conn:
+            await follow_events(conn, request, show, opened=opened)
+
+    until_interrupted(lambda: run(go()))
 
 
 def agent_show(

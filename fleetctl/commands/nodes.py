@@ -1,15 +1,19 @@
 """``fleetctl nodes list|show|metrics|remove``."""
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import usage
 from ._shared import Format, NodeArg, OutputOpt, parse_labels, parse_since, run, state
 
+if TYPE_CHECKING:
+    from ..client import Connection
+
 app = typer.Typer(help="Nodes: list, inspect, host metrics, remove.", no_args_is_help=True)
 
 STATUSES = ("online", "offline", "stopped", "registering")
+WATCH_HELP = "Redraw the list whenever something changes, until Ctrl-C."
 
 
 @app.command("list")
@@ -29,6 +33,7 @@ def list_nodes(
         ),
     ] = None,
     output: OutputOpt = Format.table,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help=WATCH_HELP)] = False,
 ) -> None:
     """List the nodes the Manager knows, with status and last heartbeat."""
     from schema import admin_pb2
@@ -40,26 +45,40 @@ def list_nodes(
     labels = parse_labels(label)
     st = state(ctx)
 
+    async def fetch(conn: "Connection") -> admin_pb2.ListNodesResponse:
+        return await conn.call(
+            conn.admin().ListNodes(
+                admin_pb2.ListNodesRequest(status=status or "", labels=labels),
+                timeout=conn.timeout,
+            )
+        )
+
     async def go() -> admin_pb2.ListNodesResponse:
         async with st.connect() as conn:
-            return await conn.call(
-                conn.admin().ListNodes(
-                    admin_pb2.ListNodesRequest(status=status or "", labels=labels),
-                    timeout=conn.timeout,
-                )
-            )
+            return await fetch(conn)
 
-    nodes = sorted(run(go()).nodes, key=lambda n: n.node_id)
     out = st.output()
-    if output is Format.json:
-        out.json([node_json(n) for n in nodes])
+
+    def show(reply: admin_pb2.ListNodesResponse) -> None:
+        nodes = sorted(reply.nodes, key=lambda n: n.node_id)
+        if output is Format.json:
+            out.json([node_json(n) for n in nodes])
+            return
+        wide = output is Format.wide
+        out.table(
+            NODE_WIDE_HEADERS if wide else NODE_HEADERS,
+            [node_row(n, wide=wide) for n in nodes],
+            right=("AGENTS",),
+        )
+
+    if watch:
+        from ._watch import run_watch
+
+        # Status changes, and agents added or removed (the AGENTS column).
+        request = admin_pb2.WatchEventsRequest(kinds=["status", "added", "removed"])
+        run_watch(st, request=request, fetch=fetch, show=show)
         return
-    wide = output is Format.wide
-    out.table(
-        NODE_WIDE_HEADERS if wide else NODE_HEADERS,
-        [node_row(n, wide=wide) for n in nodes],
-        right=("AGENTS",),
-    )
+    show(run(go()))
 
 
 @app.command("show")

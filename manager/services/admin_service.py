@@ -65,6 +65,7 @@ from ..store.events import (
 )
 from ..store.models import Agent, Node, NodeEvent
 from ..store.revocations import CertificateRecord
+from ..watch import EventWatch
 from .spec_admin import SpecAdmin
 
 log = logging.getLogger(__name__)
@@ -343,8 +344,10 @@ class AdminService(admin_pb.AdminServiceBase):
         revocations: ManagerRevocations | None = None,
         events: EventRecorder | None = None,
         event_store: EventStore | None = None,
+        watch: EventWatch | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._watch = watch
         self._revocations = revocations
         self._events = events
         self._event_store = event_store
@@ -724,6 +727,25 @@ class AdminService(admin_pb.AdminServiceBase):
             last_exit=last_exit.message if last_exit else "",
             last_exit_at=int(last_exit.timestamp) if last_exit else 0,
         )
+
+    async def watch_events(
+        self, request: admin_pb.WatchEventsRequest
+    ) -> AsyncIterator[admin_pb.Event]:
+        """Fleet events as recorded, until the client goes away (manager/watch.py)."""
+        if self._watch is None:
+            raise FailedPrecondition("this Manager keeps no event history")
+        kinds = _check_kinds(request.kinds)
+        if request.after_id < 0:
+            raise InvalidArgument(f"after_id {request.after_id} is negative")
+        node_id = ""
+        if request.node_id:
+            node_id = (await self._node(request.node_id)).node_id
+        if request.agent_id:
+            validate.check_id("agent_id", request.agent_id)
+        async for row in self._watch.rows(
+            node_id=node_id, agent_id=request.agent_id, kinds=kinds, after_id=request.after_id
+        ):
+            yield history_event_message(row)
 
     def _history(self) -> EventStore:
         if self._event_store is None:

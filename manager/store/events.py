@@ -151,21 +151,59 @@ _ROW_FIELDS = ("id", *_COLUMNS)
 
 def node_event_row(e: NodeEvent) -> EventRow:
     """A node status event as an event row: kind "status", no agent."""
-    if e.old_status and e.old_status != e.new_status:
-        head = f"{e.old_status} -> {e.new_status}"
-        message = f"{head}: {e.reason}" if e.reason else head
+    return node_row(e.id, e.timestamp, e.node_id, e.old_status, e.new_status, e.reason)
+
+
+def node_row(
+    id_: int, timestamp: float, node_id: str, old_status: str, new_status: str, reason: str
+) -> EventRow:
+    """A ``fleet_node_event`` row's columns as an event row (see :func:`node_event_row`)."""
+    if old_status and old_status != new_status:
+        head = f"{old_status} -> {new_status}"
+        message = f"{head}: {reason}" if reason else head
     else:
-        message = e.reason
+        message = reason
     return EventRow(
-        e.id,
-        e.timestamp,
-        e.node_id,
+        int(id_),
+        float(timestamp),
+        node_id,
         "",
         NODE_STATUS,
         message,
-        old_status=e.old_status,
-        new_status=e.new_status,
+        old_status=old_status,
+        new_status=new_status,
     )
+
+
+_NODE_COLUMNS = ("node_id", "timestamp", "old_status", "new_status", "reason")
+
+
+async def insert_node_events(
+    conn: Any, rows: Sequence[Sequence[Any]], *, pg: bool
+) -> list[EventRow]:
+    """Write node events (``[node_id, timestamp, old_status, new_status, reason]`` each)
+    with one multi-row ``INSERT … RETURNING`` per 200, on ``conn``; the rows as event
+    rows with their ids (``fleet_node_event``'s own sequence), in id order."""
+    out: list[EventRow] = []
+    width = len(_NODE_COLUMNS)
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        if pg:
+            values = ",".join(
+                "(" + ",".join(f"${r * width + c + 1}" for c in range(width)) + ")"
+                for r in range(len(chunk))
+            )
+        else:
+            values = ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
+        columns = ", ".join(_NODE_COLUMNS)
+        sql = f"INSERT INTO fleet_node_event ({columns}) VALUES {values} RETURNING id, {columns}"
+        if pg:  # as in _insert_sql: the RETURNING rows through a CTE
+            sql = f"WITH new AS ({sql}) SELECT * FROM new"
+        _, result = await conn.execute_query(sql, [v for row in chunk for v in row])
+        for id_, node_id, timestamp, old_status, new_status, reason in result:
+            out.append(node_row(id_, timestamp, node_id, old_status, new_status, reason))
+    out.sort(key=lambda r: r.id)
+    return out
 
 
 class EventStore:
@@ -223,6 +261,46 @@ class EventStore:
             rows.extend(node_event_row(e) for e in newest)
             rows.sort(key=lambda r: (r.timestamp, r.id), reverse=True)
         return rows[:limit]
+
+    @db_errors_unavailable
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        node_id: str = "",
+        agent_id: str = "",
+        kinds: Sequence[str] = (),
+        limit: int,
+    ) -> tuple[list[EventRow], list[EventRow]]:
+        """What a watcher resuming after agent event ``after_id`` missed, oldest first:
+        (agent events with a greater id, node events recorded at or after the time of
+        the newest agent event up to ``after_id``) — node events are numbered on their
+        own, so they are resumed by time. At most ``limit`` + 1 of each (more than
+        ``limit`` tells the caller there are too many)."""
+        query = AgentEvent.filter(id__gt=after_id)
+        if node_id:
+            query = query.filter(node_id=node_id)
+        if agent_id:
+            query = query.filter(agent_id=agent_id)
+        if kinds:
+            query = query.filter(kind__in=list(kinds))
+        found = await query.order_by("id").limit(limit + 1).values_list(*_ROW_FIELDS)
+        agents = [_row(values) for values in found]
+        nodes: list[EventRow] = []
+        if not agent_id and (not kinds or NODE_STATUS in kinds):
+            mark = (
+                await AgentEvent.filter(id__lte=after_id)
+                .order_by("-id")
+                .limit(1)
+                .values_list("timestamp")
+            )
+            since = float(mark[0][0]) if mark else 0.0
+            query_n = NodeEvent.filter(timestamp__gte=since)
+            if node_id:
+                query_n = query_n.filter(node_id=node_id)
+            newest = await query_n.order_by("id").limit(limit + 1)
+            nodes = [node_event_row(e) for e in newest]
+        return agents, nodes
 
     @db_errors_unavailable
     async def last_exit(self, node_id: str, agent_id: str) -> EventRow | None:

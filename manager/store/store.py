@@ -22,7 +22,14 @@ from tortoise.transactions import in_transaction
 from common.errors import Unavailable
 
 from .database import Database, as_db_error, db_errors_unavailable
-from .events import AgentEventSink, EventRow, NewEvent, insert_events
+from .events import (
+    AgentEventSink,
+    EventRow,
+    NewEvent,
+    insert_events,
+    insert_node_events,
+    node_event_row,
+)
 from .group_commit import GroupCommit
 from .models import (
     OFFLINE,
@@ -256,7 +263,6 @@ _REGISTER_SET_COLUMNS = (
     "status",
     "status_since",
 )
-_EVENT_COLUMNS = ("node_id", "timestamp", "old_status", "new_status", "reason")
 _REGISTER_BATCH = 500  # node ids per SELECT … IN (…): well under both backends' limits
 
 
@@ -398,7 +404,10 @@ class Store:
 
     ``event_filter`` sees every node event before it is written (the per-node event
     quota); without one, every event is written. ``agent_events`` derives the agent
-    events of each changed SyncAgentStates, written in its transaction (manager/events.py).
+    events of each changed SyncAgentStates, written in its transaction (manager/events.py),
+    and is handed every event once committed — agent events and node status events alike
+    (registration, heartbeat flushes, liveness sweeps, Leave): the one place WatchEvents
+    is fed from.
     """
 
     def __init__(
@@ -537,8 +546,8 @@ class Store:
                 await tx.execute_many(_insert_sql("fleet_node", _NODE_INSERT_COLUMNS, pg), inserts)
             for names, params in updates.items():
                 await tx.execute_many(_register_update_sql(names, pg), params)
-            if events:
-                await tx.execute_many(_insert_sql("fleet_node_event", _EVENT_COLUMNS, pg), events)
+            committed = await insert_node_events(tx, events, pg=pg) if events else []
+        self._published(committed)
         return results
 
     async def _register(
@@ -564,9 +573,12 @@ class Store:
                 node.status = ONLINE
                 node.status_since = now
             await node.save(force_create=created)
-            for event in (transition, replaced):
-                if event is not None:
-                    await self._event(event, now)
+            committed = [
+                row
+                for event in (transition, replaced)
+                if event is not None and (row := await self._event(event, now)) is not None
+            ]
+        self._published(committed)
         return RegisterResult(created, transition, previous_instance, previous_address)
 
     def _admit_event(self, t: Transition) -> str | None:
@@ -580,11 +592,13 @@ class Store:
         if reason is not None:
             rows.append([t.node_id, now, t.old, t.new, reason[:1024]])
 
-    async def _event(self, t: Transition, now: float, using_db: Any = None) -> None:
+    async def _event(self, t: Transition, now: float, using_db: Any = None) -> EventRow | None:
+        """Write the node event of ``t`` (unless the quota drops it); the row to publish
+        once its transaction committed (:meth:`_published`)."""
         reason = self._admit_event(t)
         if reason is None:
-            return
-        await NodeEvent.create(
+            return None
+        event = await NodeEvent.create(
             node_id=t.node_id,
             timestamp=now,
             old_status=t.old,
@@ -592,10 +606,12 @@ class Store:
             reason=reason[:1024],
             using_db=using_db,
         )
+        return node_event_row(event)
 
     @db_errors_unavailable
     async def record_event(self, t: Transition, now: float) -> None:
-        await self._event(t, now)
+        row = await self._event(t, now)
+        self._published([row] if row is not None else [])
 
     @db_errors_unavailable
     async def node_identity(self, node_id: str) -> tuple[str, str] | None:
@@ -665,8 +681,10 @@ class Store:
                     )
                 if params:
                     await tx.execute_many(sql, params)
-            for t in transitions:
-                await self._event(t, now, using_db=tx)
+            committed = [
+                row for t in transitions if (row := await self._event(t, now, using_db=tx))
+            ]
+        self._published(committed)
         return transitions, missing
 
     @db_errors_unavailable
@@ -746,7 +764,8 @@ class Store:
                 .update(status=STOPPED, status_since=now, offline_after=0)
             )
             t = Transition(node_id, status, STOPPED, reason)
-            await self._event(t, now, using_db=tx)
+            event = await self._event(t, now, using_db=tx)
+        self._published([event] if event is not None else [])
         return t
 
     @db_errors_unavailable
@@ -761,7 +780,8 @@ class Store:
             ).update(status=OFFLINE, status_since=now)
             if changed:
                 t = Transition(node_id, ONLINE, OFFLINE, reason)
-                await self._event(t, now)
+                row = await self._event(t, now)
+                self._published([row] if row is not None else [])
                 transitions.append(t)
         return transitions
 
@@ -918,6 +938,7 @@ class Store:
         return self._agent_events.derive(item.node_id, previous, item.states, item.full, item.now)
 
     def _published(self, committed: Sequence[EventRow]) -> None:
+        """Publish committed events, agent and node (manager/events.py subscribers)."""
         if committed and self._agent_events is not None:
             self._agent_events.committed(committed)
 
