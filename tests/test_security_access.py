@@ -316,14 +316,6 @@ def _manager_calls(
             a.Event,
             "admin",
         ),
-        # after_id 1: the history after the first event answers at once (the stream
-        # then stays open for new events).
-        (
-            ADMIN_SVC + "WatchEvents",
-            a.WatchEventsRequest(after_id=1),
-            a.Event,
-            "admin",
-        ),
         # A serial no certificate here has (certgen's are 159 random bits).
         (
             ADMIN_SVC + "RevokeCertificate",
