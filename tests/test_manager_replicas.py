@@ -412,10 +412,9 @@ def test_kill_9_the_lease_holder_while_daemons_report(
                     timeout=30,
                     what=f"{node_id}'s queue drained",
                 )
-            # fleetctl: the fleetctl failover (several FLEET_MANAGER addresses) has not
-            # landed yet, so it is given the survivor's address.
+            # fleetctl is given both Managers, the dead one first: it moves on.
             env = {
-                "FLEET_MANAGER": survivor.address,
+                "FLEET_MANAGER": f"{holder.address},{survivor.address}",
                 "FLEET_CA": str(certs / "ca.crt"),
                 "FLEET_CERT": str(certs / "admin.crt"),
                 "FLEET_KEY": str(certs / "admin.key"),
