@@ -16,9 +16,7 @@ files and parses the command line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -26,6 +24,7 @@ from typing import NoReturn
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from .files import write_file_atomic
 from .pki import (
     CA_CERT,
     CA_KEY,
@@ -61,21 +60,6 @@ __all__ = [
 ]
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # before any secret bytes land on disk
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _refuse_overwrite(*paths: Path) -> None:
     for path in paths:
         if path.exists():
@@ -85,8 +69,8 @@ def _refuse_overwrite(*paths: Path) -> None:
 def _write_pair(dir: Path, stem: str, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
     cert_path, key_path = dir / f"{stem}.crt", dir / f"{stem}.key"
     # Key first: an existing cert then always has its key beside it.
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert_pem, 0o644)
+    write_file_atomic(key_path, key_pem, 0o600)
+    write_file_atomic(cert_path, cert_pem, 0o644)
     return cert_path, key_path
 
 

@@ -44,6 +44,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .tls import SPIFFE_PREFIX, Identity
+
 TRUST_DOMAIN = "fleet"
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -416,7 +418,7 @@ class IssuingCA:
     def __init__(self, ca: CertificateAuthority, *, roots: Sequence[x509.Certificate]) -> None:
         self.ca = ca
         self.roots = list(roots)
-        if not any(_issued_by(ca.cert, root) for root in self.roots):
+        if not any(issued_by(ca.cert, root) for root in self.roots):
             raise CertgenError(
                 "the issuing CA was not signed by the fleet root CA in the Manager's ca_file"
             )
@@ -457,9 +459,25 @@ class IssuingCA:
         return cert, cert.public_bytes(serialization.Encoding.PEM) + self.chain_pem
 
 
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` directly (signature and issuer name)."""
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def cert_identity(cert: x509.Certificate) -> Identity | None:
+    """The ``spiffe://fleet/<role>/<name>`` identity in a certificate's URI SAN (as
+    :func:`common.tls.identity_from_cert` reads it from a handshake's peer dict)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(SPIFFE_PREFIX):
+            role, sep, name = uri[len(SPIFFE_PREFIX) :].partition("/")
+            if sep and name and "/" not in name:
+                return Identity(role, name)
+    return None

@@ -24,8 +24,8 @@ from typing import Any
 
 from cryptography import x509
 
-from .pki import normalize_serial
-from .tls import SPIFFE_PREFIX, Identity
+from .pki import cert_identity, normalize_serial
+from .tls import Identity
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,11 @@ class PeerCertificate:
         cert = x509.load_der_x509_certificate(der)
         return cls(
             serial=normalize_serial(cert.serial_number),
-            identity=identity_of(cert),
+            identity=cert_identity(cert),
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
             by_root=cert.issuer in root_subjects,
         )
-
-
-def identity_of(cert: x509.Certificate) -> Identity | None:
-    """The Fleet identity in a certificate's URI SAN (as :func:`common.tls.identity_from_cert`)."""
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(SPIFFE_PREFIX):
-            role, sep, name = uri[len(SPIFFE_PREFIX) :].partition("/")
-            if sep and name and "/" not in name:
-                return Identity(role, name)
-    return None
 
 
 class RevocationList:

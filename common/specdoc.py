@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from .agentspec import ID_PATTERN, AgentSpec, ConfigError, parse_agent
-from .tls import SPIFFE_PREFIX, Identity
+from .pki import cert_identity, issued_by
+from .tls import Identity
 
 KIND = "fleet.spec/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -280,20 +281,6 @@ def load_ca_certs(path: Path) -> list[x509.Certificate]:
         raise SpecError(f"cannot load CA certificates from {path}: {exc}") from None
 
 
-def cert_identity(cert: x509.Certificate) -> Identity | None:
-    """The ``spiffe://fleet/<role>/<name>`` identity in a certificate's URI SAN."""
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(SPIFFE_PREFIX):
-            role, sep, name = uri[len(SPIFFE_PREFIX) :].partition("/")
-            if sep and name and "/" not in name:
-                return Identity(role, name)
-    return None
-
-
 def verify(
     signed: SignedSpecLike, *, ca_certs: Sequence[x509.Certificate], now: float | None = None
 ) -> tuple[SpecDoc, Identity]:
@@ -303,7 +290,7 @@ def verify(
         cert = x509.load_pem_x509_certificate(bytes(signed.signer_cert))
     except ValueError as exc:
         raise SpecError(f"signer certificate is not a PEM certificate: {exc}") from None
-    if not any(_issued_by(cert, ca) for ca in ca_certs):
+    if not any(issued_by(cert, ca) for ca in ca_certs):
         raise SpecError("signer certificate was not issued by the fleet CA")
     moment = dt.datetime.fromtimestamp(now if now is not None else time.time(), dt.UTC)
     if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
@@ -328,11 +315,3 @@ def verify(
     except InvalidSignature:
         raise SpecError(f"signature by {identity} does not match the spec document") from None
     return parse_payload(payload), identity
-
-
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True

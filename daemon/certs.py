@@ -26,21 +26,19 @@ import logging
 import os
 import random
 import ssl
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from common.backoff import Backoff
-from common.pki import load_pem_certs, make_csr, normalize_serial
-from common.revocation import identity_of
+from common.files import sync_dir
+from common.pki import cert_identity, issued_by, load_pem_certs, make_csr, normalize_serial
 from common.tls import TLSFiles, client_context, server_context
 
 log = logging.getLogger(__name__)
@@ -55,24 +53,6 @@ class CertificateError(Exception):
 # ---- files ----
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so that readers, and a crash, see the old file or the
-    new one, never half of it: a synced temporary file renamed over ``path``, then the
-    directory synced so the rename itself survives a power cut."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # before any secret bytes land on disk
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    sync_dir(path.parent)
-
-
 def _write_synced(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as f:
@@ -80,14 +60,6 @@ def _write_synced(path: Path, data: bytes, mode: int) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _spki(key_or_cert: object) -> bytes:
@@ -175,18 +147,10 @@ def check_chain(chain: Sequence[x509.Certificate], roots: Sequence[x509.Certific
     if not chain:
         raise CertificateError("no certificate")
     for child, parent in itertools.pairwise(chain):
-        if not _issued_by(child, parent):
+        if not issued_by(child, parent):
             raise CertificateError(f"{child.subject.rfc4514_string()} is not signed by the next")
-    if not any(_issued_by(chain[-1], root) or chain[-1] == root for root in roots):
+    if not any(issued_by(chain[-1], root) or chain[-1] == root for root in roots):
         raise CertificateError("the certificate does not chain to the fleet CA")
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def describe(cert: x509.Certificate) -> str:
@@ -426,7 +390,7 @@ class CertRenewer:
         leaf = chain[0]
         if _spki(leaf) != _spki(serialization.load_pem_private_key(key_pem, password=None)):
             raise CertificateError("the certificate is not for the key this host sent")
-        identity = identity_of(leaf)
+        identity = cert_identity(leaf)
         if identity is None or (identity.role, identity.name) != ("node", self._node_id):
             raise CertificateError(f"the certificate names {identity}, not node/{self._node_id}")
         check_chain(chain, self._roots)

@@ -36,20 +36,21 @@ from grpclib.exceptions import GRPCError
 
 from common import paths
 from common.agentspec import ConfigError
+from common.files import write_file_atomic
 from common.pki import (
     CertgenError,
     ca_hash,
+    cert_identity,
     load_pem_certs,
     make_csr,
     normalize_serial,
     parse_ca_hash,
     validate_name,
 )
-from common.revocation import identity_of
 from common.tls import PeerIdentityError, identity_from_cert
 from schema.gen.fleet.enroll import v1 as enroll_pb
 
-from .certs import CertificateError, check_chain, key_matches, write_file_atomic
+from .certs import CertificateError, check_chain, key_matches
 from .config import from_mapping, manager_addresses, split_hostport
 
 PROG = "fleet-daemon join"
@@ -310,7 +311,7 @@ def _check_reply(
     node_id = reply.node_id or args.node_id
     if not key_matches(key_pem, cert_pem):
         raise JoinError("the Manager returned a certificate for another key")
-    identity = identity_of(chain[0])
+    identity = cert_identity(chain[0])
     if identity is None or (identity.role, identity.name) != ("node", node_id):
         raise JoinError(f"the Manager returned a certificate for {identity}, not node/{node_id}")
     if not any(ca_hash(r) == args.ca_hash for r in roots):

@@ -21,10 +21,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from common.backoff import Backoff
+from common.files import write_file_atomic
 from common.revocation import Revocation, RevocationList
 from schema import manager_pb
-
-from .certs import write_file_atomic
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from common.pki import normalize_serial
-from common.revocation import identity_of
+from common.pki import cert_identity, normalize_serial
 from common.tls import TLSFiles
 
 from .periodic import Periodic
@@ -99,7 +98,7 @@ class TLSReloader:
         except (OSError, ssl.SSLError) as exc:
             raise TLSReloadError(f"{files.ca_file}: {_reason(exc)}") from None
         leaf = _leaf(files.cert_file)
-        identity = identity_of(leaf)
+        identity = cert_identity(leaf)
         if identity is None or identity.role != "manager":
             raise TLSReloadError(
                 f"{files.cert_file}: certificate identity is {identity or 'none'}, "

@@ -41,8 +41,14 @@ from harness.daemon import (
 from harness.manager import manager_rpc, start_manager, write_manager_config
 
 from common import certgen
-from common.pki import CertificateAuthority, IssuingCA, ca_hash, load_csr, load_pem_certs
-from common.revocation import identity_of
+from common.pki import (
+    CertificateAuthority,
+    IssuingCA,
+    ca_hash,
+    cert_identity,
+    load_csr,
+    load_pem_certs,
+)
 from common.specdoc import KIND, load_signing_key, sign
 from daemon.config import load_config_file
 from daemon.join import default_dirs, default_node_id
@@ -267,7 +273,7 @@ async def test_join_writes_key_chain_ca_and_a_config_the_daemon_accepts(
     assert b"PRIVATE KEY" not in request.csr_pem.encode()  # only the CSR left the host
     chain = load_pem_certs((directory / "tls" / "node.crt").read_bytes())
     assert len(chain) == 2  # the leaf and the issuing intermediate
-    assert identity_of(chain[0]) is not None and str(identity_of(chain[0])) == "node/web-1"
+    assert cert_identity(chain[0]) is not None and str(cert_identity(chain[0])) == "node/web-1"
     assert load_pem_certs((directory / "tls" / "ca.crt").read_bytes()) == [fleet.root.cert]
     assert not list((directory / "tls").glob(".*"))  # no temporary files left
 
