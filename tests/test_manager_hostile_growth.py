@@ -104,11 +104,11 @@ def test_metric_flood_is_held_to_the_node_quota(tmp_path: Path, certs: Path) -> 
                     try:
                         reply = await stub.report_metrics(_report("node-a", base, 500))
                         accepted += reply.accepted
+                        base += 500  # stored: the next report is new samples
                     except GRPCError as exc:
                         assert exc.status == Status.RESOURCE_EXHAUSTED, exc
                         refused += 1
                         refusal = exc.message or ""
-                    base += 500
                 flood = time.monotonic() - flood_until + 5.0
                 # Another node has its own quota.
                 other = node_channel(certs, port, "node-b")
