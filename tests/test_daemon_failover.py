@@ -573,8 +573,11 @@ def _check_the_node_stayed_online(db_url: str) -> None:
         "node-a",
     )
     assert [e["new_status"] for e in events if e["new_status"] == "offline"] == [], events
+    # Online throughout; "stopped" only at the very end, when the Daemon stopped cleanly.
+    assert [e["new_status"] for e in events][-1] == "stopped", events
+    assert [e["new_status"] for e in events].count("stopped") == 1, events
     (node,) = _sql(db_url, "SELECT status FROM fleet_node WHERE node_id = $1", "node-a")
-    assert node["status"] == "online"
+    assert node["status"] == "stopped"
 
 
 def _check_every_report_stored_exactly_once(db_url: str, log: str, outbox: Path) -> None:

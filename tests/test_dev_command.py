@@ -196,6 +196,9 @@ def test_a_second_ctrl_c_kills_what_is_still_stopping(tmp_path: Path) -> None:
         )
         reader.start()
         run.wait_until_running()
+        # dev.py is past its start-up (it waits for "daemon ready", which the Daemon logs
+        # a moment after its agents run): suspending the Daemon before would hold it there.
+        wait_until(lambda: any("Fleet is running" in line for line in lines), what="banner")
         manager, daemon = run.fleet[:2]
         daemon.suspend()
         run.interrupt()
