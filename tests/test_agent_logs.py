@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
-from harness import wait_until
+from harness import one_line, wait_until
 from harness.daemon import DaemonProc, cleanup_socket_dir, start_daemon
 from harness.manager import ManagerProc, manager_rpc_error, start_manager
 from typer.testing import CliRunner, Result
@@ -68,12 +68,6 @@ class Fleet:
 
 def cli(fleet: Fleet, *argv: str, env: dict[str, str] | None = None) -> Result:
     return runner.invoke(app, list(argv), env={**fleet.env, **(env or {})})
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 def logs_json(fleet: Fleet, *argv: str) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from harness import console_script, run_cli, wait_until
+from harness import console_script, one_line, run_cli, table, wait_until
 from harness.daemon import DaemonProc, agent, cleanup_socket_dir, start_daemon
 from harness.manager import ManagerProc, start_manager
 from typer.testing import CliRunner
@@ -99,17 +99,6 @@ def ok_json(fleet: Fleet, *argv: str) -> Any:
     result = cli(fleet, *argv, "-o", "json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
-
-
-def table(text: str) -> list[list[str]]:
-    """Plain table rows split on runs of 2+ spaces (header first)."""
-    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
 
 
 @pytest.fixture(scope="module")

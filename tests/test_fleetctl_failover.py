@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import clean_fleetctl_env, console_script, free_port, run_cli
+from harness import clean_fleetctl_env, console_script, free_port, one_line, run_cli
 from harness.manager import ManagerProc, manager_rpc, start_manager
 from typer.testing import CliRunner
 
@@ -47,13 +47,6 @@ def admin_env(certs: Path, managers: str, **extra: str) -> dict[str, str]:
         "FLEET_TIMEOUT": "30s",
         **extra,
     }
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {text!r}"
-    assert "Traceback" not in text
-    return lines[0]
 
 
 def fleetctl(env: dict[str, str], *argv: str, timeout: float = 60) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import clean_fleetctl_env, console_script, free_port, run_cli
+from harness import clean_fleetctl_env, console_script, free_port, one_line, run_cli
 from typer.testing import CliRunner
 
 from fleetctl import render
@@ -37,13 +37,6 @@ def admin_env(certs: Path, **extra: str) -> dict[str, str]:
         "FLEET_KEY": str(certs / "admin.key"),
         **extra,
     }
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {text!r}"
-    assert "Traceback" not in text
-    return lines[0]
 
 
 # ---- settings -------------------------------------------------------------------------------

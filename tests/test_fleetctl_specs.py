@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import clean_fleetctl_env, console_script, free_port, run_cli, wait_until
+from harness import (
+    clean_fleetctl_env,
+    console_script,
+    free_port,
+    one_line,
+    run_cli,
+    table,
+    wait_until,
+)
 from typer.testing import CliRunner
 
 from common.specdoc import KIND, load_ca_certs, load_signing_key, sign, verify
@@ -59,18 +67,6 @@ def admin_env(certs: Path, **extra: str) -> dict[str, str]:
         "FLEET_TIMEOUT": "10s",
         **extra,
     }
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {text!r}"
-    assert "Traceback" not in text
-    return lines[0]
-
-
-def table(text: str) -> list[list[str]]:
-    """Plain table rows split on runs of 2+ spaces (header first)."""
-    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
 
 
 WEB_TOML = """\

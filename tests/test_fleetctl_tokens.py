@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import clean_fleetctl_env, console_script, run_cli, wait_until
+from harness import clean_fleetctl_env, console_script, one_line, run_cli, table, wait_until
 from harness.manager import (
     ManagerProc,
     fleet_certs,
@@ -61,18 +61,6 @@ def admin_env(certs: Path, manager: str, admin: str = "admin") -> dict[str, str]
         "FLEET_KEY": str(certs / f"{admin}.key"),
         "FLEET_TIMEOUT": "10s",
     }
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {text!r}"
-    assert "Traceback" not in text
-    return lines[0]
-
-
-def table(text: str) -> list[list[str]]:
-    """Plain table rows split on runs of 2+ spaces (header first)."""
-    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
 
 
 def now() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,3 +185,16 @@ def clean_fleetctl_env(monkeypatch: Any, tmp_path: Path) -> None:
     for var in FLEETCTL_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+def one_line(text: str) -> str:
+    """The single line a CLI printed (on stderr, for errors): no more, and no traceback."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {text!r}"
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def table(text: str) -> list[list[str]]:
+    """Plain table rows split on runs of 2+ spaces (header first)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
