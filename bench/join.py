@@ -30,7 +30,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
 from bench._common import (
@@ -43,16 +42,15 @@ from bench._common import (
     raise_fd_limit,
     spawn_manager,
 )
+from bench._fakefleet import manager_channel, node_files
 from common.certgen import init_ca, intermediate, issue, root_hash
-from common.tls import TLSFiles, client_context
+from common.tls import TLSFiles
 from daemon.join import JoinArgs, JoinError, enroll
 from schema import admin_pb, manager_pb
 
 
 async def _create_token(address: str, certs: Path, uses: int) -> str:
-    host, port = address.rsplit(":", 1)
-    files = TLSFiles(certs / "admin.crt", certs / "admin.key", certs / "ca.crt")
-    channel = Channel(host, int(port), ssl=client_context(files, expect_role="manager"))
+    channel = manager_channel(address, node_files(certs, "admin"))
     try:
         stub = admin_pb.AdminServiceStub(channel, timeout=30)
         reply = await stub.create_join_token(
@@ -66,9 +64,7 @@ async def _create_token(address: str, certs: Path, uses: int) -> str:
 
 
 async def _online(address: str, certs: Path) -> int:
-    host, port = address.rsplit(":", 1)
-    files = TLSFiles(certs / "admin.crt", certs / "admin.key", certs / "ca.crt")
-    channel = Channel(host, int(port), ssl=client_context(files, expect_role="manager"))
+    channel = manager_channel(address, node_files(certs, "admin"))
     try:
         stub = admin_pb.AdminServiceStub(channel, timeout=30)
         reply = await stub.list_nodes(
@@ -92,9 +88,7 @@ def _host_files(joined: Any, files_dir: Path) -> TLSFiles:
 
 async def _come_online(address: str, joined: Any, files_dir: Path) -> None:
     """What a joined Daemon does first: register and heartbeat with its new certificate."""
-    files = _host_files(joined, files_dir)
-    host, port = address.rsplit(":", 1)
-    channel = Channel(host, int(port), ssl=client_context(files, expect_role="manager"))
+    channel = manager_channel(address, _host_files(joined, files_dir))
     try:
         stub = manager_pb.ManagerServiceStub(channel, timeout=30)
         await stub.register_node(
