@@ -267,8 +267,9 @@ def root(
     manager: Annotated[
         str | None,
         typer.Option(
-            metavar="HOST:PORT",
-            help="Manager's gRPC address [env FLEET_MANAGER; default 127.0.0.1:50051].",
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="Manager's gRPC address, or several to fail over between "
+            "[env FLEET_MANAGER; default 127.0.0.1:50051].",
             show_default=False,
         ),
     ] = None,
