@@ -56,6 +56,9 @@ class Shield:
         self._since_trim = 0  # bytes received since memory was last handed back
         self._trim_handle: asyncio.TimerHandle | None = None
         self._trimmed_at = -_TRIM_INTERVAL
+        # One more trim a while after a burst's: what its connections free once they are
+        # closed and collected comes after the first trim.
+        self._settle_handle: asyncio.TimerHandle | None = None
 
     def take(self, peer: str, nbytes: int) -> str | None:
         """Charge ``nbytes`` to ``peer`` and the server; the refusal reason if over budget."""
@@ -106,9 +109,18 @@ class Shield:
             self.trim_soon()  # mid-burst: look again later
             return
         assert _malloc_trim is not None
-        self._trimmed_at = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._trimmed_at = loop.time()
         self._since_trim = 0
         _malloc_trim(0)
+        if self._settle_handle is None:
+            self._settle_handle = loop.call_later(_TRIM_INTERVAL, self._settle)
+
+    def _settle(self) -> None:
+        self._settle_handle = None
+        if self._trim_handle is None and self.held <= _TRIM_LOW and _malloc_trim is not None:
+            self._trimmed_at = asyncio.get_running_loop().time()
+            _malloc_trim(0)
 
     def count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
