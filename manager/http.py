@@ -48,8 +48,12 @@ class HttpServer:
         render_metrics: Callable[[], Awaitable[bytes]],
         read_timeout: float = 30.0,
         write_timeout: float = 30.0,
+        reuse_port: bool = False,
     ) -> None:
         self._host, self._port = split_host_port(listen, "server.listen")
+        # Several Manager worker processes share one HTTP port: the kernel spreads the
+        # connections among the sockets bound with SO_REUSEPORT.
+        self._reuse_port = reuse_port
         self._ready = ready
         self._render = render_metrics
         self._write_timeout = write_timeout
@@ -114,6 +118,8 @@ class HttpServer:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
