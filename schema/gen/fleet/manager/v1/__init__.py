@@ -99,6 +99,14 @@ class ReportMetricsResponse(betterproto.Message):
     accepted: int = betterproto.int32_field(3)
     """Fleet extension: number of samples stored."""
 
+    liveness: bool = betterproto.bool_field(4)
+    """
+    Fleet extension: this report also counted as the node's liveness, as a Heartbeat
+     would have (the node's Daemon instance heartbeated or registered on this same
+     connection and is still the registered one); the Daemon may skip its next
+     heartbeat (docs/daemon.md, manager.heartbeat_max_skip).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class AgentState(betterproto.Message):
@@ -175,6 +183,11 @@ class SyncAgentStatesRequest(betterproto.Message):
 class SyncAgentStatesResponse(betterproto.Message):
     success: bool = betterproto.bool_field(1)
     message: str = betterproto.string_field(2)
+    liveness: bool = betterproto.bool_field(3)
+    """
+    Fleet extension: this sync also counted as the node's liveness (as in
+     ReportMetricsResponse.liveness).
+    """
 
 
 @dataclass(eq=False, repr=False)

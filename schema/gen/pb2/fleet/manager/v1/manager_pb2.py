@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leet/manager/v1/manager.proto\x12\x10\x66leet.manager.v1\"\xd0\x02\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x41\n\x06labels\x18\x06 \x03(\x0b\x32\x31.fleet.manager.v1.RegisterNodeRequest.LabelsEntry\x12\x16\n\x0e\x64\x61\x65mon_version\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x61\x65mon_address\x18\t \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\n \x01(\x03\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x14RegisterNodeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"K\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\"R\n\x11HeartbeatResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13revocations_version\x18\x03 \x01(\x03\"\x96\x01\n\nMetricData\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x38\n\x06values\x18\x03 \x03(\x0b\x32(.fleet.manager.v1.MetricData.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"V\n\x14ReportMetricsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\x07metrics\x18\x02 \x03(\x0b\x32\x1c.fleet.manager.v1.MetricData\"K\n\x15ReportMetricsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x05\"\xee\x01\n\nAgentState\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x03\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nstart_time\x18\x07 \x01(\x03\x12\x15\n\rrestart_count\x18\x08 \x01(\x05\x12\x15\n\rstatus_reason\x18\t \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\n \x01(\t\x12\x0c\n\x04spec\x18\x0b \x01(\t\x12\x15\n\rspec_revision\x18\x0c \x01(\x03\"e\n\tSpecState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10running_revision\x18\x05 \x01(\x03\"\x91\x01\n\x16SyncAgentStatesRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\x06states\x18\x02 \x03(\x0b\x32\x1c.fleet.manager.v1.AgentState\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12*\n\x05specs\x18\x04 \x03(\x0b\x32\x1b.fleet.manager.v1.SpecState\";\n\x17SyncAgentStatesResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"_\n\x18RenewCertificateResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12\x11\n\tnot_after\x18\x04 \x01(\x03\"j\n\nRevocation\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x16\n\x0enot_before_max\x18\x03 \x01(\x03\x12\x12\n\nrevoked_at\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\".\n\x15GetRevocationsRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"o\n\x16GetRevocationsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\x31\n\x0brevocations\x18\x03 \x03(\x0b\x32\x1c.fleet.manager.v1.Revocation\"D\n\x0cLeaveRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\rLeaveResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xa9\x05\n\x0eManagerService\x12]\n\x0cRegisterNode\x12%.fleet.manager.v1.RegisterNodeRequest\x1a&.fleet.manager.v1.RegisterNodeResponse\x12T\n\tHeartbeat\x12\".fleet.manager.v1.HeartbeatRequest\x1a#.fleet.manager.v1.HeartbeatResponse\x12`\n\rReportMetrics\x12&.fleet.manager.v1.ReportMetricsRequest\x1a\'.fleet.manager.v1.ReportMetricsResponse\x12\x66\n\x0fSyncAgentStates\x12(.fleet.manager.v1.SyncAgentStatesRequest\x1a).fleet.manager.v1.SyncAgentStatesResponse\x12i\n\x10RenewCertificate\x12).fleet.manager.v1.RenewCertificateRequest\x1a*.fleet.manager.v1.RenewCertificateResponse\x12\x63\n\x0eGetRevocations\x12\'.fleet.manager.v1.GetRevocationsRequest\x1a(.fleet.manager.v1.GetRevocationsResponse\x12H\n\x05Leave\x12\x1e.fleet.manager.v1.LeaveRequest\x1a\x1f.fleet.manager.v1.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leet/manager/v1/manager.proto\x12\x10\x66leet.manager.v1\"\xd0\x02\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x41\n\x06labels\x18\x06 \x03(\x0b\x32\x31.fleet.manager.v1.RegisterNodeRequest.LabelsEntry\x12\x16\n\x0e\x64\x61\x65mon_version\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x61\x65mon_address\x18\t \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\n \x01(\x03\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x14RegisterNodeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"K\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\"R\n\x11HeartbeatResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13revocations_version\x18\x03 \x01(\x03\"\x96\x01\n\nMetricData\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x38\n\x06values\x18\x03 \x03(\x0b\x32(.fleet.manager.v1.MetricData.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"V\n\x14ReportMetricsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\x07metrics\x18\x02 \x03(\x0b\x32\x1c.fleet.manager.v1.MetricData\"]\n\x15ReportMetricsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x05\x12\x10\n\x08liveness\x18\x04 \x01(\x08\"\xee\x01\n\nAgentState\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x03\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nstart_time\x18\x07 \x01(\x03\x12\x15\n\rrestart_count\x18\x08 \x01(\x05\x12\x15\n\rstatus_reason\x18\t \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\n \x01(\t\x12\x0c\n\x04spec\x18\x0b \x01(\t\x12\x15\n\rspec_revision\x18\x0c \x01(\x03\"e\n\tSpecState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10running_revision\x18\x05 \x01(\x03\"\x91\x01\n\x16SyncAgentStatesRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\x06states\x18\x02 \x03(\x0b\x32\x1c.fleet.manager.v1.AgentState\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12*\n\x05specs\x18\x04 \x03(\x0b\x32\x1b.fleet.manager.v1.SpecState\"M\n\x17SyncAgentStatesResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08liveness\x18\x03 \x01(\x08\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"_\n\x18RenewCertificateResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12\x11\n\tnot_after\x18\x04 \x01(\x03\"j\n\nRevocation\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x16\n\x0enot_before_max\x18\x03 \x01(\x03\x12\x12\n\nrevoked_at\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\".\n\x15GetRevocationsRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"o\n\x16GetRevocationsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\x31\n\x0brevocations\x18\x03 \x03(\x0b\x32\x1c.fleet.manager.v1.Revocation\"D\n\x0cLeaveRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\rLeaveResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xa9\x05\n\x0eManagerService\x12]\n\x0cRegisterNode\x12%.fleet.manager.v1.RegisterNodeRequest\x1a&.fleet.manager.v1.RegisterNodeResponse\x12T\n\tHeartbeat\x12\".fleet.manager.v1.HeartbeatRequest\x1a#.fleet.manager.v1.HeartbeatResponse\x12`\n\rReportMetrics\x12&.fleet.manager.v1.ReportMetricsRequest\x1a\'.fleet.manager.v1.ReportMetricsResponse\x12\x66\n\x0fSyncAgentStates\x12(.fleet.manager.v1.SyncAgentStatesRequest\x1a).fleet.manager.v1.SyncAgentStatesResponse\x12i\n\x10RenewCertificate\x12).fleet.manager.v1.RenewCertificateRequest\x1a*.fleet.manager.v1.RenewCertificateResponse\x12\x63\n\x0eGetRevocations\x12\'.fleet.manager.v1.GetRevocationsRequest\x1a(.fleet.manager.v1.GetRevocationsResponse\x12H\n\x05Leave\x12\x1e.fleet.manager.v1.LeaveRequest\x1a\x1f.fleet.manager.v1.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTMETRICSREQUEST']._serialized_start=763
   _globals['_REPORTMETRICSREQUEST']._serialized_end=849
   _globals['_REPORTMETRICSRESPONSE']._serialized_start=851
-  _globals['_REPORTMETRICSRESPONSE']._serialized_end=926
-  _globals['_AGENTSTATE']._serialized_start=929
-  _globals['_AGENTSTATE']._serialized_end=1167
-  _globals['_SPECSTATE']._serialized_start=1169
-  _globals['_SPECSTATE']._serialized_end=1270
-  _globals['_SYNCAGENTSTATESREQUEST']._serialized_start=1273
-  _globals['_SYNCAGENTSTATESREQUEST']._serialized_end=1418
-  _globals['_SYNCAGENTSTATESRESPONSE']._serialized_start=1420
-  _globals['_SYNCAGENTSTATESRESPONSE']._serialized_end=1479
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=1481
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=1523
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=1525
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=1620
-  _globals['_REVOCATION']._serialized_start=1622
-  _globals['_REVOCATION']._serialized_end=1728
-  _globals['_GETREVOCATIONSREQUEST']._serialized_start=1730
-  _globals['_GETREVOCATIONSREQUEST']._serialized_end=1776
-  _globals['_GETREVOCATIONSRESPONSE']._serialized_start=1778
-  _globals['_GETREVOCATIONSRESPONSE']._serialized_end=1889
-  _globals['_LEAVEREQUEST']._serialized_start=1891
-  _globals['_LEAVEREQUEST']._serialized_end=1959
-  _globals['_LEAVERESPONSE']._serialized_start=1961
-  _globals['_LEAVERESPONSE']._serialized_end=2010
-  _globals['_MANAGERSERVICE']._serialized_start=2013
-  _globals['_MANAGERSERVICE']._serialized_end=2694
+  _globals['_REPORTMETRICSRESPONSE']._serialized_end=944
+  _globals['_AGENTSTATE']._serialized_start=947
+  _globals['_AGENTSTATE']._serialized_end=1185
+  _globals['_SPECSTATE']._serialized_start=1187
+  _globals['_SPECSTATE']._serialized_end=1288
+  _globals['_SYNCAGENTSTATESREQUEST']._serialized_start=1291
+  _globals['_SYNCAGENTSTATESREQUEST']._serialized_end=1436
+  _globals['_SYNCAGENTSTATESRESPONSE']._serialized_start=1438
+  _globals['_SYNCAGENTSTATESRESPONSE']._serialized_end=1515
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=1517
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=1559
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=1561
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=1656
+  _globals['_REVOCATION']._serialized_start=1658
+  _globals['_REVOCATION']._serialized_end=1764
+  _globals['_GETREVOCATIONSREQUEST']._serialized_start=1766
+  _globals['_GETREVOCATIONSREQUEST']._serialized_end=1812
+  _globals['_GETREVOCATIONSRESPONSE']._serialized_start=1814
+  _globals['_GETREVOCATIONSRESPONSE']._serialized_end=1925
+  _globals['_LEAVEREQUEST']._serialized_start=1927
+  _globals['_LEAVEREQUEST']._serialized_end=1995
+  _globals['_LEAVERESPONSE']._serialized_start=1997
+  _globals['_LEAVERESPONSE']._serialized_end=2046
+  _globals['_MANAGERSERVICE']._serialized_start=2049
+  _globals['_MANAGERSERVICE']._serialized_end=2730
 # @@protoc_insertion_point(module_scope)

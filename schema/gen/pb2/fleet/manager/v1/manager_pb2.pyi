@@ -93,14 +93,16 @@ class ReportMetricsRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[MetricData, _Mapping]]] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
-    __slots__ = ("success", "message", "accepted")
+    __slots__ = ("success", "message", "accepted", "liveness")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_FIELD_NUMBER: _ClassVar[int]
     success: bool
     message: str
     accepted: int
-    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ..., accepted: _Optional[int] = ...) -> None: ...
+    liveness: bool
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ..., accepted: _Optional[int] = ..., liveness: _Optional[bool] = ...) -> None: ...
 
 class AgentState(_message.Message):
     __slots__ = ("agent_id", "status", "pid", "last_heartbeat", "type", "version", "start_time", "restart_count", "status_reason", "config_hash", "spec", "spec_revision")
@@ -157,12 +159,14 @@ class SyncAgentStatesRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[AgentState, _Mapping]]] = ..., full: _Optional[bool] = ..., specs: _Optional[_Iterable[_Union[SpecState, _Mapping]]] = ...) -> None: ...
 
 class SyncAgentStatesResponse(_message.Message):
-    __slots__ = ("success", "message")
+    __slots__ = ("success", "message", "liveness")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_FIELD_NUMBER: _ClassVar[int]
     success: bool
     message: str
-    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    liveness: bool
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ..., liveness: _Optional[bool] = ...) -> None: ...
 
 class RenewCertificateRequest(_message.Message):
     __slots__ = ("csr_pem",)
