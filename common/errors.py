@@ -33,6 +33,12 @@ class PermissionDenied(FleetError):
     status = Status.PERMISSION_DENIED
 
 
+class Unauthenticated(FleetError):
+    """The caller's credentials are missing or wrong."""
+
+    status = Status.UNAUTHENTICATED
+
+
 class FailedPrecondition(FleetError):
     """The request is valid but the system is not in a state to honour it (ambiguous agent)."""
 

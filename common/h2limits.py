@@ -91,9 +91,10 @@ _FEED_PER_TURN = 64 * 1024
 _LINGER = 1.0
 _LINGER_TURNED_AWAY = 0.2
 
-# A check made when a call's HEADERS arrive (see the module doc): given the connection and
-# the call's timeout in seconds (None without one), the refusal to answer, or None.
-EarlyRefusal = Callable[["ShieldedConnection", float | None], GRPCError | None]
+# A check made when a call's HEADERS arrive (see the module doc): given the connection,
+# the call's timeout in seconds (None without one) and its headers, the refusal to
+# answer, or None.
+EarlyRefusal = Callable[["ShieldedConnection", float | None, dict[str, str]], GRPCError | None]
 # Request content types grpclib's server (with its proto codec) accepts; others get its
 # own answer.
 _GRPC_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
@@ -441,7 +442,7 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
             deadline_left = None if timeout is None else decode_timeout(timeout)
         except ValueError:
             return False
-        refusal = check(connection, deadline_left)
+        refusal = check(connection, deadline_left, headers)
         if refusal is None:
             return False
         stream_id = event.stream_id

@@ -12,6 +12,11 @@ and, for every call, before the service sees it:
 * refuses a revoked certificate (``UNAUTHENTICATED``, with ``revocations``: a
   :class:`~common.revocation.RevocationList`), and closes every open connection of a
   certificate the moment the list revokes it;
+* with ``authenticate`` (a :class:`HeaderAuth`), authenticates the caller from the call's
+  metadata before its request is read (the Daemon's agent socket: the agent's id and
+  token), refusing wrong credentials with the hook's status; a caller without them may
+  send at most ``HeaderAuth.max_bytes_without`` (``UNAUTHENTICATED`` from the length
+  prefix beyond), so what an unknown caller makes the server read and decode is small;
 * reads the request itself with a size bound, so an oversized message is refused from its
   5-byte length prefix before it is buffered (grpclib alone would buffer it whole), and a
   compressed or malformed one gets a clear status; on a server built by
@@ -30,7 +35,7 @@ and, for every call, before the service sees it:
   finish before the caller's deadline. On a server built by :func:`make_server` the
   refusal is answered from the call's HEADERS (:meth:`GuardedService.early_refusals`),
   before grpclib makes a stream or a task for it, for callers this service already
-  identified and authorised on that connection;
+  identified and authorised on that connection; so are wrong metadata credentials;
 * translates :class:`~common.errors.FleetError` into its status and message, and any other
   exception into ``INTERNAL`` with a request id that is logged with the traceback;
 * reports (method, status, seconds) to an optional observer for metrics.
@@ -52,7 +57,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpclib.const
 import grpclib.server
@@ -74,6 +79,7 @@ __all__ = [
     "GuardedService",
     "H2Limits",
     "HardenedServer",
+    "HeaderAuth",
     "Transport",
     "current_call",
     "make_server",
@@ -111,6 +117,8 @@ class CallContext:
     peer_pid: int = 0
     # The HTTP/2 connection the call came on (grpclib's), for the server's own use.
     connection: Any = field(default=None, repr=False, compare=False)
+    # What HeaderAuth.check returned for the call's metadata (None: no credentials there).
+    principal: Any = field(default=None, repr=False, compare=False)
 
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("fleet_call")
@@ -119,6 +127,27 @@ _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("fleet_ca
 def current_call() -> CallContext:
     """The context of the call being served (only valid inside a guarded handler)."""
     return _current.get()
+
+
+@dataclass(frozen=True)
+class HeaderAuth:
+    """Authentication from a call's metadata, made before its request is read.
+
+    ``check(method, metadata, peer_pid)`` is given the method name (as in the ``.proto``),
+    the request headers (lower-case names) and, on a Unix socket, the caller's pid (else
+    0). It returns what the credentials prove (any object but None: the handler reads it
+    as ``current_call().principal``), None when the metadata carries no credentials, and
+    raises a :class:`~common.errors.FleetError` (``UNAUTHENTICATED``...) when they are
+    wrong — answered from the HEADERS on a server built by :func:`make_server`.
+
+    A call without credentials may carry a request of at most ``max_bytes_without``
+    bytes (``UNAUTHENTICATED`` from its length prefix beyond, naming ``hint``: what the
+    metadata should hold); its handler authenticates it from the body.
+    """
+
+    check: Callable[[str, Mapping[str, str], int], Any]
+    max_bytes_without: int
+    hint: str = "credentials in its metadata"
 
 
 class Transport:
@@ -166,8 +195,10 @@ class GuardedService:
         max_streams_per_caller: int = DEFAULT_MAX_STREAMS_PER_CALLER,
         max_streams_per_role: Mapping[str, int] | None = None,
         stream_send_timeout: float = DEFAULT_STREAM_SEND_TIMEOUT,
+        authenticate: HeaderAuth | None = None,
     ) -> None:
         self._service = service
+        self._auth = authenticate
         # Server-streaming calls open per caller identity, and how long one reply may wait
         # for a client that does not read (see _stream_replies).
         self._max_streams = max_streams_per_caller
@@ -308,14 +339,18 @@ class GuardedService:
         for path, handler in self._service.__mapping__().items():
             name = path.rsplit("/", 1)[-1]
             streaming = handler.cardinality is grpclib.const.Cardinality.UNARY_STREAM
-            if self._admission.limited(name) and not streaming:
-                refusals[path] = self._early_refusal(name)
+            limited = self._admission.limited(name) and not streaming
+            if limited or self._auth is not None:
+                refusals[path] = self._early_refusal(name, limited=limited)
         return refusals
 
-    def _early_refusal(self, name: str) -> EarlyRefusal:
-        admission, observer = self._admission, self._observer
+    def _early_refusal(self, name: str, *, limited: bool = True) -> EarlyRefusal:
+        admission, observer, auth = self._admission, self._observer, self._auth
+        local = self._transport == Transport.LOCAL
 
-        def refuse(connection: Any, deadline_left: float | None) -> GRPCError | None:
+        def refuse(
+            connection: Any, deadline_left: float | None, headers: Mapping[str, str]
+        ) -> GRPCError | None:
             identity = self._known_identity(connection)
             if identity is None or not self._allowed(name, identity):
                 return None
@@ -324,6 +359,16 @@ class GuardedService:
                 if peer is not None and self._revocations.check(peer) is not None:
                     return None
             started = time.perf_counter()
+            if auth is not None:
+                pid = _transport_pid(connection._transport) if local else 0
+                try:
+                    auth.check(name, headers, pid)
+                except FleetError as exc:
+                    if observer is not None:
+                        observer(name, exc.status.name, time.perf_counter() - started)
+                    return GRPCError(exc.status, str(exc))
+            if not limited:
+                return None
             refusal = admission.check(name, deadline_left)
             if refusal is not None and observer is not None:
                 observer(name, refusal.status.name, time.perf_counter() - started)
@@ -449,6 +494,14 @@ class GuardedService:
                     log.warning("refused %s from %s (%s)", name, who, _peer_addr(stream))
                     raise GRPCError(Status.PERMISSION_DENIED, f"{who} may not call {name}")
                 self._check_revoked(stream, identity)
+                peer_pid = _peer_pid(stream) if self._transport == Transport.LOCAL else 0
+                principal, max_bytes = None, self._max
+                if self._auth is not None:
+                    # Before the request is read (and on servers without early refusals).
+                    metadata = cast("Mapping[str, str]", stream.metadata or {})
+                    principal = self._auth.check(name, metadata, peer_pid)
+                    if principal is None:
+                        max_bytes = min(max_bytes, self._auth.max_bytes_without)
                 if limited:
                     deadline = stream.deadline
                     admission.admit(name, deadline.time_remaining() if deadline else None)
@@ -456,11 +509,17 @@ class GuardedService:
                 clock = _ReadClock(stream, self._request_timeout)
                 try:
                     async with asyncio.timeout_at(clock.first_deadline()) as clock.timer:
-                        request = await _recv_bounded(stream, request_type, self._max, plan, clock)
+                        request = await _recv_bounded(
+                            stream,
+                            request_type,
+                            max_bytes,
+                            plan,
+                            clock,
+                            without=self._auth if max_bytes < self._max else None,
+                        )
                 except TimeoutError:
                     raise clock.expired() from None
                 served = time.perf_counter()
-                peer_pid = _peer_pid(stream) if self._transport == Transport.LOCAL else 0
                 token = _current.set(
                     CallContext(
                         identity,
@@ -469,6 +528,7 @@ class GuardedService:
                         _peer_addr(stream),
                         peer_pid,
                         connection=stream._stream.connection,
+                        principal=principal,
                     )
                 )
                 if streaming:
@@ -551,7 +611,11 @@ def _close_connection(connection: Any, debug: bytes) -> bool:
 
 def _peer_pid(stream: grpclib.server.Stream[Any, Any]) -> int:
     """The connecting process' pid on a Unix socket (Linux SO_PEERCRED), 0 if unknown."""
-    sock = stream.peer._transport.get_extra_info("socket")
+    return _transport_pid(stream.peer._transport)
+
+
+def _transport_pid(transport: Any) -> int:
+    sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or not hasattr(socket, "SO_PEERCRED"):
         return 0
     try:
@@ -624,9 +688,12 @@ async def _recv_bounded(
     max_bytes: int,
     plan: Plan,
     clock: _ReadClock,
+    *,
+    without: HeaderAuth | None = None,
 ) -> Any:
     """Read one length-prefixed message, refusing it from its prefix when too large, and
-    from its wire shape when it would cost too much to decode."""
+    from its wire shape when it would cost too much to decode. ``without``: the caller
+    sent no metadata credentials, and ``max_bytes`` is what it may send without them."""
     # grpclib has no receive-size limit of its own: read the frame here instead.
     raw = stream._stream
     try:
@@ -638,6 +705,12 @@ async def _recv_bounded(
     if prefix[0]:
         raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
     length = int.from_bytes(prefix[1:5], "big")
+    if without is not None and length > max_bytes:
+        raise GRPCError(
+            Status.UNAUTHENTICATED,
+            f"a request of {length} bytes must carry {without.hint} "
+            f"(at most {max_bytes} bytes without)",
+        )
     if length > max_bytes:
         raise GRPCError(
             Status.RESOURCE_EXHAUSTED,

@@ -57,6 +57,9 @@ class AgentClient:
     ) -> None:
         self.agent_id = agent_id
         self._token = token
+        # Checked by the Daemon before it reads a request; the body carries them too, for
+        # Daemons that only read them there.
+        self._metadata = {"fleet-agent-id": agent_id, "fleet-agent-token": token}
         self._socket = socket_path
         self.version = version
         self.info = dict(info or {})
@@ -127,6 +130,7 @@ class AgentClient:
                 info=self.info,
             ),
             timeout=self.timeout,
+            metadata=self._metadata,
         )
         if reply.heartbeat_interval_seconds > 0:
             self.heartbeat_interval = float(reply.heartbeat_interval_seconds)
@@ -137,6 +141,7 @@ class AgentClient:
         reply = await self.stub.get_config(
             daemon_pb.ConfigRequest(agent_id=self.agent_id, token=self._token),
             timeout=self.timeout,
+            metadata=self._metadata,
         )
         self.config = json.loads(reply.config_json) if reply.config_json else {}
         self.config_hash = reply.config_hash
@@ -152,6 +157,7 @@ class AgentClient:
                 health=health,
             ),
             timeout=self.timeout,
+            metadata=self._metadata,
         )
         return bool(reply.config_hash) and reply.config_hash != self.config_hash
 
@@ -172,6 +178,7 @@ class AgentClient:
                 ],
             ),
             timeout=self.timeout,
+            metadata=self._metadata,
         )
         return reply.accepted
 

@@ -227,13 +227,19 @@ class DaemonApp:
             prepare_socket_dir(self.socket_path)
         except UnsafeSocketPath as exc:
             raise StartupError(str(exc)) from None
+        agent_api = agent_service.AgentService(
+            agents=self.agents, max_bytes_without_metadata=cfg.agent_max_bytes_without_metadata
+        )
         local_server = make_server(
             [
                 GuardedService(
-                    agent_service.AgentService(agents=self.agents),
+                    agent_api,
                     policy=agent_service.POLICY,
                     transport=Transport.LOCAL,
                     observer=self._observe,
+                    # The agent's token is checked from the call's metadata, before its
+                    # request is read (docs/agent-api.md).
+                    authenticate=agent_api.header_auth(),
                 )
             ],
             limits=cfg.grpc_limits,

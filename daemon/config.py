@@ -102,6 +102,8 @@ class DaemonConfig:
     grpc_limits: H2Limits = field(default_factory=H2Limits)
     agent_socket: str = ""
     agent_check_peer: bool = True
+    # The largest agent-API request taken without the agent's id and token in metadata.
+    agent_max_bytes_without_metadata: int = 64 * 1024
     # Where the agent socket goes when <state_dir>/run/agent.sock is too long for one.
     agent_fallback_dir: str = "/tmp"
     http_listen: str = ""
@@ -155,6 +157,11 @@ class DaemonConfig:
             raise ConfigError(f"key 'log.level' must be one of {', '.join(LOG_LEVELS)}")
         if not Path(self.agent_fallback_dir).is_absolute():
             raise ConfigError("key 'agent_api.fallback_dir' must be an absolute path")
+        if not 1024 <= self.agent_max_bytes_without_metadata <= 4 * 1024 * 1024:
+            raise ConfigError(
+                "key 'agent_api.max_request_bytes_without_metadata' must be within "
+                f"1024..4194304, not {self.agent_max_bytes_without_metadata}"
+            )
         # What the Daemon reports must be what the Manager accepts: refused here, with the
         # key, rather than by the Manager on every registration or sync.
         try:
@@ -252,7 +259,12 @@ _SCHEMA: dict[str, Any] = {
             f.name: ("duration" if f.type in (float, "float") else int) for f in fields(H2Limits)
         },
     },
-    "agent_api": {"socket": str, "check_peer": bool, "fallback_dir": str},
+    "agent_api": {
+        "socket": str,
+        "check_peer": bool,
+        "fallback_dir": str,
+        "max_request_bytes_without_metadata": int,
+    },
     "http": {"listen": str},
     "history": {"interval": "duration", "retention": "duration"},
     "outbox": {"max_reports": int},
@@ -444,6 +456,9 @@ def from_mapping(
         agent_socket=path_of(d.get("agent_api", {}).get("socket", "")),
         agent_check_peer=d.get("agent_api", {}).get("check_peer", True),
         agent_fallback_dir=d.get("agent_api", {}).get("fallback_dir", "/tmp"),
+        agent_max_bytes_without_metadata=d.get("agent_api", {}).get(
+            "max_request_bytes_without_metadata", 64 * 1024
+        ),
         http_listen=d.get("http", {}).get("listen", ""),
         history_interval=d.get("history", {}).get("interval", DaemonConfig.history_interval),
         history_retention=d.get("history", {}).get("retention", DaemonConfig.history_retention),
@@ -531,6 +546,7 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
     ("agent_api.socket", lambda c: c.agent_socket),
     ("agent_api.check_peer", lambda c: c.agent_check_peer),
     ("agent_api.fallback_dir", lambda c: c.agent_fallback_dir),
+    ("agent_api.max_request_bytes_without_metadata", lambda c: c.agent_max_bytes_without_metadata),
     ("http.listen", lambda c: c.http_listen),
     ("history.interval", lambda c: c.history_interval),
     ("history.retention", lambda c: c.history_retention),
