@@ -91,10 +91,14 @@ class HeartbeatBuffer:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._flushed)
 
-    async def submit(self, node_id: str, reported: int) -> None:
+    async def submit(self, node_id: str, reported: int, *, heartbeat: bool = True) -> None:
         """Record a heartbeat; return once it is safe to acknowledge (see module doc).
 
-        Raises ``Unavailable`` when the flush it waited for failed.
+        ``heartbeat=False``: a liveness signal that is not a Heartbeat call (an accepted
+        ReportMetrics or SyncAgentStates, manager/services/manager_service.py): the same
+        path — coalesced, flushed, offline→online — but not counted in
+        ``fleet_manager_heartbeats``. Raises ``Unavailable`` when the flush it waited for
+        failed.
         """
         if self._closing or self._flushed is None:
             raise Unavailable("manager is shutting down")
@@ -103,7 +107,8 @@ class HeartbeatBuffer:
         if previous is not None:
             reported = max(reported, previous.reported)
         self._pending[node_id] = PendingHeartbeat(received_at=now, reported=reported)
-        self._metrics.heartbeats.inc()
+        if heartbeat:
+            self._metrics.heartbeats.inc()
         if len(self._pending) >= self._max_batch:
             self._wake.set()
         if self._ack_buffered and self._healthy:
