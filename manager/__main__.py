@@ -5,6 +5,8 @@ place that installs signal handlers: the first SIGINT/SIGTERM starts a graceful
 shutdown (pending heartbeats are written, waiting calls answered), a second one forces
 the process out. SIGHUP reloads the Manager's certificate, key and CA file
 (``ManagerApp.reload_tls``): new connections get the new certificate, open ones go on.
+With ``manager.workers`` above 1 this process becomes the workers' parent
+(manager/workers.py) and each worker runs :func:`run_worker`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from .app import ManagerApp
 from .config import ManagerConfig, load_config
+from .workers import WorkerSupervisor, watch_parent
 
 log = logging.getLogger("manager")
 
@@ -65,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-flush-interval", help="heartbeat flush interval (heartbeats.flush_interval)"
     )
     p.add_argument(
+        "--workers",
+        help='worker processes sharing the ports, a number or "auto" (manager.workers, '
+        "default 1; more than one needs PostgreSQL)",
+    )
+    p.add_argument(
         "--event-loop",
         choices=("auto", "asyncio", "uvloop"),
         help="event loop (manager.event_loop, default auto: uvloop when installed)",
@@ -89,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> ManagerConfig:
         ("enroll_ca_key", "enroll.ca_key"),
         ("grace", "liveness.grace"),
         ("heartbeat_flush_interval", "heartbeats.flush_interval"),
+        ("workers", "manager.workers"),
         ("event_loop", "manager.event_loop"),
         ("log_level", "log.level"),
     ):
@@ -100,7 +109,16 @@ def config_from_args(args: argparse.Namespace) -> ManagerConfig:
     return load_config(config_file=args.config, environ=os.environ, overrides=overrides)
 
 
-async def serve(config: ManagerConfig) -> int:
+async def serve(
+    config: ManagerConfig,
+    *,
+    worker: int | None = None,
+    parent_pid: int = 0,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Run one Manager until a signal. As worker ``worker`` of ``parent_pid``: SIGINT
+    is the parent's to handle, the parent's death stops it too, and ``on_ready`` gets
+    the ready line once the Manager serves."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -115,9 +133,9 @@ async def serve(config: ManagerConfig) -> int:
             log.warning("second signal: forcing exit")
             os._exit(1)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGTERM,) if worker is not None else (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    app = ManagerApp(config=config)
+    app = ManagerApp(config=config, worker=worker)
     started = False
 
     def on_hup() -> None:
@@ -135,7 +153,12 @@ async def serve(config: ManagerConfig) -> int:
         await app.wait_closed()
         raise
     started = True
+    if on_ready is not None:
+        on_ready(app.ready_line())
+    watch = asyncio.create_task(watch_parent(parent_pid, stop)) if worker is not None else None
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     app.close()
     await app.wait_closed()
     return 0
@@ -171,6 +194,54 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
     return uvloop.new_event_loop
 
 
+def _logging(config: ManagerConfig, worker: int | None = None) -> None:
+    tag = f" w{worker}" if worker is not None else ""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s",
+    )
+
+
+def _run(
+    config: ManagerConfig, *, report: Callable[[str, str], None] | None = None, **worker: Any
+) -> int:
+    """Run one Manager (or one worker) on its event loop; 1 when it cannot start."""
+    _tune_asyncio_tls()
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            return runner.run(serve(config, **worker))
+    except OSError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        from common.errors import FleetError
+
+        if not isinstance(exc, FleetError):
+            raise
+        reason = str(exc)
+    log.error("cannot start: %s", reason)
+    if report is not None:
+        report("failed", reason)
+    return 1
+
+
+def run_worker(
+    config: ManagerConfig,
+    *,
+    index: int,
+    parent_pid: int,
+    report: Callable[[str, str], None],
+) -> int:
+    """Entry point of worker ``index`` (manager/workers.py), in its own process."""
+    _logging(config, worker=index)
+    return _run(
+        config,
+        worker=index,
+        parent_pid=parent_pid,
+        on_ready=lambda line: report("ready", line),
+        report=report,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -178,27 +249,21 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:
         print(f"fleet-manager: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    _tune_asyncio_tls()
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        if not config.database_url:
+    _logging(config)
+    if not config.database_url:
+        try:
             Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
-            code = runner.run(serve(config))
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
-    except Exception as exc:
-        from common.errors import FleetError
-
-        if isinstance(exc, FleetError):
+        except OSError as exc:
             log.error("cannot start: %s", exc)
             sys.exit(1)
-        raise
-    sys.exit(code)
+    if config.worker_count > 1:
+        try:
+            supervisor = WorkerSupervisor(config)
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            sys.exit(1)
+        sys.exit(supervisor.run())
+    sys.exit(_run(config))
 
 
 if __name__ == "__main__":

@@ -133,8 +133,10 @@ def default_name(config: ManagerConfig) -> str:
 class ManagerApp:
     """A whole Manager (see module doc). Use ``async with ManagerApp(config=...)``."""
 
-    def __init__(self, *, config: ManagerConfig) -> None:
+    def __init__(self, *, config: ManagerConfig, worker: int | None = None) -> None:
         self.config = config
+        # Worker ``worker`` of several sharing this host's ports (manager/workers.py).
+        self.worker = worker
         self.metrics = ManagerMetrics()
         self.database = Database(url=config.db_url)
         # Every context made from the Manager's certificate files (reload_tls).
@@ -169,6 +171,8 @@ class ManagerApp:
         # Several Managers on one PostgreSQL: the duties that must run once run under
         # this lease; the change feed tells the others what this one changed.
         self.name = config.manager_name or default_name(config)
+        if worker is not None:
+            self.name = f"{self.name}/w{worker}"
         postgres = None if self.database.backend == "sqlite" else config.db_url
         self.sqlite_lock = (
             SqliteLock(database_path=sqlite_path(config.db_url))
@@ -425,7 +429,7 @@ class ManagerApp:
             grpc = make_server(with_reflection(services), limits=cfg.grpc_limits)
         host, port = split_host_port(cfg.grpc_listen, "grpc.listen")
         try:
-            await grpc.start(host, port, reuse_address=True)
+            await grpc.start(host, port, reuse_address=True, reuse_port=self.worker is not None)
         except OSError as exc:
             raise OSError(f"cannot serve gRPC on {host}:{port}: {exc.strerror or exc}") from None
         self.grpc = grpc
@@ -438,7 +442,9 @@ class ManagerApp:
         sockets = getattr(grpc._server, "sockets", None) or ()
         bound_port = sockets[0].getsockname()[1] if sockets else port
         self.grpc_address = f"{host}:{bound_port}"
-        await self.enrollment.start(grpc_address=self.grpc_address)
+        await self.enrollment.start(
+            grpc_address=self.grpc_address, reuse_port=self.worker is not None
+        )
         if self.tls_reloader is not None and self.enrollment.listener is not None:
             # A reloaded certificate is served on the enrollment port too.
             self.tls_reloader.track(self.enrollment.listener.ssl_context)
@@ -450,6 +456,7 @@ class ManagerApp:
                 render_metrics=self.render_metrics,
                 read_timeout=cfg.http_read_timeout,
                 write_timeout=cfg.http_write_timeout,
+                reuse_port=self.worker is not None,
             )
             await self.http.start()
             self.http_address = self.http.address
@@ -458,14 +465,18 @@ class ManagerApp:
             self.name,
             "held" if self.lease.held else "held by another Manager (taken over if it stops)",
         )
-        log.info(
-            "manager ready: grpc=%s http=%s db=%s tls=%s loop=%s data=%s",
-            self.grpc_address,
-            self.http_address or "disabled",
-            self.database.backend,
-            "on" if cfg.tls_enabled else "OFF",
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
-            self.database.location,
+        if self.worker is None:
+            log.info("%s", self.ready_line())
+        else:  # the parent says "manager ready" once every worker is
+            log.info("worker %d ready (pid %d)", self.worker, os.getpid())
+
+    def ready_line(self) -> str:
+        """The ``manager ready`` log line: where it serves, on what."""
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        return (
+            f"manager ready: grpc={self.grpc_address} http={self.http_address or 'disabled'} "
+            f"db={self.database.backend} tls={'on' if self.config.tls_enabled else 'OFF'} "
+            f"loop={loop} data={self.database.location}"
         )
 
     def reload_tls(self) -> bool:

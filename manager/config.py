@@ -21,6 +21,8 @@ from common.h2limits import H2Limits
 from common.tls import TLSFiles
 
 ENV_PREFIX = "FLEET_MANAGER_"
+# More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 64
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -146,7 +148,10 @@ class ManagerConfig:
     manager_name: str = ""
     lease_retry_interval: float = 1.0
     lease_check_timeout: float = 2.0
-    # Process.
+    # Process. ``workers``: worker processes sharing the ports (manager/workers.py), a
+    # number or "auto" (one per core this process may run on); more than one needs
+    # PostgreSQL.
+    workers: str = "1"
     event_loop: str = "auto"
     log_level: str = "info"
 
@@ -231,6 +236,20 @@ class ManagerConfig:
             raise ValueError("daemons.backoff_max must be >= daemons.backoff_initial")
         if self.heartbeat_ack not in {"buffered", "flushed"}:
             raise ValueError(f"heartbeats.ack must be buffered or flushed: {self.heartbeat_ack!r}")
+        if self.workers != "auto" and not (
+            self.workers.isdigit() and 1 <= int(self.workers) <= MAX_WORKERS
+        ):
+            raise ValueError(
+                f"manager.workers must be auto or a number from 1 to {MAX_WORKERS}, "
+                f"got {self.workers!r}"
+            )
+        if self.worker_count > 1 and not self.db_url.startswith(_DB_SCHEMES[1:]):
+            asked = self.workers if self.workers != "auto" else f"auto ({self.worker_count})"
+            raise ValueError(
+                f"manager.workers = {asked} needs "
+                "PostgreSQL (database.url = postgres://…): an SQLite database takes one "
+                "Manager process; use workers = 1, or move to PostgreSQL"
+            )
         if self.event_loop not in {"auto", "asyncio", "uvloop"}:
             raise ValueError(
                 f"manager.event_loop must be auto, asyncio or uvloop: {self.event_loop!r}"
@@ -273,6 +292,13 @@ class ManagerConfig:
         return f"sqlite://{Path(self.data_dir).absolute() / 'manager.sqlite3'}"
 
     @property
+    def worker_count(self) -> int:
+        """``workers`` as a number: "auto" is one per core this process may run on."""
+        if self.workers == "auto":
+            return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+        return int(self.workers)
+
+    @property
     def tls_files(self) -> TLSFiles:
         return TLSFiles(Path(self.cert_file), Path(self.key_file), Path(self.ca_file))
 
@@ -284,7 +310,8 @@ class ManagerConfig:
         return self.grace_factor * interval
 
 
-# TOML path -> (field, kind). Kinds: str, bool, int, float, duration, optional duration.
+# TOML path -> (field, kind). Kinds: str, bool, int, float, duration, optional duration,
+# workers (a number or "auto").
 KEYS: dict[str, tuple[str, str]] = {
     "grpc.listen": ("grpc_listen", "str"),
     "grpc.max_message_bytes": ("max_message_bytes", "int"),
@@ -303,6 +330,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "server.read_timeout": ("http_read_timeout", "duration"),
     "server.write_timeout": ("http_write_timeout", "duration"),
     "manager.data_dir": ("data_dir", "str"),
+    "manager.workers": ("workers", "workers"),
     "manager.event_loop": ("event_loop", "str"),
     "manager.name": ("manager_name", "str"),
     "lease.retry_interval": ("lease_retry_interval", "duration"),
@@ -378,6 +406,10 @@ def _convert(key: str, kind: str, value: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError
             return value
+        if kind == "workers":  # a number, or "auto"
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise TypeError
+            return str(value).strip().lower()
         if kind == "bool":
             if isinstance(value, bool):
                 return value

@@ -1,10 +1,23 @@
-"""The Manager's Prometheus metrics, on a registry owned by one Manager (no globals)."""
+"""The Manager's Prometheus metrics, on a registry owned by one Manager (no globals).
+
+With several worker processes (``manager.workers``, manager/workers.py) every worker
+writes its values to prometheus_client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``,
+set by the parent before the workers start) and any worker's ``/metrics`` renders the
+sum over all of them: counters and histograms add up, each gauge says how it combines
+(``multiprocess_mode``: per-process figures sum over the live workers, database-derived
+ones take the most recent, the loop lag and liveness holds the worst). Ignored by a
+single process.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 NODE_STATUSES = ("registering", "online", "offline", "stopped")
 POOL_STATES = ("idle", "connecting", "ready", "reconnecting")
@@ -16,9 +29,19 @@ class ManagerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.nodes = Gauge("fleet_manager_nodes", "Nodes by status.", ["status"], registry=r)
+        self.nodes = Gauge(
+            "fleet_manager_nodes",
+            "Nodes by status.",
+            ["status"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.agents = Gauge(
-            "fleet_manager_agents", "Agents by status (synced view).", ["status"], registry=r
+            "fleet_manager_agents",
+            "Agents by status (synced view).",
+            ["status"],
+            multiprocess_mode="mostrecent",
+            registry=r,
         )
         self.rpcs = Counter(
             "fleet_manager_rpc",
@@ -71,18 +94,21 @@ class ManagerMetrics:
         self.restart_guard_held = Gauge(
             "fleet_manager_restart_guard_held_nodes",
             "Overdue nodes not yet declared offline because the Manager started recently.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.lease_held = Gauge(
             "fleet_manager_lease_held",
             "1 while this Manager holds the lease (manager/leases.py), else 0.",
             ["lease"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.daemon_connections = Gauge(
             "fleet_manager_daemon_connections",
             "Manager->Daemon channels by connection state.",
             ["state"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.daemon_calls = Counter(
@@ -95,6 +121,7 @@ class ManagerMetrics:
         self.loop_lag = Gauge(
             "fleet_manager_event_loop_lag_seconds",
             "How late the event loop ran its last timer check.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.loop_stalls = Counter(
@@ -111,18 +138,21 @@ class ManagerMetrics:
             "fleet_manager_liveness_held_nodes",
             "Overdue nodes not declared offline in the last sweep, by why.",
             ["reason"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.mass_silence = Gauge(
             "fleet_manager_liveness_mass_silence",
             "1 while a large share of nodes went silent at once and offline transitions "
             "are held as a suspected Manager or network fault.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.throttled_nodes = Gauge(
             "fleet_manager_throttled_nodes",
             "Nodes over a per-node quota (refused within the quota window), by quota.",
             ["quota"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.quota_refusals = Counter(
@@ -163,6 +193,13 @@ class ManagerMetrics:
             ["reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "fleet_manager_connections_refused",
+            "Connections closed as soon as accepted: a connection cap was reached, by port "
+            "and reason (server_full, peer_full).",
+            ["port", "reason"],
+            registry=r,
+        )
         self.node_events_deleted = Counter(
             "fleet_manager_node_events_deleted",
             "Node events removed by retention.",
@@ -171,11 +208,13 @@ class ManagerMetrics:
         self.database_writable = Gauge(
             "fleet_manager_database_writable",
             "1 when the last write check succeeded, 0 when it failed (see /readyz).",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.watch_streams = Gauge(
             "fleet_manager_watch_streams",
             "WatchEvents streams open (each one an event subscriber).",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.watch_dropped = Counter(
@@ -193,6 +232,7 @@ class ManagerMetrics:
         # on every request is a measurable part of a Manager serving thousands of calls/s.
         self._rpc_children: dict[tuple[str, str], Any] = {}
         self._rpc_seconds_children: dict[str, Any] = {}
+        self._agent_statuses: set[str] = set()
         for status in NODE_STATUSES:
             self.nodes.labels(status)
         for state in POOL_STATES:
@@ -215,7 +255,10 @@ class ManagerMetrics:
     def set_status_counts(self, nodes: dict[str, int], agents: dict[str, int]) -> None:
         for status in set(NODE_STATUSES) | set(nodes):
             self.nodes.labels(status).set(nodes.get(status, 0))
-        self.agents.clear()
+        # Set to 0 rather than cleared: a multiprocess file keeps a removed child's value.
+        for status in set(self._agent_statuses) - set(agents):
+            self.agents.labels(status).set(0)
+        self._agent_statuses.update(agents)
         for status, count in agents.items():
             self.agents.labels(status).set(count)
 
@@ -227,4 +270,10 @@ class ManagerMetrics:
             self.daemon_connections.labels(state).set(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics, or every worker's combined (see module doc)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=directory)
+        return generate_latest(combined)

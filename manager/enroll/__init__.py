@@ -107,7 +107,7 @@ class Enrollment:
         self.issuer.ca = load_issuing_ca(cfg)
         log.info("enrollment: %s", describe_ca(self.issuer.ca, cfg))
 
-    async def start(self, *, grpc_address: str) -> None:
+    async def start(self, *, grpc_address: str, reuse_port: bool = False) -> None:
         if self._started:
             raise RuntimeError("enrollment already started")
         self._started = True
@@ -129,6 +129,7 @@ class Enrollment:
             tls_files=cfg.tls_files,
             handshake_timeout=cfg.tls_handshake_timeout,
             metrics=self._metrics,
+            reuse_port=reuse_port,
         )
         await listener.start()
         self.listener = listener

@@ -64,8 +64,10 @@ class EnrollListener:
         tls_files: TLSFiles,
         handshake_timeout: float,
         metrics: ManagerMetrics,
+        reuse_port: bool = False,
     ) -> None:
         self._listen = listen
+        self._reuse_port = reuse_port  # several Manager workers share the port
         self.ssl_context = server_only_context(tls_files)
         self._gate = TLSGate(
             ssl_context=self.ssl_context, metrics=metrics, timeout=handshake_timeout
@@ -78,7 +80,9 @@ class EnrollListener:
             observer=metrics.observe_rpc,
             max_in_flight={"Join": MAX_JOINS_IN_FLIGHT},
         )
-        self._server = GatedServer([guarded], limits=LIMITS, gate=self._gate)
+        self._server = GatedServer(
+            [guarded], limits=LIMITS, gate=self._gate, name="enrollment port"
+        )
         self.address = ""
         self._started = False
         self._closed = False
@@ -89,7 +93,7 @@ class EnrollListener:
         self._started = True
         host, port = split_host_port(self._listen, "enroll.listen")
         try:
-            await self._server.start(host, port, reuse_address=True)
+            await self._server.start(host, port, reuse_address=True, reuse_port=self._reuse_port)
         except OSError as exc:
             raise OSError(
                 f"cannot serve enrollment on {host}:{port} (enroll.listen): {exc.strerror or exc}"

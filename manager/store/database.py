@@ -11,12 +11,13 @@ upgraded in place. To create a new migration after changing ``models.py``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -32,6 +33,10 @@ from common.errors import FleetError, Unavailable
 log = logging.getLogger(__name__)
 
 APP = "manager"
+# PostgreSQL advisory lock held while migrating ("fleet" in ASCII, then 0xdb; the leases
+# use 0x0001 upwards) and how long to wait for it and for its connection.
+MIGRATION_LOCK_KEY = 0x666C656574_00DB
+MIGRATION_LOCK_TIMEOUT = 120.0
 
 
 def connection_name(url: str) -> str:
@@ -289,7 +294,8 @@ class Database:
         if self.backend == "sqlite":
             self._check_sqlite_file()
         try:
-            await migrate(config=config, progress=progress)
+            async with self._migration_lock():
+                await migrate(config=config, progress=progress)
         except DB_ERRORS as exc:
             raise Unavailable(f"cannot open database {_redact(self.url)}: {exc}") from exc
         if applied:
@@ -303,6 +309,27 @@ class Database:
             )
             _, rows = await self.connection().execute_query("PRAGMA user_version")
             self._user_version = int(rows[0][0]) if rows else 0
+
+    @contextlib.asynccontextmanager
+    async def _migration_lock(self) -> AsyncIterator[None]:
+        """PostgreSQL: one Manager migrates at a time. Several starting together on a
+        new database (workers, replicas) would otherwise race creating the same tables;
+        the others wait, then find nothing left to apply. SQLite has one Manager."""
+        if self.backend == "sqlite":
+            yield
+            return
+        import asyncpg
+
+        from ..leases import asyncpg_dsn
+
+        conn = await asyncpg.connect(asyncpg_dsn(self.url), timeout=MIGRATION_LOCK_TIMEOUT)
+        try:
+            await conn.execute(
+                "SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY, timeout=MIGRATION_LOCK_TIMEOUT
+            )
+            yield
+        finally:
+            conn.terminate()  # ends the session, and so the lock, whatever happened
 
     def _check_sqlite_file(self) -> None:
         """Create the SQLite file's directory and prove the file opens.
