@@ -499,9 +499,15 @@ async def bomb(target: Target, body: bytes, *, timeout: float = 60.0) -> BombRes
 
 
 async def unix_bomb(
-    path: str, socket_path: str, body: bytes, *, timeout: float = 60.0
+    path: str,
+    socket_path: str,
+    body: bytes,
+    *,
+    timeout: float = 60.0,
+    metadata: dict[str, str] | None = None,
 ) -> BombResult:
-    """``bomb`` over a Unix socket (the Daemon's agent API), with grpclib's client."""
+    """``bomb`` over a Unix socket (the Daemon's agent API), with grpclib's client and
+    the request ``metadata`` (an agent's credentials)."""
     from grpclib.client import Channel
     from grpclib.const import Cardinality
     from grpclib.exceptions import GRPCError
@@ -524,7 +530,9 @@ async def unix_bomb(
     try:
         async with asyncio.timeout(timeout):
             stream: Any
-            async with channel.request(path, Cardinality.UNARY_UNARY, _Raw, _Raw) as stream:
+            async with channel.request(
+                path, Cardinality.UNARY_UNARY, _Raw, _Raw, metadata=metadata
+            ) as stream:
                 await stream.send_message(_Raw(body), end=True)
                 await stream.recv_message()
         status, message = "OK", ""

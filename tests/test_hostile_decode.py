@@ -18,6 +18,7 @@ limits set through their ``[grpc.limits]`` keys.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -27,15 +28,10 @@ from typing import Any
 
 import pytest
 from grpclib.client import Channel
-from harness import REPO
-from harness.daemon import DaemonProc
+from harness import REPO, wait_until
+from harness.daemon import DaemonProc, agent, start_daemon
 from harness.manager import ManagerProc
-from test_hostile_h2 import (
-    P99_BOUND,
-    honest_node,
-    start_hardened_manager,
-    start_hostile_daemon,
-)
+from test_hostile_h2 import P99_BOUND, honest_node, start_hardened_manager
 
 from common.tls import TLSFiles, client_context
 
@@ -211,10 +207,14 @@ def test_manager_accepts_requests_at_the_handlers_maxima(
 def daemon(
     tmp_path_factory: pytest.TempPathFactory, hostile_certs: Path, manager: ManagerProc
 ) -> Iterator[DaemonProc]:
-    """A real fleet-daemon (node-a) with make_server on both its servers, one agent."""
-    proc = start_hostile_daemon(
-        tmp_path_factory.mktemp("decode-daemon"), hostile_certs, manager, LIMITS
-    )
+    """A real fleet-daemon (node-a) with make_server on both its servers, one agent.
+    The tests call its agent socket with the agent's token from outside its process
+    group, so the group check is off (tests/test_daemon_agent_api.py covers it)."""
+    proc = start_daemon(
+        tmp_path_factory.mktemp("decode-daemon"), hostile_certs, node_id="node-a",
+        manager_port=manager.grpc_port, agents=[agent("sleeper", "sleeper")],
+        config={"grpc": {"limits": LIMITS}, "agent_api": {"check_peer": False}},
+    )  # fmt: skip
     try:
         yield proc
     finally:
@@ -238,10 +238,25 @@ DAEMON_SOCKET_BOMBS = [
 ]  # fmt: skip
 
 
+def _agent_metadata(daemon: DaemonProc, agent_id: str = "sleeper") -> dict[str, str]:
+    """The agent's credentials as it sends them (the token as the Daemon saved it)."""
+
+    def token() -> str | None:
+        try:
+            saved = json.loads((daemon.state_dir / "agents.json").read_text())
+        except (OSError, ValueError):
+            return None
+        entry = saved.get("agents", {}).get(agent_id)
+        return entry.get("token") if entry and entry.get("pid") else None
+
+    return {"fleet-agent-id": agent_id, "fleet-agent-token": wait_until(token, timeout=30)}
+
+
 def test_daemon_refuses_decode_bombs_on_both_ports(daemon: DaemonProc, hostile_certs: Path) -> None:
-    """The Manager-facing TCP port (as the Manager) and the agent socket (no token
-    needed: the walk comes before the handler's token check)."""
+    """The Manager-facing TCP port (as the Manager) and the agent socket (as the agent,
+    its token in metadata: a stranger's bombs are not read at all, see below)."""
     log_offset = len(daemon.output())
+    credentials = _agent_metadata(daemon)
 
     async def scenario() -> tuple[list[BombResult], list[BombResult], Probe]:
         files = TLSFiles(
@@ -267,7 +282,13 @@ def test_daemon_refuses_decode_bombs_on_both_ports(daemon: DaemonProc, hostile_c
                         tcp.append(await bomb(target, body, timeout=30))
                     for path, body, _words in DAEMON_SOCKET_BOMBS:
                         local.append(
-                            await unix_bomb(path, str(daemon.agent_socket), body, timeout=30)
+                            await unix_bomb(
+                                path,
+                                str(daemon.agent_socket),
+                                body,
+                                timeout=30,
+                                metadata=credentials,
+                            )
                         )
         finally:
             channel.close()
@@ -284,4 +305,94 @@ def test_daemon_refuses_decode_bombs_on_both_ports(daemon: DaemonProc, hostile_c
         _check_refused(result, words)
     assert not probe.errors, probe.errors[:3]
     assert probe.p99 < P99_BOUND, probe.summary()
+    assert "Traceback" not in daemon.output()[log_offset:]
+
+
+# What a stranger on the agent socket sends: 1 MB that is not even protobuf (walking or
+# decoding it would answer INVALID_ARGUMENT, so UNAUTHENTICATED proves neither ran).
+GARBAGE = b"\xff" * (1024 * 1024)
+
+
+def test_agent_socket_authenticates_before_reading(daemon: DaemonProc) -> None:
+    """A wrong token in the metadata is refused from the call's HEADERS; a large request
+    without metadata from its length prefix; neither body is walked or decoded, and the
+    agent's own calls stay fast meanwhile. The original contract (token in the body
+    only) still works for small requests; metadata for one agent cannot act as another."""
+    credentials = _agent_metadata(daemon)
+    wrong = {**credentials, "fleet-agent-token": "0" * 64}
+    socket_path = str(daemon.agent_socket)
+    log_offset = len(daemon.output())
+
+    async def scenario() -> tuple[list[BombResult], list[BombResult], Probe, list[Any]]:
+        channel = Channel(path=socket_path)
+        stub = daemon_pb.DaemonServiceStub(channel, timeout=10)
+        heartbeat = daemon_pb.HeartbeatRequest(agent_id="sleeper", health="ok")
+        strangers: list[BombResult] = []
+        try:
+            async with Probe(
+                lambda: stub.heartbeat(heartbeat, metadata=credentials), interval=0.01
+            ) as probe:
+                for _round in range(10):
+                    strangers.append(
+                        await unix_bomb(
+                            DAEMON + "ReportMetrics", socket_path, GARBAGE, metadata=wrong
+                        )
+                    )
+                    strangers.append(
+                        await unix_bomb(DAEMON + "ReportMetrics", socket_path, GARBAGE)
+                    )
+            # Body-only credentials (the original contract), and the agent's own metadata
+            # naming another agent in the body.
+            token = credentials["fleet-agent-token"]
+            body_only = await stub.get_config(
+                daemon_pb.ConfigRequest(agent_id="sleeper", token=token)
+            )
+            large_with_metadata = await stub.report_metrics(
+                daemon_pb.MetricsRequest(
+                    agent_id="sleeper",
+                    metrics=[
+                        daemon_pb.AgentMetric(name=f"m{i}", value=1.0, labels={"k": "v" * 100})
+                        for i in range(1000)
+                    ],
+                ),
+                metadata=credentials,
+            )
+            others = [
+                await unix_bomb(
+                    DAEMON + "GetConfig",
+                    socket_path,
+                    bytes(daemon_pb.ConfigRequest(agent_id="ghost", token=token)),
+                    metadata=credentials,
+                ),
+                await unix_bomb(
+                    DAEMON + "GetConfig",
+                    socket_path,
+                    bytes(daemon_pb.ConfigRequest(agent_id="sleeper", token=token)),
+                    metadata={"fleet-agent-id": "ghost", "fleet-agent-token": token},
+                ),
+            ]
+        finally:
+            channel.close()
+        return strangers, others, probe, [body_only, large_with_metadata]
+
+    strangers, others, probe, (body_only, large) = asyncio.run(scenario())
+    for result in strangers[:2]:
+        print(f"stranger ({result.body_bytes} B): {result.status} in "
+              f"{result.seconds * 1000:.1f} ms: {result.message}")  # fmt: skip
+    print(f"the agent's heartbeats during {len(strangers)} strangers' calls: {probe.summary()}")
+    by_header, by_prefix = strangers[0::2], strangers[1::2]
+    for result in by_header:
+        assert result.status == "UNAUTHENTICATED", result
+        assert "wrong token in metadata" in result.message, result
+    for result in by_prefix:
+        assert result.status == "UNAUTHENTICATED", result
+        assert "must carry the agent's id and token in metadata" in result.message, result
+        assert "at most 65536 bytes without" in result.message, result
+    assert not probe.errors, probe.errors[:3]
+    assert probe.p99 < P99_BOUND, probe.summary()
+    assert json.loads(body_only.config_json) == {}
+    assert large.accepted == 1000
+    assert others[0].status == "PERMISSION_DENIED", others[0]
+    assert "may not act as agent 'ghost'" in others[0].message, others[0]
+    assert others[1].status == "UNAUTHENTICATED", others[1]
     assert "Traceback" not in daemon.output()[log_offset:]
