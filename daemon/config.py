@@ -36,6 +36,9 @@ from .jsonlimits import JSONLimits
 from .textsafe import MAX_LABEL_LEN, check_label
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A real heartbeat at least every (1 + this) intervals: it carries the instance id that
+# detects a replaced Daemon, and its answer the revocation list's version.
+MAX_HEARTBEAT_SKIP = 10
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class ManagerSettings:
     reconnect_interval: float = 10.0
     metrics_interval: float = 60.0
     sync_interval: float = 60.0
+    # Heartbeats in a row that may be skipped because a report or sync the Manager
+    # counted as liveness was acknowledged within the interval (daemon/manager_client.py);
+    # 0: heartbeat every interval, as a seed Daemon does.
+    heartbeat_max_skip: int = 2
     tls: TLSSettings = field(default_factory=TLSSettings)
 
     @property
@@ -135,6 +142,11 @@ class DaemonConfig:
         ):
             if not getattr(m, key) > 0:
                 raise ConfigError(f"key 'manager.{key}' must be > 0")
+        if not 0 <= m.heartbeat_max_skip <= MAX_HEARTBEAT_SKIP:
+            raise ConfigError(
+                f"key 'manager.heartbeat_max_skip' must be between 0 and {MAX_HEARTBEAT_SKIP} "
+                f"(heartbeats in a row a report may replace), got {m.heartbeat_max_skip}"
+            )
         if m.tls.enabled:
             for key in ("cert_file", "key_file", "ca_file"):
                 if not getattr(m.tls, key):
@@ -241,6 +253,7 @@ _SCHEMA: dict[str, Any] = {
         "reconnect_interval": "duration",
         "metrics_interval": "duration",
         "sync_interval": "duration",
+        "heartbeat_max_skip": int,
         "tls": {
             "enabled": bool,
             "cert_file": str,
@@ -413,6 +426,7 @@ def from_mapping(
         reconnect_interval=m.get("reconnect_interval", ManagerSettings.reconnect_interval),
         metrics_interval=m.get("metrics_interval", ManagerSettings.metrics_interval),
         sync_interval=m.get("sync_interval", ManagerSettings.sync_interval),
+        heartbeat_max_skip=m.get("heartbeat_max_skip", ManagerSettings.heartbeat_max_skip),
         tls=tls,
     )
     labels = d.get("labels", {})
@@ -533,6 +547,7 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
     ("manager.reconnect_interval", lambda c: c.manager.reconnect_interval),
     ("manager.metrics_interval", lambda c: c.manager.metrics_interval),
     ("manager.sync_interval", lambda c: c.manager.sync_interval),
+    ("manager.heartbeat_max_skip", lambda c: c.manager.heartbeat_max_skip),
     ("manager.tls.enabled", lambda c: c.manager.tls.enabled),
     ("manager.tls.cert_file", lambda c: c.manager.tls.cert_file),
     ("manager.tls.key_file", lambda c: c.manager.tls.key_file),

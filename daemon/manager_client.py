@@ -12,6 +12,18 @@ Four tasks share one grpclib channel:
   to another Manager does not register again: the Managers share one database, so the
   next heartbeat goes there, and only a ``NOT_FOUND`` answer brings a ``RegisterNode``.
   A refusal (the Manager answered no) stays on the same address and registers again.
+  A heartbeat falls due every ``heartbeat_interval``; one is **skipped** when, within the
+  interval before it fell due, the Manager acknowledged a report or sync *and said it
+  counted as this node's liveness* (``liveness = true`` in its answer: the report came
+  on the connection this instance heartbeated or registered on, see
+  manager/services/manager_service.py). At most ``heartbeat_max_skip`` are skipped in a
+  row, so a real heartbeat — the instance id that detects a replaced Daemon, the
+  revocation list's version in its answer — goes at least every ``1 + heartbeat_max_skip``
+  intervals; a Manager that never says ``liveness`` (a seed one) gets every heartbeat,
+  and when reports fail or stop counting the heartbeats resume at the next due time.
+  Skipping follows a fixed grid (due times do not move with the reports): reports at
+  a multiple of the heartbeat interval would otherwise lock onto the heartbeats' phase
+  and never replace one. The liveness signals are then at most two intervals apart.
 * **metrics** samples host metrics every ``metrics_interval`` into the on-disk outbox.
 * **sender** drains the outbox oldest-first whenever the Manager is reachable. A report
   leaves the outbox only once a Manager acknowledged it, so the reports queued or in
@@ -155,6 +167,11 @@ class ManagerClient:
         self._closing = False
         self.registrations = 0
         self.reports_sent = 0
+        self.heartbeats_sent = 0
+        self.heartbeats_skipped = 0  # due, but a report or sync counted as liveness
+        # monotonic time of the last report or sync acknowledged on the current link with
+        # liveness = true (None: none yet on this link)
+        self._liveness_at: float | None = None
         self.last_contact = 0.0
         self.last_error = ""
         self.switches = 0  # moves from one Manager endpoint to another
@@ -340,6 +357,7 @@ class ManagerClient:
         old = self._link
         if old is not None and endpoint == old.endpoint and not fresh:
             return old
+        self._liveness_at = None  # counted by the old Manager, not by this one
         if endpoint is None:
             self._link = None
         else:
@@ -413,6 +431,7 @@ class ManagerClient:
                     )
                     if not beat.success:
                         raise RefusedError(f"Heartbeat refused: {beat.message or 'no reason'}")
+                    self.heartbeats_sent += 1
                     self._on_revocations_version(beat.revocations_version)
                 self._up(link)
                 self._addresses.succeeded()
@@ -420,7 +439,7 @@ class ManagerClient:
                 self._wake_link.clear()
                 if self._reregister or self._fresh_channel:
                     continue  # labels or the certificate changed while we were talking
-                await _wait(self._wake_link, self._settings.heartbeat_interval)
+                await self._until_heartbeat_due()
             except asyncio.CancelledError:
                 raise
             except GRPCError as exc:
@@ -454,6 +473,32 @@ class ManagerClient:
                 # Refused or dropped connections, failed handshakes (a server that is not
                 # a Manager of our CA included), name lookups: try the next address.
                 await self._next_manager(backoff, link, _describe(exc))
+
+    async def _until_heartbeat_due(self) -> None:
+        """Wait for the next heartbeat that must really be sent (see the module doc):
+        every ``heartbeat_interval``, skipping those due within an interval of a report
+        or sync counted as liveness, at most ``heartbeat_max_skip`` in a row. Returns at
+        once when the link task is woken."""
+        interval = self._settings.heartbeat_interval
+        skipped = 0
+        while True:
+            await _wait(self._wake_link, interval)
+            counted = self._liveness_at
+            if (
+                self._wake_link.is_set()
+                or skipped >= self._settings.heartbeat_max_skip
+                or not self._connected.is_set()
+                or counted is None
+                or time.monotonic() - counted >= interval
+            ):
+                return
+            skipped += 1
+            self.heartbeats_skipped += 1
+
+    def _counted_as_liveness(self, link: _Link, counted: bool) -> None:
+        """A report or sync acknowledged on ``link``; ``counted``: as liveness too."""
+        if counted and link is self._link:
+            self._liveness_at = time.monotonic()
 
     async def _next_manager(
         self, backoff: Backoff, link: _Link | None, reason: str, *, at_least: float | None = None
@@ -598,7 +643,7 @@ class ManagerClient:
                 continue
             try:
                 report = manager_pb.ReportMetricsRequest().parse(payload)
-                await link.stub.report_metrics(report, timeout=self._settings.timeout)
+                reply = await link.stub.report_metrics(report, timeout=self._settings.timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -631,6 +676,7 @@ class ManagerClient:
             retry.reset()
             self._outbox.remove(seq)
             self.reports_sent += 1
+            self._counted_as_liveness(link, reply.liveness)
             log.debug(
                 "sent metrics report %d to %s (%d still queued)",
                 seq,
@@ -649,7 +695,7 @@ class ManagerClient:
             self._sync_wanted.clear()
             request = self._full_sync()
             try:
-                await link.stub.sync_agent_states(request, timeout=self._settings.timeout)
+                reply = await link.stub.sync_agent_states(request, timeout=self._settings.timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -667,6 +713,8 @@ class ManagerClient:
                     await asyncio.sleep(min(1.0, self._settings.reconnect_interval))
                 else:
                     log.warning("SyncAgentStates refused: %s", _describe(exc))
+            else:
+                self._counted_as_liveness(link, reply.liveness)
 
 
 _POISON = frozenset({Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED})
