@@ -7,6 +7,7 @@ always stopped (SIGTERM, then SIGKILL) when its ``with`` block ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -240,18 +241,30 @@ def fresh_postgres(base_url: str) -> Iterator[str]:
         asyncio.run(_pg_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def process_cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of ``pid`` (default: this process)."""
+def process_cpu_seconds(pid: int | None = None, *, tree: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` (default: this process); with ``tree``, of
+    its live child processes too (a Manager with ``manager.workers``)."""
     import psutil
 
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)] if tree else [process]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
 
 
-def process_rss_mb(pid: int | None = None) -> float:
+def process_rss_mb(pid: int | None = None, *, tree: bool = False) -> float:
+    """RSS of ``pid`` in MiB; with ``tree``, summed over its live child processes too."""
     import psutil
 
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
+    process = psutil.Process(pid)
+    total = 0
+    for each in [process, *process.children(recursive=True)] if tree else [process]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += each.memory_info().rss
+    return total / 2**20
 
 
 # --------------------------------------------------------------------------- statistics

@@ -471,7 +471,8 @@ def run(
 
 
 class _ManagerProbe:
-    """CPU and RSS of the Manager process over the steady phase (when its pid is known)."""
+    """CPU and RSS of the Manager over the steady phase (when its pid is known), its
+    worker processes included."""
 
     def __init__(self, pid: int | None, steady_from_wall: float) -> None:
         self.pid = pid
@@ -486,7 +487,7 @@ class _ManagerProbe:
 
             def sample() -> None:
                 with contextlib.suppress(Exception):
-                    self.cpu0 = process_cpu_seconds(self.pid)
+                    self.cpu0 = process_cpu_seconds(self.pid, tree=True)
 
             self._timer = threading.Timer(max(0.0, self.steady_from_wall - time.time()), sample)
             self._timer.daemon = True
@@ -497,8 +498,8 @@ class _ManagerProbe:
         if self.pid is not None:
             self._timer.cancel()
             with contextlib.suppress(Exception):
-                self.cpu1 = process_cpu_seconds(self.pid)
-                self.rss = process_rss_mb(self.pid)
+                self.cpu1 = process_cpu_seconds(self.pid, tree=True)
+                self.rss = process_rss_mb(self.pid, tree=True)
 
     def figures(self) -> tuple[float, float, float]:
         return self.cpu0, self.cpu1, self.rss
