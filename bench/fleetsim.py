@@ -7,6 +7,10 @@ reports host metrics (4 types x 8 values) every ``--metrics-interval`` seconds, 
 ±``--jitter`` and a random phase, and re-syncs agents every ``--agents-interval``. The
 start of the nodes is spread over ``--ramp`` seconds; figures are split into the ramp
 and the steady phase that follows (the steady phase is what the targets are about).
+``--heartbeat-max-skip N`` makes each node behave like a Daemon with
+``manager.heartbeat_max_skip = N``: a heartbeat due within an interval of a report or
+sync the Manager counted as liveness is skipped, at most N in a row (0, the default: a
+heartbeat every interval, like a seed Daemon).
 
 Reports per RPC: calls, achieved rate, errors by status code, latency p50/p99/max; and
 the simulator's own CPU and event-loop lag, so one can see it is not the bottleneck.
@@ -95,6 +99,7 @@ class SimConfig:
     prefix: str = "sim"
     first_index: int = 0
     client: str = "grpclib"  # or "raw": bench/_rawh2.py, the lean HTTP/2 client
+    heartbeat_max_skip: int = 0  # as the Daemon's manager.heartbeat_max_skip
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -107,6 +112,8 @@ class SimConfig:
             raise ValueError("--client must be grpclib or raw")
         if not 0 <= self.jitter < 1:
             raise ValueError("--jitter must be in [0, 1)")
+        if self.heartbeat_max_skip < 0:
+            raise ValueError("--heartbeat-max-skip must be >= 0")
         for name in ("heartbeat_interval", "metrics_interval", "agents_interval", "timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
@@ -130,10 +137,13 @@ class RpcStats:
     latencies: dict[str, array[float]] = field(
         default_factory=lambda: {"ramp": array("d"), "steady": array("d")}
     )
+    # Heartbeats only: due but skipped (--heartbeat-max-skip).
+    skipped: dict[str, int] = field(default_factory=lambda: {"ramp": 0, "steady": 0})
 
     def merge(self, other: RpcStats) -> None:
         for phase in ("ramp", "steady"):
             self.calls[phase] += other.calls[phase]
+            self.skipped[phase] += other.skipped[phase]
             self.errors[phase].update(other.errors[phase])
             self.latencies[phase].extend(other.latencies[phase])
 
@@ -191,6 +201,8 @@ class SimNode:
         self.instance_id = uuid.uuid4().hex
         self.rng = random.Random(index)
         self.registered = False
+        self.liveness_at: float | None = None  # loop time of the last report counted
+        self.skipped = 0  # heartbeats skipped in a row
         self.channel: Channel | RawConnection | None = None
         self.stub: Any = None
 
@@ -267,7 +279,25 @@ class SimNode:
         request = manager_pb.ReportMetricsRequest(
             node_id=self.node_id, metrics=_metrics(int(time.time()), self.rng)
         )
-        await self._call("ReportMetrics", lambda: self.stub.report_metrics(request))
+        self._counted(await self._call("ReportMetrics", lambda: self.stub.report_metrics(request)))
+
+    def _counted(self, reply: Any) -> None:
+        """A report or sync the Manager counted as liveness (``liveness = true``)."""
+        if not isinstance(reply, BaseException) and reply.liveness:
+            self.liveness_at = asyncio.get_running_loop().time()
+
+    def skip_heartbeat(self, due: float) -> bool:
+        """Whether the heartbeat due at ``due`` is skipped, as the Daemon would."""
+        counted, interval = self.liveness_at, self.config.heartbeat_interval
+        if (
+            self.skipped >= self.config.heartbeat_max_skip
+            or counted is None
+            or due - counted >= interval
+        ):
+            self.skipped = 0
+            return False
+        self.skipped += 1
+        return True
 
     async def sync_agents(self) -> None:
         assert self.stub is not None
@@ -286,7 +316,8 @@ class SimNode:
             for i in range(self.config.agents_per_node)
         ]
         request = manager_pb.SyncAgentStatesRequest(node_id=self.node_id, states=states, full=True)
-        await self._call("SyncAgentStates", lambda: self.stub.sync_agent_states(request))
+        reply = await self._call("SyncAgentStates", lambda: self.stub.sync_agent_states(request))
+        self._counted(reply)
 
     async def run(self, start_at: float) -> None:
         loop = asyncio.get_running_loop()
@@ -328,7 +359,9 @@ class SimNode:
                 delay = at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if self.registered or what == "hb":  # unregistered: only heartbeat (re-registers)
+                if what == "hb" and self.registered and self.skip_heartbeat(at):
+                    self.stats["Heartbeat"].skipped[self.phase.of(at)] += 1
+                elif self.registered or what == "hb":  # unregistered: only heartbeat
                     await (actions[what] if self.registered else self.register)()
                 due[what] = at + intervals[what] * rng.uniform(1 - c.jitter, 1 + c.jitter)
         finally:
@@ -525,6 +558,7 @@ def _report(
             seconds = config.ramp if phase == "ramp" else steady_seconds
             entry[phase] = {
                 "calls": stats.calls[phase],
+                "skipped": stats.skipped[phase],
                 "ok": len(stats.latencies[phase]),
                 "rate_per_s": stats.calls[phase] / seconds if seconds else 0.0,
                 "errors": dict(stats.errors[phase]),
@@ -532,6 +566,7 @@ def _report(
             }
         rpcs[rpc] = entry
     sim_cpu = sum(r.steady_cpu_seconds for r in results)
+    steady_calls = sum(e["steady"]["calls"] for e in rpcs.values())
     errors_total = sum(
         sum(e[p]["errors"].values()) for e in rpcs.values() for p in ("ramp", "steady")
     )
@@ -542,6 +577,9 @@ def _report(
         "expected_heartbeat_rate_per_s": config.nodes / config.heartbeat_interval,
         "expected_metrics_rate_per_s": config.nodes / config.metrics_interval,
         "steady_seconds": steady_seconds,
+        "steady_rpcs_per_node_per_minute": (
+            60.0 * steady_calls / config.nodes / steady_seconds if steady_seconds else 0.0
+        ),
         "registered": sum(r.registered for r in results),
         "errors_total": errors_total,
         "rpcs": rpcs,
@@ -586,9 +624,12 @@ def print_report(report: dict[str, Any], *, file: Any = None) -> None:
         ["rpc", "phase", "calls", "rate/s", "p50 ms", "p99 ms", "max ms", "errors"], rows, file=out
     )
     sim, mgr = report["simulator"], report["manager"]
+    skipped = report["rpcs"]["Heartbeat"]["steady"]["skipped"]
     print(
         f"expected steady heartbeat rate {fmt(report['expected_heartbeat_rate_per_s'])}/s, "
-        f"metrics {fmt(report['expected_metrics_rate_per_s'])}/s",
+        f"metrics {fmt(report['expected_metrics_rate_per_s'])}/s; steady: "
+        f"{fmt(report['steady_rpcs_per_node_per_minute'])} RPCs per node per minute"
+        + (f", {skipped:,} heartbeats skipped" if skipped else ""),
         file=out,
     )
     print(
@@ -671,6 +712,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--procs", type=int, default=1, help="simulator processes")
     parser.add_argument("--prefix", default="sim", help="node id prefix")
     parser.add_argument(
+        "--heartbeat-max-skip",
+        type=int,
+        default=0,
+        help="skip heartbeats like a Daemon with manager.heartbeat_max_skip = N (0: never)",
+    )
+    parser.add_argument(
         "--client",
         choices=("grpclib", "raw"),
         default="grpclib",
@@ -700,6 +747,7 @@ def config_from(args: argparse.Namespace, address: str, cert_dir: Path) -> SimCo
         timeout=args.timeout,
         prefix=args.prefix,
         client=args.client,
+        heartbeat_max_skip=args.heartbeat_max_skip,
     )
 
 
