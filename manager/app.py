@@ -120,6 +120,11 @@ def manager_budgets(cfg: ManagerConfig) -> dict[str, int | MethodLimit]:
         "Heartbeat": MethodLimit(cfg.heartbeat_in_flight),
         "ReportMetrics": MethodLimit(cfg.report_metrics_in_flight),
         "SyncAgentStates": MethodLimit(cfg.sync_in_flight),
+        # Rare per node, but a whole fleet does them together after a revocation or
+        # a restart: the registrations' budget (a signature each) and the syncs'.
+        "RenewCertificate": MethodLimit(cfg.max_concurrent_registrations),
+        "GetRevocations": MethodLimit(cfg.sync_in_flight),
+        "Leave": MethodLimit(cfg.sync_in_flight),
     }
 
 
