@@ -24,6 +24,15 @@ a grpclib ``Server`` whose connections are bounded by an :class:`H2Limits`:
   the same way for ``abuse_cooldown`` seconds. Bytes are fed to h2 in slices, so a
   burst of tiny frames is cut off within a slice of the limit rather than parsed whole,
   and a stream reset in the same read as its HEADERS never gets a handler task.
+* **connections and their fds** (:mod:`common.conns`). At most ``max_connections``
+  connections are open at once (0: three quarters of the file descriptors left after a
+  reserve) and ``max_connections_per_peer`` from one address; a connection past a cap is
+  closed as soon as it is accepted, before any TLS handshake (the server does the
+  handshake itself, after admission, when given a :class:`~common.conns.TLSAcceptor`). A
+  connection that has not sent its HTTP/2 preface and SETTINGS within
+  ``preface_timeout`` seconds is closed; one with no open stream for ``idle_timeout``
+  seconds gets GOAWAY(NO_ERROR) and is closed — grpclib's (and grpcio's) channels dial
+  again on their next call.
 * **early refusals.** A handler may name, per method path, a check to make when a call's
   HEADERS arrive (:meth:`common.rpc.GuardedService.early_refusals`: the admission
   budgets of :mod:`common.overload`). When it refuses, the call is answered there with a
@@ -72,6 +81,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
+from .conns import ConnGate, TLSAcceptor, gated_factory
 from .h2shield import Shield
 from .tls import identity_from_cert
 
@@ -131,6 +141,16 @@ class H2Limits:
     max_control_frames: int = 2000
     # A peer whose connection was closed for a flood is turned away this long (0: never).
     abuse_cooldown: float = 10.0
+    # Connections open at once on this server (0: automatic, from the open file limit:
+    # common.conns.auto_max_connections) and from one peer address (a NAT or a load
+    # balancer may front hundreds of Daemons).
+    max_connections: int = 0
+    max_connections_per_peer: int = 512
+    # Seconds a connection may take to send its HTTP/2 preface and SETTINGS (after TLS),
+    # and may stay open without any stream (Daemons heartbeat every 10 s; the Manager's
+    # pooled channels to Daemons dial again when needed).
+    preface_timeout: float = 10.0
+    idle_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("stream_window", "connection_window"):
@@ -139,7 +159,7 @@ class H2Limits:
                 raise ValueError(f"{name} must be within {_MIN_WINDOW}..{_MAX_WINDOW}, not {value}")
         for f in fields(self):
             if getattr(self, f.name) < 0 or (
-                f.name != "abuse_cooldown" and not getattr(self, f.name)
+                f.name not in ("abuse_cooldown", "max_connections") and not getattr(self, f.name)
             ):
                 raise ValueError(f"{f.name} must be positive, not {getattr(self, f.name)}")
         if not self.buffer_per_connection <= self.buffer_per_peer <= self.buffer_total:
@@ -149,9 +169,19 @@ class H2Limits:
             )
 
 
-def make_server(handlers: Collection[Any], *, limits: H2Limits | None = None) -> HardenedServer:
-    """A grpclib ``Server`` for ``handlers`` whose connections obey ``limits``."""
-    return HardenedServer(handlers, limits=limits or H2Limits())
+def make_server(
+    handlers: Collection[Any],
+    *,
+    limits: H2Limits | None = None,
+    tls: TLSAcceptor | None = None,
+    name: str = "gRPC server",
+    on_refused: Callable[[str], None] | None = None,
+) -> HardenedServer:
+    """A grpclib ``Server`` for ``handlers`` whose connections obey ``limits``; with
+    ``tls``, start it without ``ssl=``: the acceptor does the handshakes."""
+    return HardenedServer(
+        handlers, limits=limits or H2Limits(), tls=tls, name=name, on_refused=on_refused
+    )
 
 
 class HardenedServer(grpclib.server.Server):
@@ -160,7 +190,15 @@ class HardenedServer(grpclib.server.Server):
     A handler with an ``early_refusals()`` method (``GuardedService``) has its checks made
     when a call's HEADERS arrive (module doc: early refusals)."""
 
-    def __init__(self, handlers: Collection[Any], *, limits: H2Limits) -> None:
+    def __init__(
+        self,
+        handlers: Collection[Any],
+        *,
+        limits: H2Limits,
+        tls: TLSAcceptor | None = None,
+        name: str = "gRPC server",
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         # GuardedService handlers say how large a request they accept: one must always
         # fit beside what the flow-control window lets other streams send meanwhile.
         largest = max([0, *(getattr(h, "max_message_bytes", 0) for h in handlers)])
@@ -178,6 +216,14 @@ class HardenedServer(grpclib.server.Server):
             ),
         )
         self.shield = Shield(limits)
+        # Counted and capped before anything else happens on a connection (common.conns).
+        self.conns = ConnGate(
+            name=name,
+            max_connections=limits.max_connections,
+            max_per_peer=limits.max_connections_per_peer,
+            observer=on_refused,
+        )
+        self.tls = tls
         self.early_refusals: dict[str, EarlyRefusal] = {}
         for h in handlers:
             early = getattr(h, "early_refusals", None)
@@ -185,6 +231,12 @@ class HardenedServer(grpclib.server.Server):
                 self.early_refusals.update(early())
 
     def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
+        # grpclib hands this to loop.create_server: each accepted socket is admitted (and
+        # upgraded to TLS) first; only then is grpclib's handler made for it.
+        gated: Any = gated_factory(self._h2_protocol, gate=self.conns, tls=self.tls)()
+        return gated
+
+    def _h2_protocol(self) -> grpclib.protocol.H2Protocol:
         base = super()._protocol_factory()  # registers its handler with the server
         return _ShieldedProtocol(
             base.handler,
@@ -214,6 +266,7 @@ class ShieldedConnection(grpclib.protocol.Connection):
         self.peer = peer  # the budget and cool-down key
         self.label = label  # for log lines: address and identity
         self.held = 0
+        self.greeted = False  # the peer's SETTINGS arrived (its preface was complete)
         self._charges: dict[int, list[int]] = {}  # stream id -> [charge, bytes received]
         self._credits = [0, 0, 0, 0]  # per flood kind, frames a send made free (see free())
 
@@ -384,15 +437,18 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
         self._window_start = time.monotonic()
         self.abused = False
         self._skip: set[int] = set()
+        self.last_active = time.monotonic()  # when a stream last opened or ended
 
     def register(self, stream: grpclib.protocol.Stream) -> Callable[[], None]:
         release = super().register(stream)
         stream_id, connection = stream.id, self.connection
         assert stream_id is not None
+        self.last_active = time.monotonic()
 
         def release_stream() -> None:
             connection.release(stream_id)
             release()
+            self.last_active = time.monotonic()
 
         return release_stream
 
@@ -407,6 +463,8 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
 
     def process(self, event: Event) -> None:
         kind = _COUNTED.get(type(event))
+        if kind == 2:
+            self.connection.greeted = True
         if kind is not None and not self.connection.free(kind) and self._flooded(kind):
             return
         if type(event) is UnknownFrameReceived:
@@ -560,6 +618,7 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         self.shield = shield
         self.early_refusals = early_refusals or {}
         self._backlog = b""  # received, not yet fed to h2 (see _feed)
+        self._timer: asyncio.TimerHandle | None = None  # preface, then idle (see _check)
 
     def connection_made(self, transport: Any) -> None:
         # grpclib's connection_made, with the SETTINGS and classes of this module.
@@ -592,6 +651,51 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         )
         if self.shield.cooling(peer):
             self.processor.calm("cooling", "turned away: cooling down after abuse", b"cooling_down")
+            return
+        self._timer = asyncio.get_running_loop().call_later(limits.preface_timeout, self._check)
+
+    def _check(self) -> None:
+        """The preface deadline, then the idle deadline, rescheduled while the connection
+        is in use (one timer per connection, moved forward rather than reset per stream)."""
+        self._timer = None
+        processor, connection = self.processor, self.connection
+        if processor.abused or connection.is_closing():
+            return
+        limits = self.shield.limits
+        if not connection.greeted:
+            self._drop(
+                "preface",
+                f"closed a connection from {connection.label}: no HTTP/2 preface and "
+                f"SETTINGS within {limits.preface_timeout:g} s (grpc.limits.preface_timeout)",
+                b"no_preface",
+            )
+            return
+        now = time.monotonic()
+        due = processor.last_active + limits.idle_timeout
+        if processor.streams or now < due:
+            wait = limits.idle_timeout if processor.streams else due - now
+            self._timer = asyncio.get_running_loop().call_later(wait, self._check)
+            return
+        self._drop("idle", "", b"idle")
+
+    def _drop(self, key: str, message: str, debug: bytes) -> None:
+        """GOAWAY(NO_ERROR) and close: a connection that is idle or never spoke HTTP/2."""
+        connection = self.connection
+        self.shield.count(key)
+        if message:
+            self.shield.note(key, connection.peer, message)
+        else:
+            log.debug("closed idle connection from %s", connection.label)
+        with contextlib.suppress(ProtocolError):
+            connection.h2.close_connection(error_code=ErrorCodes.NO_ERROR, additional_data=debug)
+        connection.flush()
+        self.processor.close(f"closed: {key}")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.shield.received(len(data))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client.core import Metric
 
+from common.conns import TLSAcceptor
 from common.rpc import GuardedService, HardenedServer, Transport, make_server, wait_server_closed
 from common.specdoc import SpecError, load_ca_certs
 from common.tls import TLSFiles, warn_insecure
@@ -215,11 +216,17 @@ class DaemonApp:
                 )
             ],
             limits=cfg.grpc_limits,
+            # The handshake after the connection caps (common.conns), not by the loop: it
+            # would hold an uncounted socket for up to 60 s per idle TCP connection.
+            tls=TLSAcceptor(ssl_context=tls.server, timeout=cfg.grpc_limits.preface_timeout)
+            if tls
+            else None,
+            name="grpc.listen",
         )
         host, port = split_hostport(cfg.listen)
         # Kept only once started: close() on a grpclib Server that never started raises,
         # which turned "address already in use" into a traceback.
-        await control_server.start(host, port, ssl=tls.server if tls else None)
+        await control_server.start(host, port)
         self._control = control_server
         self.grpc_port = _bound_port(self._control)
 
@@ -373,6 +380,8 @@ class DaemonApp:
         for server in (self._control, self._local):
             if server is not None:
                 server.close()
+                if server.tls is not None:
+                    server.tls.close()
         if self._http is not None:
             self._http.close()
 
@@ -446,6 +455,16 @@ class DaemonApp:
                 rss.add_metric([r.id], point.memory_rss)
             for (name, labels), value in r.custom_metrics.items():
                 custom.add_metric([r.id, name, ",".join(f"{k}={v}" for k, v in labels)], value)
+        refused = counter(
+            "fleet_daemon_connections_refused",
+            "Connections closed as soon as accepted: a connection cap was reached",
+            ["port", "reason"],
+        )
+        for server in (self._control, self._local, self._http):
+            if server is not None:
+                for reason, n in sorted(server.conns.counts.items()):
+                    refused.add_metric([server.conns.name, reason], n)
+        yield refused
         rpcs = counter("fleet_daemon_rpc", "DaemonService calls served", ["method", "code"])
         for (method, code), n in sorted(self._rpc_counts.items()):
             rpcs.add_metric([method, code], n)
