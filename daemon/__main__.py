@@ -27,6 +27,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common.conns import quiet_accept_errors, raise_fd_limit
+
 from .app import DaemonApp, StartupError
 from .config import ConfigError, DaemonConfig, load_config_file
 
@@ -127,6 +129,9 @@ async def _reloads(app: DaemonApp, wanted: asyncio.Event) -> None:
 
 async def _serve(config: DaemonConfig, src: Source, hup_pending: Callable[[], bool]) -> int:
     loop = asyncio.get_running_loop()
+    # asyncio reports an accept out of file descriptors with a traceback per pending
+    # connection: one line per 10 s instead (common.conns).
+    quiet_accept_errors(loop)
     stopping = asyncio.Event()
     reload_wanted = asyncio.Event()
     signals = 0
@@ -211,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     # log.level = debug is the Daemon's own detail, not a line per HTTP/2 header.
     for noisy in ("hpack", "h2"):
         logging.getLogger(noisy).setLevel(logging.INFO)
+    # Every connection and agent pipe is a file descriptor: use all the hard limit allows.
+    raise_fd_limit()
     sys.exit(asyncio.run(_serve(config, src, lambda: early_hup)))
 
 

@@ -290,7 +290,13 @@ class DaemonApp:
                 )
                 await self.renewer.start()
         if cfg.http_listen:
-            self._http = MetricsServer(listen=cfg.http_listen, collect=self._collect)
+            self._http = MetricsServer(
+                listen=cfg.http_listen,
+                collect=self._collect,
+                max_connections=cfg.http_max_connections,
+                max_connections_per_peer=cfg.http_max_connections_per_peer,
+                read_timeout=cfg.http_read_timeout,
+            )
             await self._http.start()
         log.info(
             "daemon ready: node %s, DaemonService on %s:%d (advertised as %s), agent socket %s, "

@@ -114,6 +114,11 @@ class DaemonConfig:
     # Where the agent socket goes when <state_dir>/run/agent.sock is too long for one.
     agent_fallback_dir: str = "/tmp"
     http_listen: str = ""
+    # The metrics endpoint's connections at once, in total and from one address, and the
+    # seconds a request has to arrive whole (common.conns).
+    http_max_connections: int = 64
+    http_max_connections_per_peer: int = 16
+    http_read_timeout: float = 10.0
     history_interval: float = 10.0
     history_retention: float = 86400.0
     outbox_max_reports: int = 10000
@@ -132,6 +137,9 @@ class DaemonConfig:
             _split_hostport("grpc.advertise", self.advertise)
         if self.http_listen:
             _split_hostport("http.listen", self.http_listen)
+        for key in ("max_connections", "max_connections_per_peer", "read_timeout"):
+            if not getattr(self, f"http_{key}") > 0:
+                raise ConfigError(f"key 'http.{key}' must be > 0")
         m = self.manager
         for key in (
             "timeout",
@@ -278,7 +286,12 @@ _SCHEMA: dict[str, Any] = {
         "fallback_dir": str,
         "max_request_bytes_without_metadata": int,
     },
-    "http": {"listen": str},
+    "http": {
+        "listen": str,
+        "max_connections": int,
+        "max_connections_per_peer": int,
+        "read_timeout": "duration",
+    },
     "history": {"interval": "duration", "retention": "duration"},
     "outbox": {"max_reports": int},
     "log": {"level": str},
@@ -474,6 +487,13 @@ def from_mapping(
             "max_request_bytes_without_metadata", 64 * 1024
         ),
         http_listen=d.get("http", {}).get("listen", ""),
+        http_max_connections=d.get("http", {}).get(
+            "max_connections", DaemonConfig.http_max_connections
+        ),
+        http_max_connections_per_peer=d.get("http", {}).get(
+            "max_connections_per_peer", DaemonConfig.http_max_connections_per_peer
+        ),
+        http_read_timeout=d.get("http", {}).get("read_timeout", DaemonConfig.http_read_timeout),
         history_interval=d.get("history", {}).get("interval", DaemonConfig.history_interval),
         history_retention=d.get("history", {}).get("retention", DaemonConfig.history_retention),
         outbox_max_reports=d.get("outbox", {}).get("max_reports", DaemonConfig.outbox_max_reports),
@@ -563,6 +583,9 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[DaemonConfig], Any]], ...] = (
     ("agent_api.fallback_dir", lambda c: c.agent_fallback_dir),
     ("agent_api.max_request_bytes_without_metadata", lambda c: c.agent_max_bytes_without_metadata),
     ("http.listen", lambda c: c.http_listen),
+    ("http.max_connections", lambda c: c.http_max_connections),
+    ("http.max_connections_per_peer", lambda c: c.http_max_connections_per_peer),
+    ("http.read_timeout", lambda c: c.http_read_timeout),
     ("history.interval", lambda c: c.history_interval),
     ("history.retention", lambda c: c.history_retention),
     ("outbox.max_reports", lambda c: c.outbox_max_reports),

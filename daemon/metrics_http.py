@@ -2,6 +2,8 @@
 
 A deliberately small asyncio HTTP/1.1 responder: one route, ``GET /metrics``, rendered
 from a per-Daemon ``CollectorRegistry`` whose collector reads live state at scrape time.
+Connections are capped in total and per address (:class:`common.conns.ConnGate`: one past
+a cap is closed at once), and a request must arrive whole within ``read_timeout``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from common.conns import ConnGate
 
 from .config import split_hostport
 
@@ -41,8 +45,22 @@ def counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetr
 class MetricsServer:
     """Serves ``GET /metrics`` on ``listen``; lifecycle start/close/wait_closed."""
 
-    def __init__(self, *, listen: str, collect: Callable[[], Iterable[Metric]]) -> None:
+    def __init__(
+        self,
+        *,
+        listen: str,
+        collect: Callable[[], Iterable[Metric]],
+        max_connections: int = 64,
+        max_connections_per_peer: int = 16,
+        read_timeout: float = 10.0,
+    ) -> None:
         self._listen = listen
+        self.conns = ConnGate(
+            name="http.listen",
+            max_connections=max_connections,
+            max_per_peer=max_connections_per_peer,
+        )
+        self._read_timeout = read_timeout
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(FunctionCollector(collect))
         self._server: asyncio.Server | None = None
@@ -67,8 +85,13 @@ class MetricsServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ticket = self.conns.admit(str(peer[0]) if isinstance(peer, tuple) else None)
+        if ticket is None:
+            writer.transport.abort()
+            return
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
             line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
             if len(line) >= 2 and line[0] == "GET" and line[1].split("?")[0] == "/metrics":
                 body = generate_latest(self._registry)
@@ -92,6 +115,7 @@ class MetricsServer:
         except Exception:
             log.exception("metrics request failed")
         finally:
+            ticket.release()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -67,6 +67,11 @@ class ManagerConfig:
     http_listen: str = "127.0.0.1:8080"
     http_read_timeout: float = 30.0
     http_write_timeout: float = 30.0
+    # Connections at once on the HTTP port, in total and from one address, and the
+    # seconds a request's line and headers have to arrive (manager/http.py).
+    http_max_connections: int = 256
+    http_max_connections_per_peer: int = 64
+    http_header_timeout: float = 10.0
     # Storage.
     # Default: /var/lib/fleet/manager as root, else $XDG_STATE_HOME/fleet/manager.
     data_dir: str = field(
@@ -162,6 +167,9 @@ class ManagerConfig:
         positive = (
             "http_read_timeout",
             "http_write_timeout",
+            "http_max_connections",
+            "http_max_connections_per_peer",
+            "http_header_timeout",
             "grace_factor",
             "default_heartbeat_interval",
             "sweep_interval",
@@ -329,6 +337,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "server.listen": ("http_listen", "str"),
     "server.read_timeout": ("http_read_timeout", "duration"),
     "server.write_timeout": ("http_write_timeout", "duration"),
+    "server.max_connections": ("http_max_connections", "int"),
+    "server.max_connections_per_peer": ("http_max_connections_per_peer", "int"),
+    "server.header_timeout": ("http_header_timeout", "duration"),
     "manager.data_dir": ("data_dir", "str"),
     "manager.workers": ("workers", "workers"),
     "manager.event_loop": ("event_loop", "str"),

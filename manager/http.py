@@ -4,6 +4,14 @@
 Starlette on uvicorn, served on the Manager's own event loop. Signals stay with
 ``__main__``: uvicorn's own signal capture is switched off. Handlers are bounded by the
 write timeout; idle keep-alive connections by the read timeout.
+
+Connections are capped in total and per peer address before uvicorn sees them
+(:class:`common.conns.ConnGate`: one past a cap is closed at once, counted in
+``fleet_manager_connections_refused_total{port="server.listen"}``), and a request's line
+and headers must arrive within ``header_timeout`` of its first byte (of the connection,
+for the first request): h11 has no such timeout, and uvicorn's keep-alive timeout is
+cancelled by the first byte, so 1,100 half-sent requests used to hold 1,100 descriptors
+for good.
 """
 
 from __future__ import annotations
@@ -13,12 +21,16 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from common.conns import ConnGate, gated_factory
 
 from .config import split_host_port
 
@@ -31,6 +43,57 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # signals belong to __main__
         yield
+
+
+class _HeaderTimeout(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request line and headers do not
+    arrive within ``header_timeout`` (see the module doc)."""
+
+    def __init__(self, *, header_timeout: float, gate: ConnGate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._header_timeout = header_timeout
+        self._gate = gate
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._awaited: object = None  # the cycle in progress when the timer was armed
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._awaited = self.cycle
+        self._header_timer = self.loop.call_later(self._header_timeout, self._headers_due)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)
+        if (
+            self._header_timer is None
+            and before is not None
+            and before.response_complete
+            and self.cycle is before
+            and not self.transport.is_closing()
+        ):
+            self._arm()  # the first bytes of a next request on a kept-alive connection
+
+    def _headers_due(self) -> None:
+        self._header_timer = None
+        if self.cycle is not self._awaited or self.transport.is_closing():
+            return  # a request's headers arrived meanwhile
+        host = self.client[0] if self.client else "local"
+        self._gate.refuse(
+            str(host),
+            "header_timeout",
+            f"request headers not received within {self._header_timeout:g} s "
+            "(server.header_timeout)",
+        )
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
 
 
 class HttpServer:
@@ -49,6 +112,10 @@ class HttpServer:
         read_timeout: float = 30.0,
         write_timeout: float = 30.0,
         reuse_port: bool = False,
+        max_connections: int = 256,
+        max_connections_per_peer: int = 64,
+        header_timeout: float = 10.0,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self._host, self._port = split_host_port(listen, "server.listen")
         # Several Manager worker processes share one HTTP port: the kernel spreads the
@@ -64,8 +131,24 @@ class HttpServer:
                 Route("/metrics", self._metrics),
             ]
         )
+        # Counted and capped as accepted, before uvicorn makes its protocol (common.conns).
+        self.conns = ConnGate(
+            name="server.listen",
+            max_connections=max_connections,
+            max_per_peer=max_connections_per_peer,
+            observer=on_refused,
+        )
+        gate = self.conns
+
+        def protocol(**kwargs: Any) -> asyncio.Protocol:
+            def make() -> asyncio.Protocol:
+                return _HeaderTimeout(header_timeout=header_timeout, gate=gate, **kwargs)
+
+            return gated_factory(make, gate=gate)()
+
         config = uvicorn.Config(
             app,
+            http=protocol,  # type: ignore[arg-type]
             host=self._host,
             port=self._port,
             lifespan="off",
