@@ -399,7 +399,16 @@ def translate(
             f"is {target.program} overloaded? raise --timeout",
             ExitCode.UNAVAILABLE,
         )
-    if isinstance(exc, StreamTerminatedError | ProtocolError | ConnectionResetError):
+    # A peer that drops the connection mid-call shows as any of these, depending on
+    # whether our request was being written (broken pipe) or read (reset) at the time.
+    if isinstance(
+        exc,
+        StreamTerminatedError
+        | ProtocolError
+        | ConnectionResetError
+        | BrokenPipeError
+        | ConnectionAbortedError,
+    ):
         return CliError(
             f"{target} closed the connection ({exc or type(exc).__name__}) — is it a "
             f"{target.program} serving {'plaintext' if settings.insecure else 'TLS'}? "
