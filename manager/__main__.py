@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.conns import quiet_accept_errors, raise_fd_limit
+
 from .app import ManagerApp
 from .config import ManagerConfig, load_config
 from .workers import WorkerSupervisor, watch_parent
@@ -120,6 +122,9 @@ async def serve(
     is the parent's to handle, the parent's death stops it too, and ``on_ready`` gets
     the ready line once the Manager serves."""
     loop = asyncio.get_running_loop()
+    # An accept out of file descriptors: one line per 10 s, not a traceback per
+    # pending connection (common/conns.py).
+    quiet_accept_errors(loop)
     stop = asyncio.Event()
     signals = 0
 
@@ -250,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fleet-manager: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     _logging(config)
+    # Every Daemon is a connection: use all the hard limit allows (workers inherit it).
+    raise_fd_limit()
     if not config.database_url:
         try:
             Path(config.data_dir).mkdir(parents=True, exist_ok=True)
