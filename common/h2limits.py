@@ -597,6 +597,28 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
     def close(self, reason: str = "Connection closed") -> None:
         super().close(reason)
         self.connection.release_all()
+        _forget_cancellations(self.handler)
+
+
+def _forget_cancellations(handler: Any) -> None:
+    """Let a closed connection's cancelled calls be freed as soon as they end.
+
+    A cancelled task keeps its CancelledError until someone asks for its result, and
+    grpclib never asks: the error's traceback holds the call's frames (its stream, the
+    body bytes it buffered), which reach the connection's handler, which holds the task
+    — a reference cycle only a full garbage collection frees, and an idle server runs
+    one rarely (after the Daemon-port attack: ~20,000 objects and their pages kept for
+    minutes). Taking the error once drops it, as grpclib drops its own cycles on close.
+    """
+    tasks = [*getattr(handler, "_cancelled", ()), *getattr(handler, "_tasks", {}).values()]
+    for task in tasks:
+        task.add_done_callback(_take_cancellation)
+
+
+def _take_cancellation(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            task.exception()
 
 
 class _ShieldedProtocol(grpclib.protocol.H2Protocol):
@@ -619,6 +641,7 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         self.early_refusals = early_refusals or {}
         self._backlog = b""  # received, not yet fed to h2 (see _feed)
         self._timer: asyncio.TimerHandle | None = None  # preface, then idle (see _check)
+        self._made = 0.0  # loop time of connection_made
 
     def connection_made(self, transport: Any) -> None:
         # grpclib's connection_made, with the SETTINGS and classes of this module.
@@ -652,7 +675,10 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         if self.shield.cooling(peer):
             self.processor.calm("cooling", "turned away: cooling down after abuse", b"cooling_down")
             return
-        self._timer = asyncio.get_running_loop().call_later(limits.preface_timeout, self._check)
+        loop = asyncio.get_running_loop()
+        self._made = loop.time()
+        first = min(limits.preface_timeout, limits.idle_timeout)
+        self._timer = loop.call_later(first, self._check)
 
     def _check(self) -> None:
         """The preface deadline, then the idle deadline, rescheduled while the connection
@@ -662,7 +688,12 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         if processor.abused or connection.is_closing():
             return
         limits = self.shield.limits
+        loop = asyncio.get_running_loop()
         if not connection.greeted:
+            left = self._made + limits.preface_timeout - loop.time()
+            if left > 0:
+                self._timer = loop.call_later(left, self._check)
+                return
             self._drop(
                 "preface",
                 f"closed a connection from {connection.label}: no HTTP/2 preface and "
@@ -674,7 +705,7 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         due = processor.last_active + limits.idle_timeout
         if processor.streams or now < due:
             wait = limits.idle_timeout if processor.streams else due - now
-            self._timer = asyncio.get_running_loop().call_later(wait, self._check)
+            self._timer = loop.call_later(wait, self._check)
             return
         self._drop("idle", "", b"idle")
 
