@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -248,11 +249,11 @@ async def test_idle_grpc_connection_closed_active_one_kept(tmp_path: Path, certs
             idle_conn, busy_conn = idle._protocol, busy._protocol
             assert idle_conn is not None and busy_conn is not None
             deadline = time.monotonic() + 30
-            while not idle_conn.handler.connection_lost:
+            while not _lost(idle_conn):
                 assert time.monotonic() < deadline, "idle connection not closed"
                 await busy_stub.list_agents(daemon_pb.ListAgentsRequest(), timeout=10)
                 await asyncio.sleep(0.5)
-            assert busy._protocol is busy_conn and not busy_conn.handler.connection_lost
+            assert busy._protocol is busy_conn and not _lost(busy_conn)
             await idle_stub.list_agents(daemon_pb.ListAgentsRequest(), timeout=10)
             assert idle._protocol is not idle_conn
         finally:
@@ -302,6 +303,11 @@ async def test_half_sent_headers_time_out_but_slow_keepalive_is_uvicorns(
     finally:
         server.close()
         await server.wait_closed()
+
+
+def _lost(protocol: Any) -> bool:
+    """Whether a grpclib channel's connection is gone (its handler says so)."""
+    return bool(protocol.handler.connection_lost)
 
 
 async def _ready() -> str:
