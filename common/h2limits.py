@@ -597,6 +597,28 @@ class _ShieldedProcessor(grpclib.protocol.EventsProcessor):
     def close(self, reason: str = "Connection closed") -> None:
         super().close(reason)
         self.connection.release_all()
+        _forget_cancellations(self.handler)
+
+
+def _forget_cancellations(handler: Any) -> None:
+    """Let a closed connection's cancelled calls be freed as soon as they end.
+
+    A cancelled task keeps its CancelledError until someone asks for its result, and
+    grpclib never asks: the error's traceback holds the call's frames (its stream, the
+    body bytes it buffered), which reach the connection's handler, which holds the task
+    — a reference cycle only a full garbage collection frees, and an idle server runs
+    one rarely (after the Daemon-port attack: ~20,000 objects and their pages kept for
+    minutes). Taking the error once drops it, as grpclib drops its own cycles on close.
+    """
+    tasks = [*getattr(handler, "_cancelled", ()), *getattr(handler, "_tasks", {}).values()]
+    for task in tasks:
+        task.add_done_callback(_take_cancellation)
+
+
+def _take_cancellation(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            task.exception()
 
 
 class _ShieldedProtocol(grpclib.protocol.H2Protocol):
