@@ -375,7 +375,9 @@ class ManagerService(manager_pb.ManagerServiceBase):
         if self._known.get(node_id) != bound[1]:
             return False  # replaced by another instance (or not cached: no read for this)
         try:
-            await self._heartbeats.submit(node_id, int(self._clock()), heartbeat=False)
+            # reported=0: a report carries no heartbeat timestamp of the Daemon's own, and
+            # last_heartbeat_reported keeps the largest one (GREATEST/MAX).
+            await self._heartbeats.submit(node_id, 0, heartbeat=False)
         except FleetError as exc:
             # Stored, but not counted: the Daemon heartbeats, and learns of the failure.
             log.debug("node %s: %s not counted as liveness: %s", node_id, method, exc)
