@@ -250,6 +250,7 @@ class DaemonApp:
                 )
             ],
             limits=cfg.grpc_limits,
+            name="agent_api.socket",
         )
         await local_server.start(path=str(self.socket_path))
         self._local = local_server
