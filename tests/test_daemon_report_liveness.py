@@ -51,6 +51,7 @@ def _heartbeats_over(mgr: ManagerProc, seconds: float) -> tuple[float, float]:
     return after - before, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_reports_replace_heartbeats_until_they_are_refused(tmp_path: Path, certs: Path) -> None:
     # 4 samples per report: the first 50 reports fit the quota, then every one is refused.
     cfg = write_manager_config(
