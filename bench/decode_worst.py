@@ -10,6 +10,8 @@ entries sit inside repeated entries), up to the method's field-record budget and
 server's size limit — and times what the server does with it before its handler runs:
 the wire walk (``Plan.check``) and the decode (``FromString``), with the request class
 the server's handler table names (betterproto, or upb where a service swaps it in).
+Methods a server refuses to every caller (not in its policy: e.g. the agent methods on
+the Daemon's TCP port) are left out: their requests are never read.
 
 It also times the same shape one entry past the path's limit (the refusal: the walk
 alone), so both sides of each bound are measured.
@@ -38,18 +40,21 @@ BOUND_MS = 50.0  # "tens of milliseconds": the issue's bound, at its upper end
 
 @dataclass
 class Server:
-    """One listener: its services (handler tables) and request size limit."""
+    """One listener: its services (handler tables, each with the method policy it is
+    guarded by) and request size limit."""
 
     name: str
-    services: list[Any]
+    services: list[tuple[Any, dict[str, Any]]]
     max_bytes: int
 
 
 def _servers() -> list[Server]:
     from common.rpc import DEFAULT_MAX_MESSAGE_BYTES
+    from daemon.services import agent_service, control_service
     from daemon.services.agent_service import AgentService
     from daemon.services.control_service import ControlService
-    from manager.enroll.listener import MAX_MESSAGE_BYTES as ENROLL_MAX
+    from manager.app import ADMIN_POLICY, MANAGER_POLICY
+    from manager.enroll import listener
     from manager.enroll.service import EnrollService
     from manager.services.admin_service import AdminService
     from manager.services.manager_service import ManagerService
@@ -59,10 +64,20 @@ def _servers() -> list[Server]:
         return object.__new__(cls)
 
     return [
-        Server("manager", [table(ManagerService), table(AdminService)], DEFAULT_MAX_MESSAGE_BYTES),
-        Server("enroll", [table(EnrollService)], ENROLL_MAX),
-        Server("daemon tcp", [table(ControlService)], DEFAULT_MAX_MESSAGE_BYTES),
-        Server("agent socket", [table(AgentService)], DEFAULT_MAX_MESSAGE_BYTES),
+        Server(
+            "manager",
+            [(table(ManagerService), MANAGER_POLICY), (table(AdminService), ADMIN_POLICY)],
+            DEFAULT_MAX_MESSAGE_BYTES,
+        ),
+        Server("enroll", [(table(EnrollService), listener.POLICY)], listener.MAX_MESSAGE_BYTES),
+        Server(
+            "daemon tcp",
+            [(table(ControlService), control_service.POLICY)],
+            DEFAULT_MAX_MESSAGE_BYTES,
+        ),
+        Server(
+            "agent socket", [(table(AgentService), agent_service.POLICY)], DEFAULT_MAX_MESSAGE_BYTES
+        ),
     ]
 
 
@@ -212,10 +227,12 @@ def measure(repeat: int) -> list[dict[str, Any]]:
 
     rows = []
     for server in _servers():
-        for service in server.services:
-            guard = GuardedService(service, policy={}, max_message_bytes=server.max_bytes)
+        for service, policy in server.services:
+            guard = GuardedService(service, policy=policy, max_message_bytes=server.max_bytes)
             for path, handler in service.__mapping__().items():
                 name = path.rsplit("/", 1)[-1]
+                if name not in policy:
+                    continue  # refused to every caller before its request is read
                 cls = handler.request_type
                 plan = guard._plan(path, name, cls)
                 worst: dict[str, Any] | None = None

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import grpclib.const
+
 from common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from common.rpc import HeaderAuth, current_call
 from common.validate import check_finite, check_id, check_labels, check_text
-from schema import daemon_pb
+from schema import daemon_pb, daemon_pb2
 
 from ..agents import Agents
 from ..supervisor import AgentRunner
@@ -48,6 +50,19 @@ class AgentService(daemon_pb.DaemonServiceBase):
     ) -> None:
         self._agents = agents
         self._max_without = max_bytes_without_metadata
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """grpclib's handler table, with ReportMetrics decoded by protobuf's upb runtime:
+        the largest request the decode bounds let through (1,000 metrics, 16,384 labels)
+        takes ~37 ms of betterproto and ~3.5 ms of upb (``bench/decode_worst.py``). The
+        handler reads fields by name, as both have them."""
+        mapping = super().__mapping__()
+        path = "/fleet.daemon.v1.DaemonService/ReportMetrics"
+        func, cardinality, _request_type, reply_type = mapping[path]
+        mapping[path] = grpclib.const.Handler(
+            func, cardinality, daemon_pb2.MetricsRequest, reply_type
+        )
+        return mapping
 
     def header_auth(self) -> HeaderAuth:
         """The metadata check :class:`~common.rpc.GuardedService` makes before reading a
@@ -115,7 +130,7 @@ class AgentService(daemon_pb.DaemonServiceBase):
         return daemon_pb.HeartbeatResponse(success=True, config_hash=runner.config_hash)
 
     async def report_metrics(
-        self, metrics_request: daemon_pb.MetricsRequest
+        self, metrics_request: daemon_pb.MetricsRequest | daemon_pb2.MetricsRequest
     ) -> daemon_pb.MetricsResponse:
         req = metrics_request
         runner = self._authenticate(req.agent_id, req.token)
