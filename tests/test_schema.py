@@ -14,7 +14,15 @@ import pytest
 from harness import REPO
 
 import schema
-from schema import admin_pb, admin_pb2, daemon_pb, manager_pb, manager_pb2, rust_codec_active
+from schema import (
+    admin_pb,
+    admin_pb2,
+    daemon_pb,
+    daemon_pb2,
+    manager_pb,
+    manager_pb2,
+    rust_codec_active,
+)
 
 
 def test_generated_code_matches_protos() -> None:
@@ -118,6 +126,36 @@ def test_betterproto_and_upb_read_each_others_bytes() -> None:
     assert [(m.type, m.timestamp, dict(m.values)) for m in decoded.metrics] == [
         ("cpu", 1_800_000_000, {"user": 0.25}),
         ("disk", 1, {"/": 1e12, "nan?": -0.0}),
+    ]
+    # A Daemon's sync (betterproto), as the Manager decodes it (upb).
+    sync = manager_pb.SyncAgentStatesRequest(
+        node_id="node-a",
+        full=True,
+        states=[
+            manager_pb.AgentState(
+                agent_id="web-1", status="RUNNING", pid=42, last_heartbeat=1_800_000_000,
+                type="web", version="1.0", start_time=1_799_999_000, restart_count=3,
+                status_reason="ok", config_hash="h" * 64, spec="web", spec_revision=7,
+            )
+        ],
+        specs=[manager_pb.SpecState(name="web", revision=7, status="applied", reason="r")],
+    )  # fmt: skip
+    got = manager_pb2.SyncAgentStatesRequest.FromString(bytes(sync))
+    assert (got.node_id, got.full, len(got.states), len(got.specs)) == ("node-a", True, 1, 1)
+    state = sync.states[0]
+    for name in manager_pb.AgentState._betterproto.meta_by_field_name:
+        assert getattr(got.states[0], name) == getattr(state, name), name
+    for name in manager_pb.SpecState._betterproto.meta_by_field_name:
+        assert getattr(got.specs[0], name) == getattr(sync.specs[0], name), name
+    # An agent's metrics (the SDK: betterproto), as the Daemon's agent socket decodes them.
+    metrics = daemon_pb.MetricsRequest(
+        agent_id="a", token="t",
+        metrics=[daemon_pb.AgentMetric(name="q", value=1.5, timestamp=9, labels={"k": "v"})],
+    )  # fmt: skip
+    read = daemon_pb2.MetricsRequest.FromString(bytes(metrics))
+    assert (read.agent_id, read.token) == ("a", "t")
+    assert [(m.name, m.value, m.timestamp, dict(m.labels)) for m in read.metrics] == [
+        ("q", 1.5, 9, {"k": "v"})
     ]
 
 
