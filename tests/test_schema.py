@@ -4,6 +4,7 @@ and fields are all there."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -143,10 +144,10 @@ def test_betterproto_and_upb_read_each_others_bytes() -> None:
     got = manager_pb2.SyncAgentStatesRequest.FromString(bytes(sync))
     assert (got.node_id, got.full, len(got.states), len(got.specs)) == ("node-a", True, 1, 1)
     state = sync.states[0]
-    for name in manager_pb.AgentState._betterproto.meta_by_field_name:
-        assert getattr(got.states[0], name) == getattr(state, name), name
-    for name in manager_pb.SpecState._betterproto.meta_by_field_name:
-        assert getattr(got.specs[0], name) == getattr(sync.specs[0], name), name
+    for field in dataclasses.fields(manager_pb.AgentState):
+        assert getattr(got.states[0], field.name) == getattr(state, field.name), field.name
+    for field in dataclasses.fields(manager_pb.SpecState):
+        assert getattr(got.specs[0], field.name) == getattr(sync.specs[0], field.name), field.name
     # An agent's metrics (the SDK: betterproto), as the Daemon's agent socket decodes them.
     metrics = daemon_pb.MetricsRequest(
         agent_id="a", token="t",
