@@ -461,6 +461,12 @@ class ManagerApp:
                 render_metrics=self.render_metrics,
                 read_timeout=cfg.http_read_timeout,
                 write_timeout=cfg.http_write_timeout,
+                max_connections=cfg.http_max_connections,
+                max_connections_per_peer=cfg.http_max_connections_per_peer,
+                header_timeout=cfg.http_header_timeout,
+                on_refused=lambda reason: self.metrics.connections_refused.labels(
+                    "server.listen", reason
+                ).inc(),
                 reuse_port=self.worker is not None,
             )
             await self.http.start()

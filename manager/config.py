@@ -21,6 +21,9 @@ from common.h2limits import H2Limits
 from common.tls import TLSFiles
 
 ENV_PREFIX = "FLEET_MANAGER_"
+# The Manager's own defaults among [grpc.limits]: one address may be a load balancer or
+# a NAT in front of thousands of Daemons (the Daemon's port keeps H2Limits' 512).
+MANAGER_LIMITS = {"max_connections_per_peer": 4096}
 # More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 64
 
@@ -62,7 +65,7 @@ class ManagerConfig:
     admin_in_flight: int = 64
     retry_after: float = 1.0
     # HTTP/2 bounds against hostile peers ([grpc.limits], common/h2limits.py).
-    grpc_limits: H2Limits = field(default_factory=H2Limits)
+    grpc_limits: H2Limits = field(default_factory=lambda: H2Limits(**MANAGER_LIMITS))
     # HTTP side ("" disables it).
     http_listen: str = "127.0.0.1:8080"
     http_read_timeout: float = 30.0
@@ -484,7 +487,7 @@ def load_config(
     for key, value in (overrides or {}).items():
         _set(values, limits, key, value)
     if limits:
-        values["grpc_limits"] = H2Limits(**limits)
+        values["grpc_limits"] = H2Limits(**{**MANAGER_LIMITS, **limits})
     return ManagerConfig(**values)
 
 
@@ -505,7 +508,7 @@ def with_changes(config: ManagerConfig, **changes: Any) -> ManagerConfig:
 def defaults_table() -> list[tuple[str, str, Any]]:
     """(TOML key, env var, default) for documentation."""
     defaults = {f.name: f.default for f in fields(ManagerConfig)}
-    limits = H2Limits()
+    limits = H2Limits(**MANAGER_LIMITS)
     return [(key, env_name(key), defaults[name]) for key, (name, _) in KEYS.items()] + [
         (key, env_name(key), getattr(limits, name)) for key, (name, _) in LIMIT_KEYS.items()
     ]
