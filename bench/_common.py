@@ -179,6 +179,8 @@ def spawn_manager(
             log_level,
             *extra_args,
         ]
+        # Every simulated node dials from 127.0.0.1: one address, like a load balancer.
+        env = {"FLEET_MANAGER_GRPC_LIMITS_MAX_CONNECTIONS_PER_PEER": "1000000", **os.environ}
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 argv,
@@ -186,6 +188,7 @@ def spawn_manager(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=env,
             )
         manager = SpawnedManager(
             address=f"127.0.0.1:{port}",
