@@ -156,6 +156,11 @@ class H2Limits:
     # CPU-bound, so more at once would not finish sooner, but each holds ~45 KiB of TLS
     # state: a burst of a thousand would hold ~45 MiB.
     max_handshakes: int = 64
+    # Connections one node certificate may hold open at once on this server. A Daemon
+    # needs one (two for a moment when it renews or fails over); each costs up to ~300 KiB
+    # once it has sent data (uvloop's 256 KiB TLS read buffer, OpenSSL). Other roles (the
+    # Manager's workers and replicas, operators' scripts) are not capped by this.
+    max_connections_per_node: int = 8
 
     def __post_init__(self) -> None:
         for name in ("stream_window", "connection_window"):
@@ -658,6 +663,7 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         self._backlog = b""  # received, not yet fed to h2 (see _feed)
         self._timer: asyncio.TimerHandle | None = None  # preface, then idle (see _check)
         self._made = 0.0  # loop time of connection_made
+        self._counted: str | None = None  # the node identity this connection counts for
 
     def connection_made(self, transport: Any) -> None:
         # grpclib's connection_made, with the SETTINGS and classes of this module.
@@ -691,6 +697,11 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         if self.shield.cooling(peer):
             self.processor.calm("cooling", "turned away: cooling down after abuse", b"cooling_down")
             return
+        crowded = self.shield.connect(peer)
+        if crowded:
+            self.processor.calm("crowded", crowded, b"too_many_connections")
+            return
+        self._counted = peer
         loop = asyncio.get_running_loop()
         self._made = loop.time()
         first = min(limits.preface_timeout, limits.idle_timeout)
@@ -742,6 +753,9 @@ class _ShieldedProtocol(grpclib.protocol.H2Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._counted is not None:
+            self.shield.disconnect(self._counted)
+            self._counted = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

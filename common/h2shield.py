@@ -31,6 +31,8 @@ _TRIM_DELAY = 1.0
 _TRIM_INTERVAL = 10.0
 # Counted reasons that are an attack's doing (see _give_back); refusals for load are not.
 _HOSTILE = frozenset({"buffer", "stalled"})
+# Budget keys of node certificates (str(Identity): "node/<id>").
+_NODE = "node/"
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -79,6 +81,7 @@ class Shield:
         self.held = 0
         self._per_peer: dict[str, int] = {}
         self._cooling: dict[str, float] = {}
+        self._per_node: dict[str, int] = {}  # open connections per node identity
         # What was refused or closed, by reason (tests and metrics read these).
         self.counts: dict[str, int] = {}
         # (category, peer) -> (when last logged, lines left out since)
@@ -182,13 +185,38 @@ class Shield:
         del self._cooling[peer]
         return False
 
+    def connect(self, peer: str) -> str | None:
+        """Count a new connection of ``peer`` (a budget key, ``_peer_of``); why it is
+        refused when ``peer`` is a node certificate already holding
+        ``max_connections_per_node``. Only node identities are counted."""
+        if not peer.startswith(_NODE):
+            return None
+        held = self._per_node.get(peer, 0)
+        if held >= self.limits.max_connections_per_node:
+            return (
+                f"{held} connections of {peer} already open "
+                f"(limit {self.limits.max_connections_per_node}: max_connections_per_node)"
+            )
+        self._per_node[peer] = held + 1
+        return None
+
+    def disconnect(self, peer: str) -> None:
+        left = self._per_node.get(peer, 0) - 1
+        if left > 0:
+            self._per_node[peer] = left
+        else:
+            self._per_node.pop(peer, None)
+
     def offended(self, key: str, peer: str, label: str, reason: str) -> None:
         """A connection of ``peer`` was closed for abuse: cool the peer down (unless it was
         turned away for cooling down already), count ``key``, log (rate-limited)."""
         self.count(key)
         self.attacked = True
         self.trim_soon()
-        if key != "cooling" and self.limits.abuse_cooldown and not peer.startswith("conn:"):
+        # Turned away for cooling down, or for holding too many connections (an honest
+        # Daemon may, for a moment, when it fails over): no cool-down for that.
+        cools = key not in ("cooling", "crowded")
+        if cools and self.limits.abuse_cooldown and not peer.startswith("conn:"):
             if len(self._cooling) >= 10_000:  # a bound, not a policy: forget the oldest
                 self._cooling.pop(next(iter(self._cooling)))
             self._cooling[peer] = time.monotonic() + self.limits.abuse_cooldown

@@ -23,18 +23,20 @@ from typing import Any
 
 import psutil
 import pytest
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from harness import free_port, wait_until
 from harness.daemon import call_daemon, daemon_channel, lone_daemon, scrape_metrics
 from harness.manager import (
     http_get,
     manager_rpc,
     metric_value,
+    node_channel,
     start_manager,
     write_manager_config,
 )
 
 from manager.http import HttpServer
-from schema import admin_pb, daemon_pb
+from schema import admin_pb, daemon_pb, manager_pb
 
 # Low enough that 1,100 idle connections would exhaust it. (asyncio accepts up to 100
 # sockets per loop turn before their protocols run, so a burst briefly holds up to ~300
@@ -370,3 +372,53 @@ def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFix
         assert seen == ["something else"]
     finally:
         loop.close()
+
+
+@pytest.mark.asyncio
+async def test_a_node_certificate_holds_at_most_max_connections_per_node(
+    tmp_path: Path, certs: Path
+) -> None:
+    """One node certificate on an address of its own could otherwise hold the whole
+    per-address cap; each connection costs up to ~300 KiB once it has sent data."""
+    cfg = write_manager_config(
+        tmp_path / "manager.toml", {"grpc.limits": {"max_connections_per_node": 3}}
+    )
+    manager = start_manager(tmp_path, certs, extra_args=["--config", str(cfg)])
+    channels = [node_channel(certs, manager.grpc_port, "node-a") for _ in range(4)]
+    other = node_channel(certs, manager.grpc_port, "node-b")
+
+    async def call(channel: Any) -> None:
+        await manager_pb.ManagerServiceStub(channel).get_revocations(
+            manager_pb.GetRevocationsRequest(), timeout=10
+        )
+
+    try:
+        served, refused = 0, []
+        for channel in channels:
+            try:
+                await call(channel)
+                served += 1
+            except (StreamTerminatedError, GRPCError, ConnectionError) as exc:
+                refused.append(exc)
+        assert served == 3 and len(refused) == 1, refused
+        await call(other)  # another node is not affected
+        assert "max_connections_per_node" in manager.output()
+        # One of node-a's connections gone: it may open another.
+        channels[0].close()
+        deadline = time.monotonic() + 30
+        while True:
+            again = node_channel(certs, manager.grpc_port, "node-a")
+            try:
+                await call(again)
+                channels.append(again)
+                break
+            except (StreamTerminatedError, GRPCError, ConnectionError):
+                again.close()
+                assert time.monotonic() < deadline, "node-a never got a connection back"
+                await asyncio.sleep(0.5)
+        # Not counted as abuse: no cool-down for the node.
+        assert "cooling down" not in manager.output()
+    finally:
+        for channel in [*channels, other]:
+            channel.close()
+        manager.stop()
