@@ -58,6 +58,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database (several Managers, workers); skips without one."""
+    base = postgres_url()
+    if not base:
+        pytest.skip("PostgreSQL not configured: set FLEET_TEST_POSTGRES=postgres://user@host/db")
+    from harness.pg import throwaway_database
+
+    with throwaway_database(base) as url:
+        yield url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_processes() -> Iterator[None]:
     """After the session, kill any child process a failed test left running (Managers,

@@ -17,13 +17,11 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import postgres_url
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from harness import async_wait_until, console_script, free_port, run_cli, wait_until
@@ -47,17 +45,6 @@ from schema import admin_pb, manager_pb
 _QUEUED = re.compile(r"queued metrics report (\d+): (\d+) samples at (\d+)")
 _SENT = re.compile(r"sent metrics report (\d+) to (\S+)")
 _ACQUIRED = "lease 'duties' acquired by manager"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = postgres_url()
-    if not base:
-        pytest.skip("PostgreSQL not configured: set FLEET_TEST_POSTGRES=postgres://user@host/db")
-    from harness.pg import throwaway_database
-
-    with throwaway_database(base) as url:
-        yield url
 
 
 async def _fetch(db_url: str, query: str, *args: object) -> list[Any]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import postgres_url
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -236,17 +235,6 @@ def test_a_seed_style_client_is_unchanged(tmp_path: Path, certs: Path) -> None:
         assert metric_value(text, "fleet_manager_liveness_by_report_total") is None
     finally:
         assert mgr.stop() == 0
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = postgres_url()
-    if not base:
-        pytest.skip("PostgreSQL not configured: set FLEET_TEST_POSTGRES=postgres://user@host/db")
-    from harness.pg import throwaway_database
-
-    with throwaway_database(base) as url:
-        yield url
 
 
 @pytest.mark.postgres

@@ -15,12 +15,10 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import postgres_url
 from harness import console_script, wait_until
 from harness.daemon import DaemonProc, start_daemon
 from harness.manager import (
@@ -37,17 +35,6 @@ from schema import admin_pb
 
 NODES = ("node-a", "node-b", "node-c")
 _PIDS = re.compile(r"manager ready: .* workers=(\d+) pids=([\d,]+)")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = postgres_url()
-    if not base:
-        pytest.skip("PostgreSQL not configured: set FLEET_TEST_POSTGRES=postgres://user@host/db")
-    from harness.pg import throwaway_database
-
-    with throwaway_database(base) as url:
-        yield url
 
 
 def test_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
