@@ -160,7 +160,7 @@ class H2Limits:
     # needs one (two for a moment when it renews or fails over); each costs up to ~300 KiB
     # once it has sent data (uvloop's 256 KiB TLS read buffer, OpenSSL). Other roles (the
     # Manager's workers and replicas, operators' scripts) are not capped by this.
-    max_connections_per_node: int = 8
+    max_connections_per_node: int = 32
 
     def __post_init__(self) -> None:
         for name in ("stream_window", "connection_window"):
