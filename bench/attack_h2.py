@@ -512,28 +512,15 @@ async def unix_bomb(
     from grpclib.const import Cardinality
     from grpclib.exceptions import GRPCError
 
-    class _Raw:
-        """A "message" that is already bytes (grpclib's codec calls SerializeToString)."""
-
-        def __init__(self, data: bytes = b"") -> None:
-            self.data = data
-
-        def SerializeToString(self) -> bytes:
-            return self.data
-
-        @classmethod
-        def FromString(cls, data: bytes) -> _Raw:
-            return cls(data)
-
     channel = Channel(path=socket_path)
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
             stream: Any
             async with channel.request(
-                path, Cardinality.UNARY_UNARY, _Raw, _Raw, metadata=metadata
+                path, Cardinality.UNARY_UNARY, RawMessage, RawMessage, metadata=metadata
             ) as stream:
-                await stream.send_message(_Raw(body), end=True)
+                await stream.send_message(RawMessage(body), end=True)
                 await stream.recv_message()
         status, message = "OK", ""
     except GRPCError as exc:
@@ -541,6 +528,36 @@ async def unix_bomb(
     finally:
         channel.close()
     return BombResult(path, len(body), status, message, time.monotonic() - started)
+
+
+class RawMessage:
+    """A "message" that is already bytes, for grpclib's client: its codec calls
+    ``SerializeToString`` and ``FromString``, so hand-built bodies go out as they are."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> RawMessage:
+        return cls(data)
+
+
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """Field ``number`` holding ``payload`` (wire type 2: bytes, string, submessage)."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def repeated_empty(field_number: int, entries: int) -> bytes:

@@ -34,6 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit_json, print_table
+from bench.attack_h2 import length_delimited, varint
 
 BOUND_MS = 50.0  # "tens of milliseconds": the bound, at its upper end
 
@@ -81,19 +82,6 @@ def _servers() -> list[Server]:
     ]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _record(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 # Wire type and the smallest non-default payload, per scalar type (betterproto's names;
 # protobuf descriptor type numbers map onto them through _UPB_TYPES).
 _SCALAR = {
@@ -133,7 +121,7 @@ def _scalars(cls: Any) -> tuple[bytes, int]:
         if kind == "message":
             continue
         wire, payload = _SCALAR.get(kind, (0, b"\x01"))
-        out += _varint(number << 3 | wire) + payload
+        out += varint(number << 3 | wire) + payload
         n += 1
     return out, n
 
@@ -155,7 +143,7 @@ def worst_body(
         for number, kind, _child in _fields(_root(request_type)):
             if kind != "message":
                 wire, payload = _SCALAR.get(kind, (0, b"\x01"))
-                one = _varint(number << 3 | wire) + payload
+                one = varint(number << 3 | wire) + payload
                 count = min(budget, max_bytes // len(one))
                 return one * count, 0
         return b"", 0
@@ -181,7 +169,7 @@ def worst_body(
         if shape is None:
             return b"".join(parts)
         for number, (index, sub) in shape.children.items():
-            tag = _varint(number << 3 | 2)
+            tag = varint(number << 3 | 2)
             left = caps[index] - counts[index]
             if left <= 0 or budget <= 0:
                 continue
@@ -189,12 +177,12 @@ def worst_body(
             budget -= 1
             total += 1
             child = classes[number]
-            first = _record(number, build(child, sub, room - 8))
+            first = length_delimited(number, build(child, sub, room - 8))
             plain, cost = b"", 0
             if variant == "filled":
                 plain, k = _scalars(child)
                 cost = k if walked or sub is not None else 0
-            entry = tag + _varint(len(plain)) + plain
+            entry = tag + varint(len(plain)) + plain
             n = min(left - 1, budget // (1 + cost), max(0, (room - len(first)) // len(entry)))
             counts[index] += n
             budget -= n * (1 + cost)

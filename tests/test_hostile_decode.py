@@ -38,7 +38,15 @@ from common.tls import TLSFiles, client_context
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.attack_h2 import BombResult, Probe, Target, bomb, repeated_empty, unix_bomb
+from bench.attack_h2 import (
+    BombResult,
+    Probe,
+    Target,
+    bomb,
+    length_delimited,
+    repeated_empty,
+    unix_bomb,
+)
 from schema import daemon_pb, manager_pb, manager_pb2
 
 LIMITS = {"body_stall_timeout": 5.0}
@@ -62,19 +70,6 @@ def manager(tmp_path_factory: pytest.TempPathFactory, hostile_certs: Path) -> It
         proc.stop()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def unknown_fields(count: int) -> bytes:
     """``count`` varint records of field 15, which no request declares."""
     return b"\x78\x00" * count
@@ -89,7 +84,7 @@ MANAGER_BOMBS = [
     (MANAGER + "SyncAgentStates", "node-a", repeated_empty(4, M), "specs has more than 1000"),
     (MANAGER + "ReportMetrics", "node-a", repeated_empty(2, M), "metrics has more than 1000"),
     (  # one sample holding a million values: the nested map
-        MANAGER + "ReportMetrics", "node-a", _field(2, repeated_empty(3, 1_000_000)),
+        MANAGER + "ReportMetrics", "node-a", length_delimited(2, repeated_empty(3, 1_000_000)),
         "metrics.values has more than 64000",
     ),
     (MANAGER + "RegisterNode", "node-a", repeated_empty(6, 1_000_000), "labels has more than 256"),
@@ -230,7 +225,7 @@ DAEMON_TCP_BOMBS = [
 DAEMON_SOCKET_BOMBS = [
     (DAEMON + "ReportMetrics", repeated_empty(3, 500_000), "metrics has more than 1000"),
     (  # one metric with half a million labels
-        DAEMON + "ReportMetrics", _field(3, repeated_empty(4, 500_000)),
+        DAEMON + "ReportMetrics", length_delimited(3, repeated_empty(4, 500_000)),
         "metrics.labels has more than 16384",
     ),
     (DAEMON + "Register", repeated_empty(5, 500_000), "info has more than 256"),

@@ -16,6 +16,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
+from bench.attack_h2 import RawMessage
 from common.errors import Unauthenticated
 from common.rpc import (
     GuardedService,
@@ -36,20 +37,6 @@ class _Echo(manager_pb.ManagerServiceBase):
 
     async def heartbeat(self, req: manager_pb.HeartbeatRequest) -> manager_pb.HeartbeatResponse:
         return manager_pb.HeartbeatResponse(success=True, message=repr(current_call().principal))
-
-
-class _Raw:
-    """Request bytes sent as they are (grpclib's codec calls SerializeToString)."""
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = data
-
-    def SerializeToString(self) -> bytes:
-        return self.data
-
-    @classmethod
-    def FromString(cls, data: bytes) -> _Raw:
-        return cls(data)
 
 
 def _guarded(checked: list[str]) -> GuardedService:
@@ -78,12 +65,12 @@ async def _call(path: str, body: bytes, metadata: dict[str, str] | None) -> tupl
         async with channel.request(
             "/fleet.manager.v1.ManagerService/Heartbeat",
             Cardinality.UNARY_UNARY,
-            _Raw,
-            _Raw,
+            RawMessage,
+            RawMessage,
             timeout=10,
             metadata=metadata,
         ) as stream:
-            await stream.send_message(_Raw(body), end=True)
+            await stream.send_message(RawMessage(body), end=True)
             reply = await stream.recv_message()
         message = manager_pb.HeartbeatResponse().parse(reply.data).message
         return "OK", message
