@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common.ratelimit import LogLimiter
+
 log = logging.getLogger(__name__)
 
 # Descriptors kept out of any server's automatic cap: the database pool, log and state
@@ -105,7 +107,7 @@ class ConnGate:
         self._per_peer: dict[str, int] = {}
         self._observer = observer
         self._clock = clock
-        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._log = LogLimiter(interval=_LOG_INTERVAL)
 
     def admit(self, peer: str | None) -> Ticket | None:
         """A slot for a new connection from ``peer`` (an address without port; None for a
@@ -147,15 +149,9 @@ class ConnGate:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if self._observer is not None:
             self._observer(reason)
-        now = self._clock()
-        key = (peer, reason)
-        last, unlogged = self._logged.get(key, (-_LOG_INTERVAL, 0))
-        if now - last < _LOG_INTERVAL:
-            self._logged[key] = (last, unlogged + 1)
+        unlogged = self._log.allow((peer, reason), self._clock())
+        if unlogged is None:
             return
-        if len(self._logged) >= 1000:
-            self._logged = {k: v for k, v in self._logged.items() if now - v[0] < _LOG_INTERVAL}
-        self._logged[key] = (now, 0)
         more = f" ({unlogged} more like it since the last such line)" if unlogged else ""
         log.warning("%s: closed a new connection from %s at once: %s%s", self.name, peer, why, more)
 
@@ -411,8 +407,7 @@ class _AcceptErrors:
     def __init__(self, previous: Any, clock: Callable[[], float]) -> None:
         self._previous = previous
         self._clock = clock
-        self._last = -_LOG_INTERVAL
-        self._unlogged = 0
+        self._log = LogLimiter(interval=_LOG_INTERVAL)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != "socket.accept() out of system resource":
@@ -421,13 +416,10 @@ class _AcceptErrors:
             else:
                 loop.default_exception_handler(context)
             return
-        now = self._clock()
-        if now - self._last < _LOG_INTERVAL:
-            self._unlogged += 1
+        unlogged = self._log.allow("accept", self._clock())
+        if unlogged is None:
             return
-        self._last = now
-        more = f" ({self._unlogged} more since the last such line)" if self._unlogged else ""
-        self._unlogged = 0
+        more = f" ({unlogged} more since the last such line)" if unlogged else ""
         exc = context.get("exception")
         log.error(
             "cannot accept connections: %s (open file limit %d); new connections wait and are "

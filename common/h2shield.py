@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from common.ratelimit import LogLimiter
+
 if TYPE_CHECKING:
     from .h2limits import H2Limits
 
@@ -85,7 +87,7 @@ class Shield:
         # What was refused or closed, by reason (tests and metrics read these).
         self.counts: dict[str, int] = {}
         # (category, peer) -> (when last logged, lines left out since)
-        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._log = LogLimiter(interval=_LOG_INTERVAL)
         self._since_trim = 0  # bytes received since memory was last handed back
         self._trim_handle: asyncio.TimerHandle | None = None
         self._trimmed_at = -_TRIM_INTERVAL
@@ -229,14 +231,8 @@ class Shield:
     def note(self, category: str, peer: str, message: str) -> None:
         """Log ``message`` unless a line of ``category`` about ``peer`` was logged within
         the last 10 s (then count it, and say how many were left out on the next line)."""
-        now = time.monotonic()
-        key = (category, peer)
-        last, unlogged = self._logged.get(key, (-_LOG_INTERVAL, 0))
-        if now - last < _LOG_INTERVAL:
-            self._logged[key] = (last, unlogged + 1)
+        unlogged = self._log.allow((category, peer), time.monotonic())
+        if unlogged is None:
             return
-        if len(self._logged) >= 1000:  # many peers: forget those quiet for 10 s
-            self._logged = {k: v for k, v in self._logged.items() if now - v[0] < _LOG_INTERVAL}
-        self._logged[key] = (now, 0)
         more = f" ({unlogged} more like it since the last such line)" if unlogged else ""
         log.warning("%s%s", message, more)

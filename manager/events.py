@@ -47,9 +47,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from common.durations import format_duration
 from common.errors import FleetError
+from common.ratelimit import TokenBuckets
 
 from .metrics import ManagerMetrics
-from .ratelimit import TokenBuckets
 from .store import AgentRecord
 from .store.events import (
     ADDED,

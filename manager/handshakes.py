@@ -30,9 +30,9 @@ from typing import Any
 
 from common.conns import TLSAcceptor
 from common.h2limits import H2Limits, HardenedServer
+from common.ratelimit import LogLimiter, TokenBuckets
 
 from .metrics import ManagerMetrics
-from .ratelimit import LogLimiter, TokenBuckets
 
 log = logging.getLogger(__name__)
 

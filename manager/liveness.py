@@ -36,12 +36,12 @@ import time
 from collections.abc import Callable
 
 from common.durations import format_duration
+from common.ratelimit import LogLimiter
 
 from .heartbeats import HeartbeatBuffer
 from .leases import Lease
 from .metrics import ManagerMetrics
 from .periodic import Periodic
-from .ratelimit import LogLimiter
 from .stalls import StallClock
 from .store import Store, Transition
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from common.durations import format_duration
+from common.ratelimit import LogLimiter, TokenBuckets
 
 from .metrics import ManagerMetrics
-from .ratelimit import LogLimiter, TokenBuckets
 
 log = logging.getLogger(__name__)
 

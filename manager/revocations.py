@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 
 from common.errors import FleetError
+from common.ratelimit import LogLimiter
 from common.revocation import Revocation, RevocationList
 
 from .periodic import Periodic
-from .ratelimit import LogLimiter
 from .store.revocations import RevocationStore, SerialRevoked
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 
+from common.ratelimit import LogLimiter
+
 from .metrics import ManagerMetrics
-from .ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
 

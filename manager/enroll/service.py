@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from common.errors import FleetError, ResourceExhausted
+from common.ratelimit import LogLimiter, TokenBuckets
 from common.rpc import current_call
 from schema.gen.fleet.enroll import v1 as enroll_pb
 
-from ..ratelimit import LogLimiter, TokenBuckets
 from .issuer import NodeIssuer
 from .tokens import token_id_of
 

@@ -47,6 +47,7 @@ from common.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from common.ratelimit import LogLimiter
 from common.rpc import current_call
 from schema import manager_pb, manager_pb2
 
@@ -59,7 +60,6 @@ from ..known_nodes import KnownNodes
 from ..liveness import log_transitions
 from ..metrics import ManagerMetrics
 from ..quotas import MetricsQuota
-from ..ratelimit import LogLimiter
 from ..revocations import ManagerRevocations
 from ..specs.controller import SpecController
 from ..store import ONLINE, Store, Transition

@@ -1,8 +1,9 @@
 """Per-key rate limits in memory, O(1) per call: token buckets and log-line limiters.
 
-Keys are node ids (authenticated: a node can only spend its own budget) or peer
-addresses. Both classes bound their memory: past ``max_keys`` entries, the ones that
-carry no state worth keeping (a full bucket, a quiet log key) are dropped.
+Keys are node ids (authenticated: a node can only spend its own budget), peer
+addresses, or (peer, reason) pairs for log lines. Both classes bound their memory: past
+``max_keys`` entries, the ones that carry no state worth keeping (a full bucket, a quiet
+log key) are dropped.
 """
 
 from __future__ import annotations
