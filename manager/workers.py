@@ -119,6 +119,7 @@ class WorkerSupervisor:
         self._stopping = False
         self._signals = 0
         self._announced = False
+        self._ready_line = ""  # the first worker's "manager ready: …", for the parent's line
 
     # -- signals -----------------------------------------------------------------
 
@@ -197,7 +198,8 @@ class WorkerSupervisor:
         return None
 
     def _drain(self, worker: _Worker) -> str:
-        """Read what a worker said (ready, or why it could not start)."""
+        """Read what a worker said since — one message per start: ``("ready", line)`` or
+        ``("failed", why)`` — and return why it could not start ("" if it did not say)."""
         failure = ""
         assert worker.conn is not None
         try:
@@ -205,17 +207,20 @@ class WorkerSupervisor:
                 kind, text = worker.conn.recv()
                 if kind == "ready":
                     worker.ready = worker.ever_ready = True
+                    self._ready_line = self._ready_line or text
+                    if self._announced:
+                        log.info("worker %d is back", worker.index)
                 elif kind == "failed":
                     failure = text
         except (EOFError, OSError):
             pass
         return failure
 
-    def _announce(self, ready_line: str) -> None:
+    def _announce(self) -> None:
         if self._announced or not all(w.ready for w in self._workers):
             return
         self._announced = True
-        log.info("%s workers=%d pids=%s", ready_line, self.count, self.pids())
+        log.info("%s workers=%d pids=%s", self._ready_line, self.count, self.pids())
 
     def pids(self) -> str:
         return ",".join(
@@ -235,7 +240,6 @@ class WorkerSupervisor:
             (signal.SIGHUP, self._on_hup),
         ):
             previous[signum] = signal.signal(signum, handler)
-        ready_line = ""
         failure: str | None = None
         try:
             log.info("starting %d Manager workers sharing their ports", self.count)
@@ -251,26 +255,15 @@ class WorkerSupervisor:
                 multiprocessing.connection.wait(waitables, timeout=0.5)
                 now = time.monotonic()
                 for worker in self._workers:
-                    if worker.conn is not None and worker.conn.poll():
-                        # One message per worker start: ("ready", line) or ("failed", why).
-                        try:
-                            kind, text = worker.conn.recv()
-                        except (EOFError, OSError):
-                            kind, text = "", ""
-                        if kind == "ready":
-                            worker.ready = worker.ever_ready = True
-                            ready_line = ready_line or text
-                            if self._announced:
-                                log.info("worker %d is back", worker.index)
-                        elif kind == "failed":
-                            failure = text
+                    if worker.conn is not None:
+                        failure = self._drain(worker) or failure
                     process = worker.process
                     if process is not None and not process.is_alive():
                         failure = self._exited(worker) or failure
                     due = worker.restart_at is not None and now >= worker.restart_at
                     if worker.process is None and due and not self._stopping:
                         self._start(worker)
-                self._announce(ready_line)
+                self._announce()
             if failure is not None:
                 log.error("cannot start: %s", failure)
             return self._stop(1 if failure is not None else 0)
